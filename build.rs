@@ -1,0 +1,26 @@
+//! Compiles `proto/` with protox (a pure-Rust protobuf compiler, so no `protoc` is needed on the
+//! build machine) and generates the tonic services. The encoded descriptor set is written next
+//! to the generated code for gRPC server reflection.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "jetwatch/v1/publisher.proto",
+    "jetwatch/v1/subscriber.proto",
+    "jetwatch/v1/admin.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out.join("jetwatch_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .extern_path(".google.rpc.Status", "::tonic_types::pb::Status")
+        .compile_fds(fds)?;
+    Ok(())
+}

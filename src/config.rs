@@ -1,0 +1,392 @@
+//! Settings: `config/default.toml` semantics, an optional file, and environment overrides.
+//!
+//! Precedence, lowest first: the built-in defaults (identical to `config/default.toml`), the
+//! file given with `--config`, then environment variables `JETWATCH__<SECTION>__<KEY>` (for
+//! example `JETWATCH__NATS__URL=nats://nats:4222`), then command-line flags. Every field below
+//! documents its meaning, unit and default; `config/default.toml` repeats them for operators.
+//! [`Settings::validate`] checks everything that can be checked without NATS, so a bad setting
+//! fails at start-up with the setting's name.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::subject::SubjectTemplate;
+
+/// The built-in defaults, compiled from the same file operators read.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file or environment value could not be read or parsed.
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value was read but is not acceptable.
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid {
+        /// The setting's dotted name, e.g. `streams[0].subjects`.
+        key: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+}
+
+/// All settings of a gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The gRPC and metrics listeners and the shutdown grace period.
+    pub server: ServerSettings,
+    /// How to reach NATS.
+    pub nats: NatsSettings,
+    /// Publishing limits.
+    pub publish: PublishSettings,
+    /// Subscription defaults and limits.
+    pub subscribe: SubscribeSettings,
+    /// The shared-read (fan-out) engine.
+    pub fanout: FanoutSettings,
+    /// The streams the gateway declares at start-up (created or updated).
+    pub streams: Vec<StreamSettings>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// gRPC listen address. Default `127.0.0.1:50051`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// HTTP listen address for `/metrics`. Default `127.0.0.1:9464`; port 0 picks a free port.
+    pub metrics_listen: SocketAddr,
+    /// How long shutdown waits for open streams and in-flight publishes before exiting anyway.
+    /// Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// `[nats]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// NATS server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// How long start-up waits for the first connection. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Timeout of JetStream API requests and publish acknowledgements. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Name this gateway's connection reports to the NATS server. Default `jetwatch`.
+    pub connection_name: String,
+}
+
+/// `[publish]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSettings {
+    /// The stream used when a `PublishRequest` names none. Default `events`.
+    pub default_stream: String,
+    /// Largest accepted event in bytes (attributes plus data); 0 means the NATS server's
+    /// `max_payload`. Default 0.
+    pub max_event_bytes: usize,
+    /// How many JetStream publishes one `PublishStream` may have awaiting acknowledgement at
+    /// once (pipelining depth; bounds memory per stream). Default 256.
+    pub max_pending_acks: usize,
+}
+
+/// `[subscribe]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeSettings {
+    /// Window used when `Open.max_in_flight` is 0, in deliveries. Default 256.
+    pub default_max_in_flight: u32,
+    /// Largest window a client may ask for, in deliveries. Default 10000.
+    pub max_in_flight_limit: u32,
+    /// Bookmark interval used when `Open.heartbeat` is unset. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub default_heartbeat: Duration,
+    /// Smallest bookmark interval a client may ask for. Default `100ms`.
+    #[serde(with = "humantime_serde")]
+    pub min_heartbeat: Duration,
+    /// Ack deadline used when `Open.ack_wait` is unset (EXPLICIT acks). Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub default_ack_wait: Duration,
+    /// Deliveries of one event before it goes to the dead-letter subject. Default 5.
+    pub max_deliver: u32,
+}
+
+/// `[fanout]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanoutSettings {
+    /// Bytes of recent events each stream's shared reader keeps in memory to serve subscribers
+    /// that start a little in the past or fall a little behind. Default 67108864 (64 MiB).
+    pub history_bytes: usize,
+    /// Events a subscriber takes from the shared history per step, and messages a catch-up
+    /// reader asks JetStream for per pull. Default 256.
+    pub batch: usize,
+}
+
+/// `[[streams]]`: one JetStream stream the gateway declares.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSettings {
+    /// Stream name (JetStream rules: no spaces, `.`, `*`, `>`, path separators). Required.
+    pub name: String,
+    /// NATS subjects the stream captures, e.g. `["events.>"]`. Required.
+    pub subjects: Vec<String>,
+    /// Template of the subject an event is stored on; `{source}`, `{subject}`, `{type}`,
+    /// `{id}` and `{<extension>}` are replaced by escaped attribute values. It must fall
+    /// within `subjects`. Default: `<first subject without its wildcard>.{source}.{subject}`.
+    #[serde(default)]
+    pub subject_template: Option<String>,
+    /// `file` or `memory`. Default `file`.
+    #[serde(default = "default_storage")]
+    pub storage: Storage,
+    /// Replicas (1, or 3 and 5 in a cluster). Default 1.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Discard events older than this; `0s` keeps them forever. Default `0s`.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Discard the oldest events beyond this many bytes; -1 means unlimited. Default -1.
+    #[serde(default = "minus_one")]
+    pub max_bytes: i64,
+    /// Window in which a repeated `source` + `id` is recognised as a duplicate. Default `2m`.
+    #[serde(default = "default_duplicate_window", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// Events kept per subject (per resource with the default template); -1 means unlimited.
+    /// Default -1.
+    #[serde(default = "minus_one")]
+    pub max_messages_per_subject: i64,
+    /// A CESQL expression that marks deletion events (left out of snapshots). Default none.
+    #[serde(default)]
+    pub tombstone: Option<String>,
+    /// Subject to which events that were terminated or exhausted their deliveries are copied;
+    /// empty disables dead-lettering. Default `<stream>.deadletter` is not used: the default is
+    /// empty.
+    #[serde(default)]
+    pub dead_letter_subject: Option<String>,
+}
+
+/// JetStream storage type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// On disk.
+    File,
+    /// In memory.
+    Memory,
+}
+
+fn default_storage() -> Storage {
+    Storage::File
+}
+fn default_replicas() -> usize {
+    1
+}
+fn minus_one() -> i64 {
+    -1
+}
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl Settings {
+    /// Loads the defaults, then `file` (if any), then `JETWATCH__…` environment variables, and
+    /// validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("JETWATCH")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The built-in defaults.
+    pub fn defaults() -> Settings {
+        Settings::load(None).expect("the built-in default configuration is valid")
+    }
+
+    /// Checks every rule that does not need NATS.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: String| Err(ConfigError::Invalid { key, reason });
+        if self.streams.is_empty() {
+            return invalid("streams".into(), "declare at least one stream".into());
+        }
+        let mut names = HashSet::new();
+        for (i, s) in self.streams.iter().enumerate() {
+            if s.name.is_empty()
+                || s.name
+                    .chars()
+                    .any(|c| c.is_whitespace() || ".*>/\\".contains(c))
+            {
+                return invalid(
+                    format!("streams[{i}].name"),
+                    format!(
+                        "`{}` is not a valid stream name (no spaces, `.`, `*`, `>`, `/`)",
+                        s.name
+                    ),
+                );
+            }
+            if !names.insert(s.name.as_str()) {
+                return invalid(
+                    format!("streams[{i}].name"),
+                    format!("`{}` is declared twice", s.name),
+                );
+            }
+            if s.subjects.is_empty() {
+                return invalid(
+                    format!("streams[{i}].subjects"),
+                    "list at least one subject".into(),
+                );
+            }
+            for subject in &s.subjects {
+                if !crate::wildcard::is_valid_pattern(subject) {
+                    return invalid(
+                        format!("streams[{i}].subjects"),
+                        format!("`{subject}` is not a valid NATS subject pattern"),
+                    );
+                }
+            }
+            let template = s.template_source();
+            let parsed = SubjectTemplate::parse(&template).map_err(|e| ConfigError::Invalid {
+                key: format!("streams[{i}].subject_template"),
+                reason: e.to_string(),
+            })?;
+            if !template_fits(&parsed, &s.subjects) {
+                return invalid(
+                    format!("streams[{i}].subject_template"),
+                    format!(
+                        "subjects rendered by `{template}` would not be captured by the stream's \
+                         subjects {:?}",
+                        s.subjects
+                    ),
+                );
+            }
+            if ![1, 3, 5].contains(&s.replicas) {
+                return invalid(format!("streams[{i}].replicas"), "use 1, 3 or 5".into());
+            }
+            if s.duplicate_window.is_zero() {
+                return invalid(
+                    format!("streams[{i}].duplicate_window"),
+                    "must be positive: idempotent publishing relies on it".into(),
+                );
+            }
+        }
+        if !names.contains(self.publish.default_stream.as_str()) {
+            return invalid(
+                "publish.default_stream".into(),
+                format!(
+                    "`{}` is not one of the declared streams",
+                    self.publish.default_stream
+                ),
+            );
+        }
+        if self.publish.max_pending_acks == 0 {
+            return invalid(
+                "publish.max_pending_acks".into(),
+                "must be at least 1".into(),
+            );
+        }
+        let sub = &self.subscribe;
+        if sub.default_max_in_flight == 0 || sub.default_max_in_flight > sub.max_in_flight_limit {
+            return invalid(
+                "subscribe.default_max_in_flight".into(),
+                "must be between 1 and subscribe.max_in_flight_limit".into(),
+            );
+        }
+        if self.fanout.batch == 0 {
+            return invalid("fanout.batch".into(), "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The declared stream called `name`.
+    pub fn stream(&self, name: &str) -> Option<&StreamSettings> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+}
+
+/// Whether the subjects `template` renders fall within the stream's `subjects`, checked on a
+/// sample event.
+fn template_fits(template: &SubjectTemplate, subjects: &[String]) -> bool {
+    let mut sample = crate::event::Event {
+        id: "id".into(),
+        source: "/sample/source".into(),
+        spec_version: crate::event::SPEC_VERSION.into(),
+        ty: "sample.type".into(),
+        ..Default::default()
+    };
+    sample.set(
+        "subject",
+        crate::event::AttributeValue::String("sample".into()),
+    );
+    match template.render(&sample) {
+        Ok(rendered) => subjects
+            .iter()
+            .any(|p| crate::wildcard::matches(p, &rendered)),
+        // A template naming an extension the sample lacks: checked per event at publish.
+        Err(_) => true,
+    }
+}
+
+impl StreamSettings {
+    /// The subject template in force: the configured one or the default.
+    pub fn template_source(&self) -> String {
+        match &self.subject_template {
+            Some(t) => t.clone(),
+            None => {
+                let first = self
+                    .subjects
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("events.>");
+                let prefix = first.trim_end_matches(".>").trim_end_matches(".*");
+                format!("{prefix}.{{source}}.{{subject}}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_defaults_are_valid() {
+        let s = Settings::defaults();
+        assert_eq!(s.publish.default_stream, "events");
+        assert_eq!(s.streams[0].template_source(), "events.{source}.{subject}");
+    }
+
+    #[test]
+    fn a_bad_stream_name_is_refused_with_its_key() {
+        let mut s = Settings::defaults();
+        s.streams[0].name = "a.b".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("streams[0].name"), "{err}");
+    }
+
+    #[test]
+    fn a_template_outside_the_stream_subjects_is_refused() {
+        let mut s = Settings::defaults();
+        s.streams[0].subject_template = Some("other.{source}.{subject}".into());
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("subject_template"), "{err}");
+    }
+}

@@ -1,0 +1,197 @@
+//! A local `nats-server` child process with JetStream, for `jetwatch dev`, tests and
+//! benchmarks.
+//!
+//! The binary is found through `NATS_SERVER_BIN`, then the project's tools folder
+//! (`.tools/nats-server-<version>/nats-server`, installed by `scripts/install-nats.sh`), then
+//! `PATH`. The server picks a free port itself (`-p -1`) and reports it through a ports file,
+//! so parallel tests never race for ports. Dropping a [`NatsServer`] stops the process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The nats-server version the project pins.
+pub const PINNED_VERSION: &str = "2.15.1";
+
+/// The command that installs the pinned server.
+pub const INSTALL_HINT: &str = "bash scripts/install-nats.sh";
+
+/// Why the server could not be found or started.
+#[derive(Debug, thiserror::Error)]
+pub enum DevNatsError {
+    /// No binary was found.
+    #[error(
+        "nats-server {PINNED_VERSION} was not found (looked at $NATS_SERVER_BIN, {tools} and \
+         PATH); install it with `{INSTALL_HINT}` from the project root"
+    )]
+    NotFound {
+        /// The tools path that was checked.
+        tools: String,
+    },
+    /// Spawning or waiting failed.
+    #[error("nats-server: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server did not report its port in time.
+    #[error("nats-server did not become ready within {0:?}; see {1}")]
+    NotReady(Duration, String),
+}
+
+/// The project's tools folder path for the pinned server.
+pub fn tools_binary() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools")
+        .join(format!("nats-server-{PINNED_VERSION}"))
+        .join("nats-server")
+}
+
+/// Finds the nats-server binary.
+pub fn find_binary() -> Result<PathBuf, DevNatsError> {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let tools = tools_binary();
+    if tools.is_file() {
+        return Ok(tools);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(DevNatsError::NotFound {
+        tools: tools.display().to_string(),
+    })
+}
+
+/// A running nats-server with JetStream.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    bin: PathBuf,
+    port: u16,
+    store_dir: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server storing JetStream data in `store_dir`, on `port` (0: a free port chosen
+    /// by the server), listening on 127.0.0.1 only.
+    pub fn start(store_dir: &Path, port: u16) -> Result<NatsServer, DevNatsError> {
+        let bin = find_binary()?;
+        std::fs::create_dir_all(store_dir)?;
+        let mut server = NatsServer {
+            child: None,
+            bin,
+            port,
+            store_dir: store_dir.to_path_buf(),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> Result<(), DevNatsError> {
+        let ports_dir = self.store_dir.join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir)?;
+        let log = self.store_dir.join("nats-server.log");
+        let port_arg = if self.port == 0 {
+            "-1".to_string()
+        } else {
+            self.port.to_string()
+        };
+        let child = Command::new(&self.bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+            .arg(&self.store_dir)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(port) = read_ports_file(&ports_dir) {
+                self.port = port;
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(DevNatsError::Io(std::io::Error::other(format!(
+                        "exited with {status}; see {}",
+                        log.display()
+                    ))));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(DevNatsError::NotReady(
+                    Duration::from_secs(20),
+                    log.display().to_string(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory.
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// Stops the server gracefully (SIGTERM, then SIGKILL after 10 s) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }
+    }
+
+    /// Starts the server again on the same port and store (after [`NatsServer::stop`]).
+    pub fn restart(&mut self) -> Result<(), DevNatsError> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn read_ports_file(dir: &Path) -> Option<u16> {
+    let entry = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".ports"))?;
+    let text = std::fs::read_to_string(entry.path()).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = json.get("nats")?.get(0)?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
+}

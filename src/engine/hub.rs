@@ -1,0 +1,321 @@
+//! The shared reader of one stream and its in-memory history (the "hub").
+//!
+//! One task per stream reads every new message from JetStream once, decodes it once and appends
+//! it to a ring of recent events bounded by bytes. Subscribers never get events pushed to them:
+//! each one pulls from the ring at its own pace through a cursor (the next stream sequence it
+//! wants), so a slow subscriber can never block the reader or other subscribers. A subscriber
+//! whose cursor falls before the ring's start catches up with its own JetStream read and then
+//! comes back to the ring; the cursor makes that hand-off gap- and duplicate-free.
+//!
+//! The ring's coverage is `[start, next)`: every message the stream holds with a sequence in
+//! that range is in the ring (messages JetStream deleted are simply absent). `start` grows when
+//! old events are evicted, `next` when the reader appends.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use parking_lot::RwLock;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::StoredEvent;
+use crate::store::{StartAt, Store};
+
+/// The bounded history of recent events.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    /// Events in sequence order.
+    events: VecDeque<Arc<StoredEvent>>,
+    /// First sequence covered.
+    start: u64,
+    /// One past the last sequence covered.
+    next: u64,
+    /// Sum of the events' sizes.
+    bytes: usize,
+    /// Eviction threshold for `bytes`.
+    max_bytes: usize,
+}
+
+/// What a subscriber found in the ring.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RingRead {
+    /// The cursor is before the ring's start: catch up from JetStream.
+    Behind {
+        /// The ring's start at the time of the read.
+        start: u64,
+    },
+    /// Events at or after the cursor were copied out (possibly none); `next` is the ring's end.
+    Events {
+        /// One past the last covered sequence.
+        next: u64,
+    },
+}
+
+impl Ring {
+    /// An empty ring that starts covering at `next`.
+    pub(crate) fn new(next: u64, max_bytes: usize) -> Ring {
+        Ring {
+            events: VecDeque::new(),
+            start: next,
+            next,
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Appends an event (sequences must increase) and evicts the oldest beyond the byte bound;
+    /// the newest event is always kept.
+    pub(crate) fn push(&mut self, event: Arc<StoredEvent>) {
+        self.next = event.sequence + 1;
+        self.bytes += event.size;
+        self.events.push_back(event);
+        while self.bytes > self.max_bytes && self.events.len() > 1 {
+            if let Some(old) = self.events.pop_front() {
+                self.bytes -= old.size;
+                self.start = old.sequence + 1;
+            }
+        }
+    }
+
+    /// Records that every sequence below `next` has been read (a message that was skipped).
+    pub(crate) fn advance(&mut self, next: u64) {
+        if next > self.next {
+            self.next = next;
+            if self.events.is_empty() {
+                self.start = self.start.max(next);
+            }
+        }
+    }
+
+    /// Copies up to `max` events with sequence ≥ `cursor` into `out`.
+    pub(crate) fn read_from(
+        &self,
+        cursor: u64,
+        max: usize,
+        out: &mut Vec<Arc<StoredEvent>>,
+    ) -> RingRead {
+        if cursor < self.start {
+            return RingRead::Behind { start: self.start };
+        }
+        let first = self.events.partition_point(|e| e.sequence < cursor);
+        out.extend(self.events.range(first..).take(max).cloned());
+        RingRead::Events { next: self.next }
+    }
+
+    /// First covered sequence.
+    pub(crate) fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// One past the last covered sequence.
+    pub(crate) fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// One stream's shared reader and history.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    /// The stream.
+    pub(crate) stream: String,
+    /// Recent events.
+    pub(crate) ring: RwLock<Ring>,
+    /// Announces the ring's new end after each appended batch.
+    tail: watch::Sender<u64>,
+    /// Live subscribers (for metrics).
+    pub(crate) subscribers: AtomicUsize,
+}
+
+impl Hub {
+    /// Creates the hub for `stream` covering from `next` and spawns its reader, which runs until
+    /// `shutdown`.
+    pub(crate) fn start(
+        stream: String,
+        next: u64,
+        max_bytes: usize,
+        batch: usize,
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> Arc<Hub> {
+        let (tail, _) = watch::channel(next);
+        let hub = Arc::new(Hub {
+            stream,
+            ring: RwLock::new(Ring::new(next, max_bytes)),
+            tail,
+            subscribers: AtomicUsize::new(0),
+        });
+        let span = tracing::info_span!("shared_reader", stream = %hub.stream);
+        tokio::spawn(run_reader(hub.clone(), store, batch, shutdown).instrument(span));
+        hub
+    }
+
+    /// A receiver that changes whenever the ring's end moves.
+    pub(crate) fn watch_tail(&self) -> watch::Receiver<u64> {
+        self.tail.subscribe()
+    }
+
+    /// Counts a subscriber in; the guard counts it out.
+    pub(crate) fn enter(self: &Arc<Self>) -> HubGuard {
+        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        HubGuard(self.clone())
+    }
+}
+
+/// Keeps a subscriber counted on a hub.
+#[derive(Debug)]
+pub(crate) struct HubGuard(Arc<Hub>);
+
+impl Drop for HubGuard {
+    fn drop(&mut self) {
+        self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The shared reader: appends every message of the stream to the ring, in order, forever.
+/// On any error it re-opens its JetStream read at the ring's end, so nothing is skipped.
+async fn run_reader(hub: Arc<Hub>, store: Store, batch: usize, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let next = hub.ring.read().next();
+        let reader = tokio::select! {
+            r = store.read(&hub.stream, StartAt::Sequence(next), &[], batch) => r,
+            () = shutdown.cancelled() => return,
+        };
+        let mut reader = match reader {
+            Ok(r) => {
+                backoff = Duration::from_millis(50);
+                r
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, next, "shared reader cannot open; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let mut healthy = true;
+        while healthy {
+            let mut result = tokio::select! {
+                m = reader.next() => m,
+                () = shutdown.cancelled() => return,
+            };
+            let mut appended = 0usize;
+            // Append everything already received, then announce once.
+            loop {
+                match result {
+                    Some(Ok(raw)) => {
+                        let seq = raw.sequence;
+                        // Decode outside the lock; readers are never blocked by decoding.
+                        let decoded = super::decode_stored(raw);
+                        let mut ring = hub.ring.write();
+                        if seq >= ring.next() {
+                            match decoded {
+                                Some(ev) => ring.push(ev),
+                                None => ring.advance(seq + 1),
+                            }
+                            appended += 1;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "shared reader interrupted; re-opening");
+                        healthy = false;
+                        break;
+                    }
+                    None => {
+                        healthy = false;
+                        break;
+                    }
+                }
+                if appended >= batch {
+                    break;
+                }
+                match reader.next().now_or_never() {
+                    Some(r) => result = r,
+                    None => break,
+                }
+            }
+            if appended > 0 {
+                let next = hub.ring.read().next();
+                hub.tail.send_replace(next);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+
+    fn ev(sequence: u64, size: usize) -> Arc<StoredEvent> {
+        Arc::new(StoredEvent {
+            sequence,
+            subject: "s".into(),
+            stored_at: chrono::Utc::now(),
+            event: Event::default(),
+            size,
+        })
+    }
+
+    #[test]
+    fn the_ring_evicts_by_bytes_and_reports_its_coverage() {
+        let mut ring = Ring::new(10, 100);
+        for s in 10..20 {
+            ring.push(ev(s, 30));
+        }
+        // 3 events of 30 bytes fit in 100.
+        assert_eq!(ring.start(), 17);
+        assert_eq!(ring.next(), 20);
+        assert!(ring.bytes() <= 100);
+        let mut out = Vec::new();
+        assert_eq!(
+            ring.read_from(12, 10, &mut out),
+            RingRead::Behind { start: 17 }
+        );
+        assert_eq!(
+            ring.read_from(18, 10, &mut out),
+            RingRead::Events { next: 20 }
+        );
+        assert_eq!(out.iter().map(|e| e.sequence).collect::<Vec<_>>(), [18, 19]);
+    }
+
+    #[test]
+    fn gaps_are_covered_and_reads_start_at_the_next_existing_event() {
+        let mut ring = Ring::new(1, 1000);
+        ring.push(ev(1, 1));
+        ring.push(ev(5, 1));
+        let mut out = Vec::new();
+        assert_eq!(
+            ring.read_from(2, 10, &mut out),
+            RingRead::Events { next: 6 }
+        );
+        assert_eq!(out[0].sequence, 5);
+        out.clear();
+        assert_eq!(
+            ring.read_from(6, 10, &mut out),
+            RingRead::Events { next: 6 }
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_newest_event_is_kept_even_when_larger_than_the_bound() {
+        let mut ring = Ring::new(1, 10);
+        ring.push(ev(1, 50));
+        ring.push(ev(2, 50));
+        assert_eq!(ring.start(), 2);
+        assert_eq!(ring.next(), 3);
+    }
+}

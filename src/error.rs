@@ -1,0 +1,114 @@
+//! The service-level error: what a publish or a subscription can fail with, in domain terms.
+//!
+//! Each layer has its own error enum (`StoreError`, `CodecError`/`InvalidEvent`,
+//! `FilterError`, `ConfigError`); this one is what the engine and the publish path return to
+//! the gRPC layer, which turns it into a `tonic::Status` in exactly one place
+//! (`grpc::status`). Messages say what was wrong and what to do, never internal secrets.
+
+use crate::codec::InvalidEvent;
+use crate::store::StoreError;
+
+/// A failed request, in domain terms.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is malformed or unsupported.
+    #[error("invalid `{field}`: {reason}")]
+    InvalidArgument {
+        /// The request field, dotted (e.g. `open.start.sequence`).
+        field: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// The event breaks a CloudEvents rule.
+    #[error("invalid event: {0}")]
+    InvalidEvent(#[source] InvalidEvent),
+    /// The event is larger than the configured limit.
+    #[error("the event is {size} bytes, more than the limit of {limit} bytes")]
+    EventTooLarge {
+        /// The event's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The stream is not one the gateway serves.
+    #[error("stream `{0}` is not declared on this gateway")]
+    StreamNotFound(String),
+    /// No such durable subscription.
+    #[error("durable `{durable}` does not exist on stream `{stream}`")]
+    DurableNotFound {
+        /// The stream.
+        stream: String,
+        /// The durable.
+        durable: String,
+    },
+    /// `expected_subject_sequence` did not match.
+    #[error(
+        "the subject's last event has sequence {current}, not the expected {expected}; \
+         re-read the resource and retry with the current sequence"
+    )]
+    SequenceMismatch {
+        /// What the client expected.
+        expected: u64,
+        /// What the subject's last sequence is.
+        current: u64,
+    },
+    /// The start position is older than the retained history.
+    #[error(
+        "sequence {requested} is no longer retained; the first available sequence is \
+         {first_sequence} (set on_expired to recover automatically)"
+    )]
+    HistoryExpired {
+        /// The requested sequence.
+        requested: u64,
+        /// The stream's first retained sequence.
+        first_sequence: u64,
+    },
+    /// A limit was reached (subscriptions, window).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// NATS is unreachable or lost for longer than the grace period.
+    #[error("NATS is unavailable ({reason}); retry, possibly on another gateway")]
+    Unavailable {
+        /// What failed.
+        reason: String,
+    },
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down; reconnect to another gateway")]
+    ShuttingDown,
+    /// The operation is part of the API but not available in this build.
+    #[error("{0} is not implemented yet")]
+    Unimplemented(String),
+    /// An unexpected failure; the text is safe to show.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Shorthand for [`Error::InvalidArgument`].
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Error {
+        match e {
+            StoreError::Unavailable(reason) => Error::Unavailable { reason },
+            StoreError::StreamNotFound(s) => Error::StreamNotFound(s),
+            StoreError::ConsumerNotFound { stream, durable } => {
+                Error::DurableNotFound { stream, durable }
+            }
+            StoreError::WrongLastSequence { current } => Error::SequenceMismatch {
+                expected: 0,
+                current,
+            },
+            StoreError::TooLarge => Error::EventTooLarge { size: 0, limit: 0 },
+            other @ (StoreError::StreamConflict { .. } | StoreError::Api(_)) => {
+                Error::Internal(other.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Hand-written conversions between protobuf messages and domain types.
+//!
+//! Conversions from the wire validate shape (oneofs present, numbers in range, timestamps
+//! valid) and report the offending field path; semantic validation of events is the codec's.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use super::pb::io::cloudevents::v1 as ce;
+use super::pb::jetwatch::v1 as api;
+use crate::config::SubscribeSettings;
+use crate::engine::{AckMode, Item, OnExpired, OpenRequest, Start, StoredEvent};
+use crate::error::Error;
+use crate::event::{AttributeValue, Data, Event};
+use crate::store::StreamState;
+
+use ce::cloud_event::cloud_event_attribute_value::Attr;
+
+/// Converts a protobuf CloudEvent to the domain event. `field` prefixes error paths.
+pub fn event_from_pb(pb: ce::CloudEvent, field: &str) -> Result<Event, Error> {
+    let mut attributes = std::collections::BTreeMap::new();
+    for (name, value) in pb.attributes {
+        let path = format!("{field}.attributes[{name}]");
+        let attr = value
+            .attr
+            .ok_or_else(|| Error::invalid(&path, "the attribute value has no type set"))?;
+        let v = match attr {
+            Attr::CeBoolean(b) => AttributeValue::Boolean(b),
+            Attr::CeInteger(i) => AttributeValue::Integer(i),
+            Attr::CeString(s) => AttributeValue::String(s),
+            Attr::CeBytes(b) => AttributeValue::Binary(Bytes::from(b)),
+            Attr::CeUri(s) => AttributeValue::Uri(s),
+            Attr::CeUriRef(s) => AttributeValue::UriRef(s),
+            Attr::CeTimestamp(t) => AttributeValue::Timestamp(
+                timestamp_from_pb(&t).ok_or_else(|| Error::invalid(&path, "invalid timestamp"))?,
+            ),
+        };
+        attributes.insert(name, v);
+    }
+    let data = pb.data.map(|d| match d {
+        ce::cloud_event::Data::BinaryData(b) => Data::Binary(Bytes::from(b)),
+        ce::cloud_event::Data::TextData(t) => Data::Text(t),
+        ce::cloud_event::Data::ProtoData(any) => Data::Proto {
+            type_url: any.type_url,
+            value: Bytes::from(any.value),
+        },
+    });
+    Ok(Event {
+        id: pb.id,
+        source: pb.source,
+        spec_version: pb.spec_version,
+        ty: pb.r#type,
+        attributes,
+        data,
+    })
+}
+
+/// Converts a domain event to the protobuf CloudEvent.
+pub fn event_to_pb(e: &Event) -> ce::CloudEvent {
+    let attributes = e
+        .attributes
+        .iter()
+        .map(|(k, v)| {
+            let attr = match v {
+                AttributeValue::Boolean(b) => Attr::CeBoolean(*b),
+                AttributeValue::Integer(i) => Attr::CeInteger(*i),
+                AttributeValue::String(s) => Attr::CeString(s.clone()),
+                AttributeValue::Binary(b) => Attr::CeBytes(b.to_vec()),
+                AttributeValue::Uri(s) => Attr::CeUri(s.clone()),
+                AttributeValue::UriRef(s) => Attr::CeUriRef(s.clone()),
+                AttributeValue::Timestamp(t) => Attr::CeTimestamp(timestamp_to_pb(t)),
+            };
+            (
+                k.clone(),
+                ce::cloud_event::CloudEventAttributeValue { attr: Some(attr) },
+            )
+        })
+        .collect();
+    let data = e.data.as_ref().map(|d| match d {
+        Data::Binary(b) => ce::cloud_event::Data::BinaryData(b.to_vec()),
+        Data::Text(t) => ce::cloud_event::Data::TextData(t.clone()),
+        Data::Proto { type_url, value } => ce::cloud_event::Data::ProtoData(prost_types::Any {
+            type_url: type_url.clone(),
+            value: value.to_vec(),
+        }),
+    });
+    ce::CloudEvent {
+        id: e.id.clone(),
+        source: e.source.clone(),
+        spec_version: e.spec_version.clone(),
+        r#type: e.ty.clone(),
+        attributes,
+        data,
+    }
+}
+
+/// A protobuf timestamp as a UTC time, if valid.
+pub fn timestamp_from_pb(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    let nanos = u32::try_from(t.nanos).ok()?;
+    DateTime::from_timestamp(t.seconds, nanos)
+}
+
+/// A UTC time as a protobuf timestamp.
+pub fn timestamp_to_pb(t: &DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn duration_from_pb(d: &prost_types::Duration, field: &str) -> Result<Duration, Error> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(Error::invalid(field, "must not be negative"));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// Validates an `Open` and fills in defaults. `watch` selects Watch's defaults (AUTO acks).
+pub fn open_from_pb(
+    open: api::Open,
+    default_stream: &str,
+    defaults: &SubscribeSettings,
+    watch: bool,
+) -> Result<OpenRequest, Error> {
+    let stream = if open.stream.is_empty() {
+        default_stream.to_owned()
+    } else {
+        open.stream
+    };
+    for (i, s) in open.subjects.iter().enumerate() {
+        if !crate::wildcard::is_valid_pattern(s) {
+            return Err(Error::invalid(
+                format!("open.subjects[{i}]"),
+                format!("`{s}` is not a valid NATS subject pattern"),
+            ));
+        }
+    }
+    if open.filter.is_some() {
+        return Err(Error::invalid(
+            "open.filter",
+            "attribute filters are not supported by this gateway yet; use `subjects`",
+        ));
+    }
+    let start = match open.start.and_then(|s| s.position) {
+        None => None,
+        Some(p) => Some(match p {
+            api::start_position::Position::New(()) => Start::New,
+            api::start_position::Position::Earliest(()) => Start::Earliest,
+            api::start_position::Position::Sequence(s) => Start::Sequence(s),
+            api::start_position::Position::Time(t) => Start::Time(
+                timestamp_from_pb(&t)
+                    .ok_or_else(|| Error::invalid("open.start.time", "invalid timestamp"))?,
+            ),
+            api::start_position::Position::Snapshot(()) => Start::Snapshot,
+            api::start_position::Position::Resume(()) => Start::Resume,
+        }),
+    };
+    let durable = if open.durable.is_empty() {
+        None
+    } else {
+        if !open
+            .durable
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Error::invalid(
+                "open.durable",
+                "use letters, digits, `-` and `_` only",
+            ));
+        }
+        Some(open.durable)
+    };
+    let ack_mode = match api::AckMode::try_from(open.ack_mode) {
+        Ok(api::AckMode::Auto) => AckMode::Auto,
+        Ok(api::AckMode::Explicit) => AckMode::Explicit,
+        Ok(api::AckMode::Unspecified) if watch => AckMode::Auto,
+        Ok(api::AckMode::Unspecified) => AckMode::Explicit,
+        Err(_) => return Err(Error::invalid("open.ack_mode", "unknown ack mode")),
+    };
+    if watch && ack_mode == AckMode::Explicit {
+        return Err(Error::invalid(
+            "open.ack_mode",
+            "Watch acknowledges as sent; use Subscribe for EXPLICIT acks",
+        ));
+    }
+    let max_in_flight = match open.max_in_flight {
+        0 => defaults.default_max_in_flight,
+        n if n > defaults.max_in_flight_limit => {
+            return Err(Error::invalid(
+                "open.max_in_flight",
+                format!("at most {} on this gateway", defaults.max_in_flight_limit),
+            ))
+        }
+        n => n,
+    };
+    let heartbeat = match open.heartbeat {
+        None => Some(defaults.default_heartbeat),
+        Some(d) => {
+            let d = duration_from_pb(&d, "open.heartbeat")?;
+            if d.is_zero() {
+                None
+            } else if d < defaults.min_heartbeat {
+                return Err(Error::invalid(
+                    "open.heartbeat",
+                    format!(
+                        "at least {:?} (or 0 to disable bookmarks)",
+                        defaults.min_heartbeat
+                    ),
+                ));
+            } else {
+                Some(d)
+            }
+        }
+    };
+    let on_expired = match api::OnExpired::try_from(open.on_expired) {
+        Ok(api::OnExpired::Unspecified | api::OnExpired::Fail) => OnExpired::Fail,
+        Ok(api::OnExpired::FromEarliest) => OnExpired::FromEarliest,
+        Ok(api::OnExpired::FromSnapshot) => OnExpired::FromSnapshot,
+        Err(_) => return Err(Error::invalid("open.on_expired", "unknown value")),
+    };
+    Ok(OpenRequest {
+        stream,
+        subjects: open.subjects,
+        start,
+        durable,
+        ack_mode,
+        max_in_flight,
+        heartbeat,
+        on_expired,
+    })
+}
+
+/// A delivery as sent to clients.
+pub fn delivery_to_pb(event: &StoredEvent, delivery_count: u32) -> api::Delivery {
+    api::Delivery {
+        event: Some(event_to_pb(&event.event)),
+        sequence: event.sequence,
+        subject: event.subject.clone(),
+        delivery_count,
+        stored_at: Some(timestamp_to_pb(&event.stored_at)),
+    }
+}
+
+/// An engine item as a response message.
+pub fn item_to_pb(item: &Item) -> api::SubscribeResponse {
+    use api::subscribe_response::Response;
+    let response = match item {
+        Item::Delivery {
+            event,
+            delivery_count,
+        } => Response::Delivery(delivery_to_pb(event, *delivery_count)),
+        Item::Bookmark { sequence, pending } => Response::Bookmark(api::Bookmark {
+            sequence: *sequence,
+            pending: *pending,
+        }),
+        Item::SnapshotEnd { sequence } => Response::SnapshotEnd(api::SnapshotEnd {
+            sequence: *sequence,
+        }),
+    };
+    api::SubscribeResponse {
+        response: Some(response),
+    }
+}
+
+/// A stream's state as the admin API reports it.
+pub fn stream_to_pb(s: &StreamState) -> api::StreamInfo {
+    api::StreamInfo {
+        name: s.name.clone(),
+        subjects: s.subjects.clone(),
+        first_sequence: s.first_sequence,
+        last_sequence: s.last_sequence,
+        messages: s.messages,
+        bytes: s.bytes,
+        subject_count: s.subject_count,
+        consumer_count: s.consumer_count as u64,
+        first_time: Some(timestamp_to_pb(&s.first_time)),
+        last_time: Some(timestamp_to_pb(&s.last_time)),
+        storage: s.storage.clone(),
+        replicas: s.replicas as u32,
+    }
+}

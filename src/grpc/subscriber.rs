@@ -1,0 +1,185 @@
+//! `jetwatch.v1.Subscriber`: `Watch` and `Subscribe`.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{item_to_pb, open_from_pb};
+use super::pb::jetwatch::v1 as api;
+use super::status::to_status;
+use crate::config::SubscribeSettings;
+use crate::engine::{Engine, Item, Subscription};
+use crate::error::Error;
+
+/// The Subscriber service.
+#[derive(Debug, Clone)]
+pub struct SubscriberService {
+    engine: Engine,
+    default_stream: String,
+    defaults: SubscribeSettings,
+    /// Cancelled at shutdown: open streams end with UNAVAILABLE.
+    shutdown: CancellationToken,
+}
+
+impl SubscriberService {
+    /// Serves subscriptions from `engine`.
+    pub fn new(
+        engine: Engine,
+        default_stream: String,
+        defaults: SubscribeSettings,
+        shutdown: CancellationToken,
+    ) -> SubscriberService {
+        SubscriberService {
+            engine,
+            default_stream,
+            defaults,
+            shutdown,
+        }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<api::SubscribeResponse, Status>> + Send>>;
+
+/// State of one response stream.
+struct Out {
+    opened: Option<api::SubscribeResponse>,
+    items: mpsc::Receiver<Result<Item, Error>>,
+    /// Errors found on the request side (e.g. a second `Open`).
+    control: Option<mpsc::Receiver<Error>>,
+    shutdown: CancellationToken,
+    /// The last sequence delivered (or passed by a bookmark): what a client resumes after.
+    last_delivered: u64,
+    done: bool,
+}
+
+/// The response stream of a subscription: `Opened`, then items; ends with UNAVAILABLE carrying
+/// `last_delivered_sequence` at shutdown or when the engine reports a lost NATS.
+fn respond(
+    sub: Subscription,
+    control: Option<mpsc::Receiver<Error>>,
+    shutdown: CancellationToken,
+) -> ResponseStream {
+    let opened = api::SubscribeResponse {
+        response: Some(api::subscribe_response::Response::Opened(api::Opened {
+            subscription_id: sub.id,
+            start_sequence: sub.start_sequence,
+            last_sequence: sub.last_sequence,
+        })),
+    };
+    let state = Out {
+        opened: Some(opened),
+        items: sub.items,
+        control,
+        shutdown,
+        last_delivered: sub.start_sequence.saturating_sub(1),
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if let Some(opened) = st.opened.take() {
+            return Some((Ok(opened), st));
+        }
+        let next = tokio::select! {
+            biased;
+            () = st.shutdown.cancelled() => Err(Error::ShuttingDown),
+            Some(e) = recv_control(&mut st.control) => Err(e),
+            item = st.items.recv() => match item {
+                Some(r) => r,
+                None => Err(Error::Unavailable { reason: "the subscription stopped".into() }),
+            },
+        };
+        match next {
+            Ok(item) => {
+                match &item {
+                    Item::Delivery { event, .. } => {
+                        st.last_delivered = st.last_delivered.max(event.sequence)
+                    }
+                    Item::Bookmark { sequence, .. } | Item::SnapshotEnd { sequence } => {
+                        st.last_delivered = st.last_delivered.max(*sequence)
+                    }
+                }
+                Some((Ok(item_to_pb(&item)), st))
+            }
+            Err(e) => {
+                st.done = true;
+                let last = matches!(e, Error::ShuttingDown | Error::Unavailable { .. })
+                    .then_some(st.last_delivered);
+                Some((Err(to_status(e, last)), st))
+            }
+        }
+    }))
+}
+
+async fn recv_control(control: &mut Option<mpsc::Receiver<Error>>) -> Option<Error> {
+    match control {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[tonic::async_trait]
+impl api::subscriber_server::Subscriber for SubscriberService {
+    type SubscribeStream = ResponseStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<api::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        use api::subscribe_request::Request as R;
+        let mut inbound = request.into_inner();
+        let open = match inbound.next().await {
+            Some(Ok(api::SubscribeRequest {
+                request: Some(R::Open(open)),
+            })) => open,
+            Some(Err(status)) => return Err(status),
+            _ => {
+                return Err(
+                    Error::invalid("request", "the first SubscribeRequest must be `open`").into(),
+                )
+            }
+        };
+        let req = open_from_pb(open, &self.default_stream, &self.defaults, false)?;
+        let sub = self.engine.open(req).await?;
+        let (control_tx, control_rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = inbound.next().await {
+                let err = match msg.request {
+                    Some(R::Open(_)) => Error::invalid(
+                        "request.open",
+                        "the subscription is already open; send `open` only once",
+                    ),
+                    Some(_) => continue,
+                    None => Error::invalid("request", "empty SubscribeRequest"),
+                };
+                let _ = control_tx.send(err).await;
+                break;
+            }
+        });
+        Ok(Response::new(respond(
+            sub,
+            Some(control_rx),
+            self.shutdown.clone(),
+        )))
+    }
+
+    type WatchStream = ResponseStream;
+
+    async fn watch(
+        &self,
+        request: Request<api::Open>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = open_from_pb(
+            request.into_inner(),
+            &self.default_stream,
+            &self.defaults,
+            true,
+        )?;
+        let sub = self.engine.open(req).await?;
+        Ok(Response::new(respond(sub, None, self.shutdown.clone())))
+    }
+}

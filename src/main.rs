@@ -1,0 +1,34 @@
+//! The `jetwatch` binary: parses flags, sets up tracing, waits for signals.
+
+use clap::Parser;
+use jetwatch::cli::{self, Cli, Command};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    jetwatch::telemetry::init_tracing();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match cli.command {
+        Command::Serve(args) => cli::serve(cli::settings_from(&args)?, shutdown).await,
+        Command::Dev(args) => cli::dev(args, shutdown).await,
+    }
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

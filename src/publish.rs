@@ -1,0 +1,166 @@
+//! The publish path: validate, choose the subject, encode, and store with a dedup key.
+//!
+//! [`Publisher::send`] does everything up to handing the message to JetStream and returns an
+//! [`InFlight`] whose acknowledgement is awaited separately, so `PublishStream` can pipeline
+//! many publishes while answering in request order. Nothing is stored for an event that fails
+//! validation, subject rendering or encoding: those all happen before the send.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::codec;
+use crate::config::Settings;
+use crate::error::Error;
+use crate::event::Event;
+use crate::store::{PendingAck, Store, StoreError};
+use crate::subject::SubjectTemplate;
+
+/// One publish, in domain terms.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    /// The event.
+    pub event: Event,
+    /// The stream; empty means the default stream.
+    pub stream: String,
+    /// Optimistic concurrency: the subject's expected last sequence (0: none yet).
+    pub expected_subject_sequence: Option<u64>,
+}
+
+/// A stored event's coordinates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The stream.
+    pub stream: String,
+    /// The subject it was stored on.
+    pub subject: String,
+    /// Its stream sequence (the original's, for a duplicate).
+    pub sequence: u64,
+    /// Whether it repeated an event within the duplicate window.
+    pub duplicate: bool,
+}
+
+/// A publish handed to JetStream, awaiting acknowledgement.
+#[derive(Debug)]
+pub struct InFlight {
+    stream: String,
+    subject: String,
+    expected: Option<u64>,
+    ack: PendingAck,
+}
+
+impl InFlight {
+    /// Waits for JetStream's acknowledgement.
+    pub async fn wait(self) -> Result<Published, Error> {
+        match self.ack.ack().await {
+            Ok(ack) => Ok(Published {
+                stream: self.stream,
+                subject: self.subject,
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            }),
+            Err(StoreError::WrongLastSequence { current }) => Err(Error::SequenceMismatch {
+                expected: self.expected.unwrap_or(0),
+                current,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Publishes events into the configured streams.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    /// Parsed subject template per declared stream.
+    templates: HashMap<String, SubjectTemplate>,
+    default_stream: String,
+    /// Size limit in bytes (the configured one, or the server's max_payload).
+    max_event_bytes: usize,
+}
+
+impl Publisher {
+    /// Builds the publisher for the declared streams (settings must be validated).
+    pub fn new(store: Store, settings: &Settings) -> Result<Publisher, Error> {
+        let mut templates = HashMap::new();
+        for s in &settings.streams {
+            let t = SubjectTemplate::parse(&s.template_source())
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            templates.insert(s.name.clone(), t);
+        }
+        let server_max = store.max_payload();
+        let max_event_bytes = match settings.publish.max_event_bytes {
+            0 => server_max,
+            n => n.min(server_max),
+        };
+        Ok(Publisher {
+            inner: Arc::new(Inner {
+                store,
+                templates,
+                default_stream: settings.publish.default_stream.clone(),
+                max_event_bytes,
+            }),
+        })
+    }
+
+    /// Validates, encodes and sends one event; the returned [`InFlight`] yields the ack.
+    pub async fn send(&self, req: PublishRequest) -> Result<InFlight, Error> {
+        let inner = &self.inner;
+        let stream = if req.stream.is_empty() {
+            inner.default_stream.clone()
+        } else {
+            req.stream
+        };
+        let template = inner
+            .templates
+            .get(&stream)
+            .ok_or_else(|| Error::StreamNotFound(stream.clone()))?;
+        let event = req.event;
+        codec::validate(&event, inner.max_event_bytes).map_err(|e| {
+            if e.is_too_large() {
+                Error::EventTooLarge {
+                    size: event.approximate_size(),
+                    limit: inner.max_event_bytes,
+                }
+            } else {
+                Error::InvalidEvent(e)
+            }
+        })?;
+        let subject = template
+            .render(&event)
+            .map_err(|e| Error::invalid("event", e.to_string()))?;
+        let encoded = codec::encode(&event).map_err(|e| Error::invalid("event", e.to_string()))?;
+        let msg_id = codec::dedup_key(&event.source, &event.id);
+        let ack = inner
+            .store
+            .publish(
+                subject.clone(),
+                encoded,
+                &msg_id,
+                req.expected_subject_sequence,
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::TooLarge => Error::EventTooLarge {
+                    size: event.approximate_size(),
+                    limit: inner.max_event_bytes,
+                },
+                other => other.into(),
+            })?;
+        Ok(InFlight {
+            stream,
+            subject,
+            expected: req.expected_subject_sequence,
+            ack,
+        })
+    }
+
+    /// Publishes one event and waits for it to be stored.
+    pub async fn publish(&self, req: PublishRequest) -> Result<Published, Error> {
+        self.send(req).await?.wait().await
+    }
+}

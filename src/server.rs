@@ -1,0 +1,218 @@
+//! Wiring: connect to NATS, declare streams, and serve gRPC (Publisher, Subscriber, Admin,
+//! health, reflection) and HTTP metrics until shutdown.
+//!
+//! Shutdown contract:
+//! - one [`CancellationToken`] is shared by every task and by tonic's graceful shutdown;
+//! - when it is cancelled, health turns NOT_SERVING, no new gRPC streams are accepted, open
+//!   subscriptions end with UNAVAILABLE carrying `last_delivered_sequence`, and unary
+//!   publishes in flight complete;
+//! - the caller bounds the whole drain with `server.shutdown_grace` (see [`Gateway::stopped`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::grpc::admin::AdminService;
+use crate::grpc::pb::jetwatch::v1::{
+    admin_server::AdminServer, publisher_server::PublisherServer,
+    subscriber_server::SubscriberServer,
+};
+use crate::grpc::publisher::PublisherService;
+use crate::grpc::subscriber::SubscriberService;
+use crate::publish::Publisher;
+use crate::store::{Store, StoreError};
+use crate::telemetry;
+
+/// Names of the jetwatch services, as health checking and reflection report them.
+pub const SERVICE_NAMES: [&str; 3] = [
+    "jetwatch.v1.Publisher",
+    "jetwatch.v1.Subscriber",
+    "jetwatch.v1.Admin",
+];
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// NATS could not be reached or a stream could not be declared.
+    #[error(transparent)]
+    Nats(#[from] StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything else (reflection descriptors, publisher set-up).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    grpc_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Gateway {
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound metrics address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// Waits until the server has stopped after shutdown, at most `grace`; returns false if
+    /// the grace period ran out (the caller exits anyway).
+    pub async fn stopped(self, grace: Duration) -> bool {
+        match tokio::time::timeout(grace, self.task).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(e))) => {
+                tracing::error!(error = %e, "gRPC server failed");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "gRPC server task failed");
+                true
+            }
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "shutdown grace period ran out; exiting with streams open"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// Connects, declares streams, binds the listeners and starts serving in the background.
+/// Everything stops when `shutdown` is cancelled.
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Gateway, StartError> {
+    let store = Store::connect(&settings.nats).await?;
+    for s in &settings.streams {
+        store.ensure_stream(s).await?;
+    }
+    tracing::info!(url = %settings.nats.url, streams = settings.streams.len(), "NATS ready");
+    let publisher =
+        Publisher::new(store.clone(), &settings).map_err(|e| StartError::Other(e.to_string()))?;
+    let engine = Engine::new(store.clone(), settings.clone(), shutdown.clone());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::Serving).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::grpc::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::grpc::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Other(e.to_string()))?;
+
+    let listen = settings.server.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let grpc_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let metrics_addr = telemetry::serve_metrics(
+        settings.server.metrics_listen,
+        engine.clone(),
+        store.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|source| StartError::Bind {
+        addr: settings.server.metrics_listen,
+        source,
+    })?;
+
+    // Health follows the NATS connection.
+    {
+        let (health, store, shutdown) = (health.clone(), store.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut serving = true;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                let connected = store.is_connected();
+                if connected != serving {
+                    serving = connected;
+                    tracing::warn!(connected, "NATS connection state changed");
+                    let status = if connected {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    set_health(&health, status).await;
+                }
+            }
+        });
+    }
+
+    let subscriber = SubscriberService::new(
+        engine,
+        settings.publish.default_stream.clone(),
+        settings.subscribe.clone(),
+        shutdown.clone(),
+    );
+    let publisher = PublisherService::new(publisher, settings.publish.max_pending_acks);
+    let admin = AdminService::new(store, settings.clone());
+
+    let signal = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            tracing::info!("shutting down: refusing new streams, ending open ones");
+            set_health(&health, ServingStatus::NotServing).await;
+        }
+    };
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(PublisherServer::new(publisher))
+        .add_service(SubscriberServer::new(subscriber))
+        .add_service(AdminServer::new(admin));
+    let task =
+        tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal));
+    tracing::info!(%grpc_addr, %metrics_addr, "jetwatch gateway serving");
+    Ok(Gateway {
+        grpc_addr,
+        metrics_addr,
+        task,
+    })
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in SERVICE_NAMES {
+        health.set_service_status(name, status).await;
+    }
+}

@@ -1,0 +1,142 @@
+//! Logs (tracing) and Prometheus metrics on HTTP `/metrics`.
+//!
+//! Counters are process-wide atomics updated on the hot paths; gauges are read when scraped.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::store::Store;
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Events stored.
+    pub published: AtomicU64,
+    /// Publishes acknowledged as duplicates.
+    pub duplicates: AtomicU64,
+    /// Publishes refused or failed.
+    pub publish_errors: AtomicU64,
+    /// Deliveries sent to subscribers.
+    pub deliveries: AtomicU64,
+    /// Subscriptions opened.
+    pub subscriptions_opened: AtomicU64,
+}
+
+/// The counters.
+pub static COUNTERS: Counters = Counters {
+    published: AtomicU64::new(0),
+    duplicates: AtomicU64::new(0),
+    publish_errors: AtomicU64::new(0),
+    deliveries: AtomicU64::new(0),
+    subscriptions_opened: AtomicU64::new(0),
+};
+
+/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), and
+/// `JETWATCH_LOG_FORMAT=json` switches to JSON lines.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let json = std::env::var("JETWATCH_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Serves `/metrics` on `addr` until `shutdown`; returns the bound address.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    engine: Engine,
+    store: Store,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (engine, store) = (engine.clone(), store.clone());
+            async move { render(&engine, &store).await }
+        }),
+    );
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::warn!(error = %e, "metrics server failed");
+        }
+    });
+    Ok(bound)
+}
+
+async fn render(engine: &Engine, store: &Store) -> String {
+    let c = &COUNTERS;
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    };
+    counter(
+        "jetwatch_published_total",
+        "Events stored.",
+        c.published.load(Ordering::Relaxed),
+    );
+    counter(
+        "jetwatch_publish_duplicates_total",
+        "Publishes acknowledged as duplicates.",
+        c.duplicates.load(Ordering::Relaxed),
+    );
+    counter(
+        "jetwatch_publish_errors_total",
+        "Publishes refused or failed.",
+        c.publish_errors.load(Ordering::Relaxed),
+    );
+    counter(
+        "jetwatch_deliveries_total",
+        "Deliveries sent to subscribers.",
+        c.deliveries.load(Ordering::Relaxed),
+    );
+    counter(
+        "jetwatch_subscriptions_opened_total",
+        "Subscriptions opened.",
+        c.subscriptions_opened.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP jetwatch_nats_connected 1 when the NATS connection is up.\n\
+         # TYPE jetwatch_nats_connected gauge\njetwatch_nats_connected {}",
+        u8::from(store.is_connected())
+    );
+    let hubs = engine.subscriber_counts().await;
+    let _ = writeln!(
+        out,
+        "# HELP jetwatch_live_subscribers Live subscribers served by a stream's shared reader.\n\
+         # TYPE jetwatch_live_subscribers gauge"
+    );
+    for (stream, subs, _) in &hubs {
+        let _ = writeln!(
+            out,
+            "jetwatch_live_subscribers{{stream=\"{stream}\"}} {subs}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP jetwatch_history_bytes Bytes of recent events held for a stream.\n\
+         # TYPE jetwatch_history_bytes gauge"
+    );
+    for (stream, _, bytes) in &hubs {
+        let _ = writeln!(out, "jetwatch_history_bytes{{stream=\"{stream}\"}} {bytes}");
+    }
+    out
+}

@@ -1,0 +1,218 @@
+//! The one test helper: a pinned nats-server on a free port with a temporary store, and a
+//! gateway on 127.0.0.1:0, both stopped when the [`TestEnv`] is dropped. Every test file uses it.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jetwatch::config::Settings;
+use jetwatch::devnats::NatsServer;
+use jetwatch::grpc::pb::io::cloudevents::v1 as ce;
+use jetwatch::grpc::pb::jetwatch::v1 as api;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub use api::admin_client::AdminClient;
+pub use api::publisher_client::PublisherClient;
+pub use api::subscriber_client::SubscriberClient;
+
+/// A NATS server plus a gateway.
+pub struct TestEnv {
+    pub nats: NatsServer,
+    pub gateway: Option<jetwatch::server::Gateway>,
+    pub shutdown: CancellationToken,
+    pub settings: Settings,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+/// Settings for tests: free ports, short grace, the default `events` stream.
+pub fn test_settings() -> Settings {
+    let mut s = Settings::defaults();
+    s.server.listen = "127.0.0.1:0".parse().unwrap();
+    s.server.metrics_listen = "127.0.0.1:0".parse().unwrap();
+    s.server.shutdown_grace = Duration::from_secs(5);
+    s
+}
+
+/// Starts nats-server, failing (never skipping) with the install command when it is missing.
+pub fn start_nats(dir: &std::path::Path) -> NatsServer {
+    match NatsServer::start(&dir.join("nats"), 0) {
+        Ok(n) => n,
+        Err(e) => panic!("cannot start nats-server for tests: {e}"),
+    }
+}
+
+impl TestEnv {
+    /// NATS and a gateway with the test defaults.
+    pub async fn start() -> TestEnv {
+        TestEnv::with(|_| {}).await
+    }
+
+    /// NATS and a gateway whose settings `customize` adjusts.
+    pub async fn with(customize: impl FnOnce(&mut Settings)) -> TestEnv {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = start_nats(dir.path());
+        let mut settings = test_settings();
+        settings.nats.url = nats.url();
+        customize(&mut settings);
+        settings.validate().unwrap();
+        let shutdown = CancellationToken::new();
+        let gateway = jetwatch::server::start(settings.clone(), shutdown.clone())
+            .await
+            .expect("gateway starts");
+        let addr = gateway.grpc_addr();
+        TestEnv {
+            nats,
+            gateway: Some(gateway),
+            shutdown,
+            settings,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// Starts a second gateway on the same NATS (same settings, new ports).
+    pub async fn second_gateway(&self) -> (jetwatch::server::Gateway, CancellationToken) {
+        let token = CancellationToken::new();
+        let gw = jetwatch::server::start(self.settings.clone(), token.clone())
+            .await
+            .unwrap();
+        (gw, token)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        channel(self.addr).await
+    }
+
+    pub async fn publisher(&self) -> PublisherClient<Channel> {
+        PublisherClient::new(self.channel().await)
+    }
+
+    pub async fn subscriber(&self) -> SubscriberClient<Channel> {
+        SubscriberClient::new(self.channel().await)
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel().await)
+    }
+
+    /// A raw JetStream context on the same server.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.nats.url()).await.unwrap();
+        async_nats::jetstream::new(client)
+    }
+
+    /// Messages stored in `stream`, read straight from JetStream.
+    pub async fn stored_count(&self, stream: &str) -> u64 {
+        let js = self.jetstream().await;
+        let mut s = js.get_stream(stream).await.unwrap();
+        s.info().await.unwrap().state.messages
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("gateway reachable")
+}
+
+/// A widget event: source `/widgets`, subject `name`, type `com.example.widget.<verb>`.
+pub fn widget(id: &str, name: &str, verb: &str) -> ce::CloudEvent {
+    let mut attributes = HashMap::new();
+    attributes.insert(
+        "subject".to_string(),
+        ce::cloud_event::CloudEventAttributeValue {
+            attr: Some(
+                ce::cloud_event::cloud_event_attribute_value::Attr::CeString(name.to_string()),
+            ),
+        },
+    );
+    attributes.insert(
+        "datacontenttype".to_string(),
+        ce::cloud_event::CloudEventAttributeValue {
+            attr: Some(
+                ce::cloud_event::cloud_event_attribute_value::Attr::CeString(
+                    "application/json".to_string(),
+                ),
+            ),
+        },
+    );
+    ce::CloudEvent {
+        id: id.to_string(),
+        source: "/widgets".to_string(),
+        spec_version: "1.0".to_string(),
+        r#type: format!("com.example.widget.{verb}"),
+        attributes,
+        data: Some(ce::cloud_event::Data::TextData(format!(
+            "{{\"name\":\"{name}\"}}"
+        ))),
+    }
+}
+
+/// Publishes one event to the default stream and returns its sequence.
+pub async fn publish(client: &mut PublisherClient<Channel>, event: ce::CloudEvent) -> u64 {
+    client
+        .publish(api::PublishRequest {
+            event: Some(event),
+            ..Default::default()
+        })
+        .await
+        .expect("publish succeeds")
+        .into_inner()
+        .sequence
+}
+
+pub fn start_at(position: api::start_position::Position) -> Option<api::StartPosition> {
+    Some(api::StartPosition {
+        position: Some(position),
+    })
+}
+
+/// Opens a Watch on the default stream.
+pub async fn watch(
+    client: &mut SubscriberClient<Channel>,
+    open: api::Open,
+) -> tonic::Streaming<api::SubscribeResponse> {
+    client.watch(open).await.expect("watch opens").into_inner()
+}
+
+/// The next response, failing the test after 20 s of silence (a hang, not a timing check).
+pub async fn next(
+    stream: &mut tonic::Streaming<api::SubscribeResponse>,
+) -> Result<api::subscribe_response::Response, tonic::Status> {
+    match tokio::time::timeout(Duration::from_secs(20), stream.next()).await {
+        Ok(Some(Ok(r))) => Ok(r.response.expect("a response")),
+        Ok(Some(Err(status))) => Err(status),
+        Ok(None) => panic!("stream ended"),
+        Err(_) => panic!("no response within 20 s"),
+    }
+}
+
+/// The next delivery, skipping bookmarks.
+pub async fn next_delivery(stream: &mut tonic::Streaming<api::SubscribeResponse>) -> api::Delivery {
+    loop {
+        match next(stream).await.expect("no error") {
+            api::subscribe_response::Response::Delivery(d) => return d,
+            api::subscribe_response::Response::Bookmark(_) => continue,
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+}
+
+/// The `google.rpc.ErrorInfo` metadata of a status.
+pub fn error_info(status: &tonic::Status) -> (String, HashMap<String, String>) {
+    use tonic_types::StatusExt;
+    let info = status.get_details_error_info().expect("ErrorInfo details");
+    (info.reason, info.metadata)
+}
