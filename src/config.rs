@@ -81,6 +81,10 @@ pub struct NatsSettings {
     pub request_timeout: Duration,
     /// Name this gateway's connection reports to the NATS server. Default `jetwatch`.
     pub connection_name: String,
+    /// How long open subscriptions wait for a lost NATS connection to return before they end
+    /// with UNAVAILABLE (carrying their last delivered sequence). Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub outage_grace: Duration,
 }
 
 /// `[publish]`.

@@ -101,6 +101,9 @@ impl From<StoreError> for Error {
             StoreError::ConsumerNotFound { stream, durable } => {
                 Error::DurableNotFound { stream, durable }
             }
+            e @ StoreError::ConsumerConflict { .. } => {
+                Error::invalid("open.durable", e.to_string())
+            }
             StoreError::WrongLastSequence { current } => Error::SequenceMismatch {
                 expected: 0,
                 current,

@@ -38,6 +38,14 @@ pub enum StoreError {
         /// The durable name.
         durable: String,
     },
+    /// A durable exists with a configuration the request contradicts.
+    #[error("durable `{durable}` already exists and differs: {detail}")]
+    ConsumerConflict {
+        /// The durable name.
+        durable: String,
+        /// What differs.
+        detail: String,
+    },
     /// `expected_subject_sequence` did not match the subject's last sequence.
     #[error("the subject's last sequence is {current}, not the expected one")]
     WrongLastSequence {
@@ -337,6 +345,395 @@ impl Store {
             messages,
             initial_pending,
         })
+    }
+}
+
+/// Where a new consumer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerStart {
+    /// Only messages stored after creation.
+    New,
+    /// Every retained message.
+    All,
+    /// A reader-style start.
+    At(StartAt),
+}
+
+/// What a consumer-backed subscription asks JetStream for.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// The durable name; `None` for an ephemeral consumer (removed when idle).
+    pub durable: Option<String>,
+    /// Subject filters (empty: all).
+    pub subjects: Vec<String>,
+    /// Where a newly created consumer starts.
+    pub start: ConsumerStart,
+    /// Redelivery deadline for unacknowledged deliveries.
+    pub ack_wait: Duration,
+    /// Bound on unacknowledged deliveries across all clients of the consumer.
+    pub max_ack_pending: i64,
+}
+
+/// A durable's (or consumer's) progress, as the admin API reports it.
+#[derive(Debug, Clone)]
+pub struct ConsumerState {
+    /// The stream.
+    pub stream: String,
+    /// The consumer's name (the durable name).
+    pub name: String,
+    /// Subject filters.
+    pub subjects: Vec<String>,
+    /// Stream sequence of the last delivery.
+    pub delivered_sequence: u64,
+    /// Every message up to this stream sequence has been acknowledged.
+    pub ack_floor_sequence: u64,
+    /// Matching messages not yet delivered.
+    pub pending: u64,
+    /// Delivered but unacknowledged.
+    pub in_flight: u64,
+    /// Pull requests waiting (clients attached and ready).
+    pub waiting: u64,
+    /// Creation time.
+    pub created: DateTime<Utc>,
+}
+
+/// A JetStream pull consumer with explicit acknowledgements.
+#[derive(Clone)]
+pub struct Consumer {
+    consumer: consumer::PullConsumer,
+    client: async_nats::Client,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("name", &self.consumer.cached_info().name)
+            .finish()
+    }
+}
+
+/// One delivery from a [`Consumer`], with the handle that acknowledges it.
+#[derive(Debug)]
+pub struct Delivered {
+    /// The message.
+    pub raw: RawMessage,
+    /// How many times JetStream has delivered it (1 on first delivery).
+    pub delivery_count: u32,
+    /// Acknowledges it.
+    pub acker: Acker,
+}
+
+/// Acknowledges one delivery (publishes to its reply subject).
+#[derive(Debug, Clone)]
+pub struct Acker {
+    client: async_nats::Client,
+    reply: async_nats::Subject,
+}
+
+impl Acker {
+    async fn send(&self, body: &'static [u8]) -> Result<(), StoreError> {
+        self.client
+            .publish(self.reply.clone(), Bytes::from_static(body))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Acknowledges: never redelivered.
+    pub async fn ack(&self) -> Result<(), StoreError> {
+        self.send(b"+ACK").await
+    }
+
+    /// Asks for redelivery after `delay` (at once when zero).
+    pub async fn nak(&self, delay: Duration) -> Result<(), StoreError> {
+        let body = if delay.is_zero() {
+            Bytes::from_static(b"-NAK")
+        } else {
+            Bytes::from(format!("-NAK {{\"delay\": {}}}", delay.as_nanos()))
+        };
+        self.client
+            .publish(self.reply.clone(), body)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Gives up: never redelivered.
+    pub async fn term(&self) -> Result<(), StoreError> {
+        self.send(b"+TERM").await
+    }
+}
+
+/// The deliveries of one pull request.
+pub struct Pull {
+    batch: consumer::pull::Batch,
+    client: async_nats::Client,
+}
+
+impl fmt::Debug for Pull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pull").finish_non_exhaustive()
+    }
+}
+
+impl Pull {
+    /// The next delivery; `None` when the pull request is complete or expired.
+    pub async fn next(&mut self) -> Option<Result<Delivered, StoreError>> {
+        let msg = match self.batch.next().await? {
+            Ok(m) => m,
+            Err(e) => return Some(Err(StoreError::Unavailable(e.to_string()))),
+        };
+        let (sequence, pending, published, delivered) = match msg.info() {
+            Ok(i) => (i.stream_sequence, i.pending, i.published, i.delivered),
+            Err(e) => return Some(Err(StoreError::Api(e.to_string()))),
+        };
+        let msg = msg.split().0;
+        let Some(reply) = msg.reply.clone() else {
+            return Some(Err(StoreError::Api(
+                "a delivery without a reply subject".into(),
+            )));
+        };
+        Some(Ok(Delivered {
+            raw: RawMessage {
+                sequence,
+                subject: msg.subject.to_string(),
+                stored_at: published,
+                pending,
+                headers: msg.headers,
+                payload: msg.payload,
+            },
+            delivery_count: u32::try_from(delivered).unwrap_or(u32::MAX),
+            acker: Acker {
+                client: self.client.clone(),
+                reply,
+            },
+        }))
+    }
+}
+
+impl Consumer {
+    /// Asks for up to `max` deliveries, waiting at most `expires` for them.
+    pub async fn pull(&self, max: usize, expires: Duration) -> Result<Pull, StoreError> {
+        let batch = self
+            .consumer
+            .batch()
+            .max_messages(max.max(1))
+            .expires(expires)
+            .messages()
+            .await
+            .map_err(api)?;
+        Ok(Pull {
+            batch,
+            client: self.client.clone(),
+        })
+    }
+
+    /// The consumer's current state.
+    pub async fn state(&mut self) -> Result<ConsumerState, StoreError> {
+        let info = self.consumer.info().await.map_err(api)?;
+        Ok(consumer_state(info))
+    }
+
+    /// The consumer's state when it was opened.
+    pub fn cached_state(&self) -> ConsumerState {
+        consumer_state(self.consumer.cached_info())
+    }
+}
+
+fn consumer_state(info: &consumer::Info) -> ConsumerState {
+    let mut subjects = info.config.filter_subjects.clone();
+    if !info.config.filter_subject.is_empty() {
+        subjects.push(info.config.filter_subject.clone());
+    }
+    ConsumerState {
+        stream: info.stream_name.clone(),
+        name: info.name.clone(),
+        subjects,
+        delivered_sequence: info.delivered.stream_sequence,
+        ack_floor_sequence: info.ack_floor.stream_sequence,
+        pending: info.num_pending,
+        in_flight: info.num_ack_pending as u64,
+        waiting: info.num_waiting as u64,
+        created: info.created,
+    }
+}
+
+fn deliver_policy(start: ConsumerStart) -> consumer::DeliverPolicy {
+    match start {
+        ConsumerStart::New => consumer::DeliverPolicy::New,
+        ConsumerStart::All => consumer::DeliverPolicy::All,
+        ConsumerStart::At(StartAt::Sequence(s)) => consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: s.max(1),
+        },
+        ConsumerStart::At(StartAt::Time(t)) => {
+            consumer::DeliverPolicy::ByStartTime { start_time: t }
+        }
+        ConsumerStart::At(StartAt::LastPerSubject) => consumer::DeliverPolicy::LastPerSubject,
+    }
+}
+
+impl Store {
+    /// Opens the durable `spec.durable` (creating it from `spec` when it does not exist), or
+    /// creates an ephemeral consumer. Returns the consumer and whether it was created now.
+    pub async fn open_consumer(
+        &self,
+        stream: &str,
+        spec: &ConsumerSpec,
+    ) -> Result<(Consumer, bool), StoreError> {
+        let handle = self.js.get_stream_no_info(stream).await.map_err(api)?;
+        if let Some(name) = &spec.durable {
+            match handle.get_consumer::<consumer::pull::Config>(name).await {
+                Ok(c) => {
+                    let existing = consumer_state(c.cached_info());
+                    let mut want = spec.subjects.clone();
+                    let mut have = existing.subjects.clone();
+                    want.sort();
+                    have.sort();
+                    if want != have {
+                        return Err(StoreError::ConsumerConflict {
+                            durable: name.clone(),
+                            detail: format!(
+                                "it filters subjects {have:?}, this request asks for {want:?}"
+                            ),
+                        });
+                    }
+                    return Ok((
+                        Consumer {
+                            consumer: c,
+                            client: self.client.clone(),
+                        },
+                        false,
+                    ));
+                }
+                Err(e) if e.to_string().contains("consumer not found") => {}
+                Err(e) => return Err(not_found_or(stream, e)),
+            }
+        }
+        let config = consumer::pull::Config {
+            durable_name: spec.durable.clone(),
+            name: spec.durable.clone(),
+            deliver_policy: deliver_policy(spec.start),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: spec.ack_wait,
+            max_deliver: -1,
+            max_ack_pending: spec.max_ack_pending,
+            filter_subjects: spec.subjects.clone(),
+            inactive_threshold: if spec.durable.is_some() {
+                Duration::ZERO
+            } else {
+                READER_INACTIVE_THRESHOLD
+            },
+            ..Default::default()
+        };
+        let c = handle
+            .create_consumer(config)
+            .await
+            .map_err(|e| not_found_or(stream, e))?;
+        Ok((
+            Consumer {
+                consumer: c,
+                client: self.client.clone(),
+            },
+            true,
+        ))
+    }
+
+    /// The durable consumers of `stream`.
+    pub async fn durables(&self, stream: &str) -> Result<Vec<ConsumerState>, StoreError> {
+        let handle = self.js.get_stream_no_info(stream).await.map_err(api)?;
+        let mut out = Vec::new();
+        let mut consumers = handle.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info.map_err(|e| not_found_or(stream, e))?;
+            if info.config.durable_name.is_some() {
+                out.push(consumer_state(&info));
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The state of the durable `name` on `stream`.
+    pub async fn durable(&self, stream: &str, name: &str) -> Result<ConsumerState, StoreError> {
+        let handle = self.js.get_stream_no_info(stream).await.map_err(api)?;
+        match handle.consumer_info(name).await {
+            Ok(info) if info.config.durable_name.is_some() => Ok(consumer_state(&info)),
+            Ok(_) => Err(consumer_not_found(stream, name)),
+            Err(e) if e.to_string().contains("consumer not found") => {
+                Err(consumer_not_found(stream, name))
+            }
+            Err(e) => Err(not_found_or(stream, e)),
+        }
+    }
+
+    /// Deletes the durable `name`.
+    pub async fn delete_durable(&self, stream: &str, name: &str) -> Result<(), StoreError> {
+        self.durable(stream, name).await?;
+        let handle = self.js.get_stream_no_info(stream).await.map_err(api)?;
+        handle.delete_consumer(name).await.map_err(api)?;
+        Ok(())
+    }
+
+    /// Moves the durable `name` to `start`: JetStream cannot reposition a consumer, so it is
+    /// re-created with the same configuration and the new start (its clients' next pulls
+    /// continue from there; their unacknowledged deliveries are forgotten).
+    pub async fn seek_durable(
+        &self,
+        stream: &str,
+        name: &str,
+        start: ConsumerStart,
+    ) -> Result<ConsumerState, StoreError> {
+        let handle = self.js.get_stream_no_info(stream).await.map_err(api)?;
+        let info = match handle.consumer_info(name).await {
+            Ok(info) if info.config.durable_name.is_some() => info,
+            Ok(_) => return Err(consumer_not_found(stream, name)),
+            Err(e) if e.to_string().contains("consumer not found") => {
+                return Err(consumer_not_found(stream, name))
+            }
+            Err(e) => return Err(not_found_or(stream, e)),
+        };
+        let mut config: consumer::pull::Config = pull_config(&info.config);
+        config.deliver_policy = deliver_policy(start);
+        handle.delete_consumer(name).await.map_err(api)?;
+        let mut c = handle.create_consumer(config).await.map_err(api)?;
+        let info = c.info().await.map_err(api)?;
+        Ok(consumer_state(info))
+    }
+
+    /// Publishes `encoded` on `subject` (for dead-lettering), awaiting the acknowledgement.
+    pub async fn publish_copy(&self, subject: String, encoded: Encoded) -> Result<u64, StoreError> {
+        let msg = jetstream::message::PublishMessage::build()
+            .payload(encoded.payload)
+            .headers(encoded.headers);
+        let ack = self
+            .js
+            .send_publish(subject, msg)
+            .await
+            .map_err(publish_error)?;
+        let ack = ack.await.map_err(publish_error)?;
+        Ok(ack.sequence)
+    }
+}
+
+fn pull_config(c: &consumer::Config) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: c.durable_name.clone(),
+        name: c.name.clone(),
+        description: c.description.clone(),
+        deliver_policy: c.deliver_policy,
+        ack_policy: c.ack_policy,
+        ack_wait: c.ack_wait,
+        max_deliver: c.max_deliver,
+        filter_subject: c.filter_subject.clone(),
+        filter_subjects: c.filter_subjects.clone(),
+        max_ack_pending: c.max_ack_pending,
+        inactive_threshold: c.inactive_threshold,
+        ..Default::default()
+    }
+}
+
+fn consumer_not_found(stream: &str, name: &str) -> StoreError {
+    StoreError::ConsumerNotFound {
+        stream: stream.to_owned(),
+        durable: name.to_owned(),
     }
 }
 

@@ -118,7 +118,7 @@ async fn render(engine: &Engine, store: &Store) -> String {
          # TYPE jetwatch_nats_connected gauge\njetwatch_nats_connected {}",
         u8::from(store.is_connected())
     );
-    let hubs = engine.subscriber_counts().await;
+    let hubs = engine.hub_stats().await;
     let _ = writeln!(
         out,
         "# HELP jetwatch_live_subscribers Live subscribers served by a stream's shared reader.\n\

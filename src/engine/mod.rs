@@ -1,13 +1,24 @@
 //! The subscription engine: turns an `Open` into a stream of deliveries.
 //!
-//! Ephemeral subscriptions are served by the stream's [`hub`]: one shared JetStream read per
-//! stream, a byte-bounded ring of recent events, and per-subscriber cursors with catch-up reads
-//! for subscribers behind the ring (see [`subscription`]). The number of JetStream consumers
-//! therefore does not grow with the number of live subscribers.
+//! Two paths, chosen at open:
+//!
+//! - **Shared** (ephemeral subscriptions with AUTO acks — every `Watch` without a durable):
+//!   served by the stream's [`hub`]: one shared JetStream read per stream, a byte-bounded ring
+//!   of recent events, and per-subscriber cursors with catch-up reads for subscribers behind
+//!   the ring (see [`subscription`]). The number of JetStream consumers does not grow with the
+//!   number of live subscribers.
+//! - **Consumer-backed** (durables, and ephemeral subscriptions with EXPLICIT acks): a
+//!   JetStream pull consumer per durable (shared by its clients as competing consumers) or per
+//!   explicit ephemeral subscription, so positions, acks and redelivery live in JetStream
+//!   (see [`consumer`]).
+//!
+//! Both paths honour the same window ([`Window`]): a delivery takes a permit, which comes back
+//! when the delivery is sent (AUTO) or acknowledged (EXPLICIT); `Credit` adds permits.
 //!
 //! The engine speaks domain types only: it receives an [`OpenRequest`] and hands back a
 //! [`Subscription`] whose bounded channel yields [`Item`]s; the gRPC layer converts them.
 
+mod consumer;
 mod hub;
 mod subscription;
 
@@ -16,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, watch, Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -25,6 +36,9 @@ use crate::event::Event;
 use crate::store::{StartAt, Store};
 
 use hub::Hub;
+
+/// Items queued beyond the window (bookmarks, snapshot end, the final error).
+const CONTROL_SLACK: usize = 8;
 
 /// An event as stored in a stream, decoded once and shared by every subscriber.
 #[derive(Debug)]
@@ -98,6 +112,8 @@ pub struct OpenRequest {
     pub heartbeat: Option<Duration>,
     /// Recovery when history expired.
     pub on_expired: OnExpired,
+    /// Redelivery deadline (EXPLICIT).
+    pub ack_wait: Duration,
 }
 
 /// What a subscription yields, in order.
@@ -124,7 +140,62 @@ pub enum Item {
     },
 }
 
-/// An open subscription: its identity and its bounded stream of items.
+/// What a client says after `Open`.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Acknowledge these sequences.
+    Ack(Vec<u64>),
+    /// Redeliver these sequences after the delay.
+    Nack(Vec<u64>, Duration),
+    /// Give up on these sequences (dead-letter them with the reason).
+    Term(Vec<u64>, String),
+    /// Widen the window by this many deliveries.
+    Credit(u32),
+}
+
+/// A subscription's window: permits for deliveries not yet sent (AUTO) or not yet
+/// acknowledged (EXPLICIT).
+#[derive(Debug, Clone)]
+pub struct Window {
+    permits: Arc<Semaphore>,
+    /// Whether a permit returns when the delivery is sent (AUTO) rather than acknowledged.
+    release_on_send: bool,
+}
+
+impl Window {
+    fn new(size: u32, mode: AckMode) -> Window {
+        Window {
+            permits: Arc::new(Semaphore::new(size as usize)),
+            release_on_send: mode == AckMode::Auto,
+        }
+    }
+
+    /// Takes one permit, waiting until one is free.
+    async fn acquire(&self) {
+        if let Ok(p) = self.permits.acquire().await {
+            p.forget();
+        }
+    }
+
+    /// Permits free now.
+    fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    /// Returns `n` permits.
+    fn release(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+
+    /// Called by the transport once `item` has been handed to the client.
+    pub fn sent(&self, item: &Item) {
+        if self.release_on_send && matches!(item, Item::Delivery { .. }) {
+            self.release(1);
+        }
+    }
+}
+
+/// An open subscription: its identity, its bounded stream of items and its control channel.
 #[derive(Debug)]
 pub struct Subscription {
     /// A unique id, for logs and metrics.
@@ -133,8 +204,12 @@ pub struct Subscription {
     pub start_sequence: u64,
     /// The stream's last sequence when it opened.
     pub last_sequence: u64,
-    /// Items; an `Err` ends the subscription. Capacity is the window.
+    /// Items; an `Err` ends the subscription.
     pub items: mpsc::Receiver<Result<Item, Error>>,
+    /// Acks, nacks, terms and credit from the client.
+    pub control: mpsc::Sender<Control>,
+    /// The window; the transport reports sent items to it.
+    pub window: Window,
 }
 
 /// The subscription engine of one gateway.
@@ -153,34 +228,83 @@ struct Inner {
     hubs: Mutex<HashMap<String, Arc<Hub>>>,
     /// Cancelled at shutdown: stops hubs and subscriptions.
     shutdown: CancellationToken,
+    /// True while NATS has been lost for longer than `nats.outage_grace`.
+    outage: watch::Receiver<bool>,
+}
+
+/// What every subscription task shares with the engine.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) outage: watch::Receiver<bool>,
 }
 
 impl Engine {
     /// Creates the engine; everything it spawns stops when `shutdown` is cancelled.
     pub fn new(store: Store, settings: Settings, shutdown: CancellationToken) -> Engine {
+        let outage =
+            spawn_outage_monitor(store.clone(), settings.nats.outage_grace, shutdown.clone());
         Engine {
             inner: Arc::new(Inner {
                 store,
                 settings,
                 hubs: Mutex::new(HashMap::new()),
                 shutdown,
+                outage,
             }),
+        }
+    }
+
+    fn shared(&self) -> Shared {
+        Shared {
+            store: self.inner.store.clone(),
+            shutdown: self.inner.shutdown.clone(),
+            outage: self.inner.outage.clone(),
         }
     }
 
     /// Opens a subscription. Errors are returned before anything is streamed.
     pub async fn open(&self, req: OpenRequest) -> Result<Subscription, Error> {
         let inner = &self.inner;
-        if inner.settings.stream(&req.stream).is_none() {
+        let Some(stream_settings) = inner.settings.stream(&req.stream) else {
             return Err(Error::StreamNotFound(req.stream));
+        };
+        if *inner.outage.borrow() {
+            return Err(Error::Unavailable {
+                reason: "the gateway has lost its NATS connection".into(),
+            });
         }
-        if req.durable.is_some() {
-            return Err(Error::Unimplemented("durable subscriptions".into()));
-        }
-        if req.ack_mode == AckMode::Explicit {
-            return Err(Error::Unimplemented("EXPLICIT acknowledgements".into()));
+        let (tx, rx) = mpsc::channel(req.max_in_flight as usize + CONTROL_SLACK);
+        let (control_tx, control_rx) = mpsc::channel(64);
+        let window = Window::new(req.max_in_flight, req.ack_mode);
+        let id = uuid::Uuid::new_v4().to_string();
+        crate::telemetry::COUNTERS
+            .subscriptions_opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if req.durable.is_some() || req.ack_mode == AckMode::Explicit {
+            let opened = consumer::open(consumer::Params {
+                id: id.clone(),
+                req,
+                settings: &inner.settings,
+                dead_letter_subject: stream_settings.dead_letter_subject.clone(),
+                shared: self.shared(),
+                tx,
+                control: control_rx,
+                window: window.clone(),
+            })
+            .await?;
+            return Ok(Subscription {
+                id,
+                start_sequence: opened.start_sequence,
+                last_sequence: opened.last_sequence,
+                items: rx,
+                control: control_tx,
+                window,
+            });
         }
         let state = inner.store.stream_state(&req.stream).await?;
+        let mut snapshot = false;
         let cursor = match req.start.unwrap_or(Start::New) {
             Start::New => state.last_sequence + 1,
             Start::Earliest => state.first_sequence.max(1),
@@ -199,7 +323,8 @@ impl Engine {
                 }
                 OnExpired::FromEarliest => state.first_sequence,
                 OnExpired::FromSnapshot => {
-                    return Err(Error::Unimplemented("snapshot start".into()))
+                    snapshot = true;
+                    state.first_sequence
                 }
             },
             Start::Sequence(s) => s,
@@ -207,7 +332,10 @@ impl Engine {
                 self.resolve_time(&req.stream, t, state.last_sequence)
                     .await?
             }
-            Start::Snapshot => return Err(Error::Unimplemented("snapshot start".into())),
+            Start::Snapshot => {
+                snapshot = true;
+                state.first_sequence.max(1)
+            }
             Start::Resume => {
                 return Err(Error::invalid(
                     "open.start.resume",
@@ -216,24 +344,26 @@ impl Engine {
             }
         };
         let hub = self.hub(&req.stream).await?;
-        let (tx, rx) = mpsc::channel(req.max_in_flight.max(1) as usize);
-        let id = uuid::Uuid::new_v4().to_string();
         subscription::spawn(subscription::Params {
             id: id.clone(),
             hub,
-            store: inner.store.clone(),
+            shared: self.shared(),
             subjects: req.subjects,
             cursor,
+            snapshot: snapshot.then_some(state.last_sequence),
             heartbeat: req.heartbeat,
             batch: inner.settings.fanout.batch,
             tx,
-            shutdown: inner.shutdown.clone(),
+            control: control_rx,
+            window: window.clone(),
         });
         Ok(Subscription {
             id,
             start_sequence: cursor,
             last_sequence: state.last_sequence,
             items: rx,
+            control: control_tx,
+            window,
         })
     }
 
@@ -273,8 +403,8 @@ impl Engine {
         Ok(hub)
     }
 
-    /// Live subscribers per stream, for metrics.
-    pub async fn subscriber_counts(&self) -> Vec<(String, usize, usize)> {
+    /// Per stream with a shared reader: live subscribers and history bytes, for metrics.
+    pub async fn hub_stats(&self) -> Vec<(String, usize, usize)> {
         let hubs = self.inner.hubs.lock().await;
         hubs.values()
             .map(|h| {
@@ -285,6 +415,44 @@ impl Engine {
                 )
             })
             .collect()
+    }
+}
+
+/// Watches the NATS connection: the returned flag turns true once it has been down for longer
+/// than `grace`, and false again when it returns.
+fn spawn_outage_monitor(
+    store: Store,
+    grace: Duration,
+    shutdown: CancellationToken,
+) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut down_since: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = shutdown.cancelled() => return,
+            }
+            if store.is_connected() {
+                down_since = None;
+                tx.send_if_modified(|v| std::mem::replace(v, false));
+            } else {
+                let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= grace {
+                    if tx.send_if_modified(|v| !std::mem::replace(v, true)) {
+                        tracing::warn!(?grace, "NATS lost for longer than the outage grace period; ending subscriptions");
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Waits until the outage flag is set.
+pub(crate) async fn outage(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|down| *down).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

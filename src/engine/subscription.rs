@@ -1,4 +1,4 @@
-//! One ephemeral subscription's task: a cursor moving through the stream.
+//! One shared-path subscription's task: a cursor moving through the stream.
 //!
 //! The loop reads the hub's ring from the cursor; when the cursor is before the ring's start
 //! it catches up with its own JetStream read, narrowed to the subscription's subjects, until
@@ -6,10 +6,14 @@
 //! sequence has been delivered (or did not match, or does not exist), so switching between the
 //! ring and a catch-up read can neither skip nor repeat an event.
 //!
-//! Backpressure: the task sends into a channel whose capacity is the window; when the client
-//! stops reading, the task stops too (holding at most a window of events) while the shared
-//! reader and other subscribers go on. A task that falls behind the ring simply catches up
-//! later.
+//! A `snapshot` start first reads the last message of every matching subject (a JetStream
+//! last-per-subject read), sends `SnapshotEnd`, and then continues with the cursor just past
+//! the snapshot, which makes the hand-off to live changes exact.
+//!
+//! Backpressure: every delivery takes a permit from the window, returned when the transport
+//! has sent it. When the client stops reading, the task waits for a permit (holding nothing
+//! beyond its window) while the shared reader and other subscribers go on; a task that falls
+//! behind the ring simply catches up later.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,25 +21,27 @@ use std::time::Duration;
 use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::hub::{Hub, RingRead};
-use super::{decode_stored, Item, StoredEvent};
+use super::{decode_stored, outage, Control, Item, Shared, StoredEvent, Window};
 use crate::error::Error;
-use crate::store::{StartAt, Store, StoreError};
+use crate::store::{Reader, StartAt};
 
 /// Everything a subscription task needs.
 pub(super) struct Params {
     pub(super) id: String,
     pub(super) hub: Arc<Hub>,
-    pub(super) store: Store,
+    pub(super) shared: Shared,
     pub(super) subjects: Vec<String>,
     pub(super) cursor: u64,
+    /// `Some(stream last sequence at open)` for a snapshot start.
+    pub(super) snapshot: Option<u64>,
     pub(super) heartbeat: Option<Duration>,
     pub(super) batch: usize,
     pub(super) tx: mpsc::Sender<Result<Item, Error>>,
-    pub(super) shutdown: CancellationToken,
+    pub(super) control: mpsc::Receiver<Control>,
+    pub(super) window: Window,
 }
 
 /// Why the loop stopped.
@@ -46,21 +52,23 @@ enum Stop {
     Fail(Error),
 }
 
-impl From<StoreError> for Stop {
-    fn from(e: StoreError) -> Stop {
-        Stop::Fail(e.into())
-    }
-}
-
 /// Starts the task.
 pub(super) fn spawn(p: Params) {
     let span = tracing::info_span!("subscription", subscription.id = %p.id, stream = %p.hub.stream);
     tokio::spawn(
         async move {
             let tx = p.tx.clone();
+            let snapshot = p.snapshot;
             let mut task = Task::new(p);
             tracing::debug!(cursor = task.cursor, "subscription started");
-            if let Err(Stop::Fail(e)) = task.run().await {
+            let result = match snapshot {
+                Some(last) => match task.snapshot(last).await {
+                    Ok(()) => task.run().await,
+                    Err(stop) => Err(stop),
+                },
+                None => task.run().await,
+            };
+            if let Err(Stop::Fail(e)) = result {
                 tracing::info!(error = %e, "subscription ended with an error");
                 let _ = tx.send(Err(e)).await;
             }
@@ -73,7 +81,7 @@ struct Task {
     hub: Arc<Hub>,
     /// Counts this subscription on the hub while the task lives.
     _guard: super::hub::HubGuard,
-    store: Store,
+    shared: Shared,
     subjects: Vec<String>,
     /// The next sequence this subscription wants.
     cursor: u64,
@@ -81,7 +89,8 @@ struct Task {
     next_bookmark: Option<Instant>,
     batch: usize,
     tx: mpsc::Sender<Result<Item, Error>>,
-    shutdown: CancellationToken,
+    control: mpsc::Receiver<Control>,
+    window: Window,
 }
 
 impl Task {
@@ -89,14 +98,15 @@ impl Task {
         Task {
             _guard: p.hub.enter(),
             hub: p.hub,
-            store: p.store,
+            shared: p.shared,
             subjects: p.subjects,
             cursor: p.cursor,
             heartbeat: p.heartbeat,
             next_bookmark: p.heartbeat.map(|h| Instant::now() + h),
             batch: p.batch,
             tx: p.tx,
-            shutdown: p.shutdown,
+            control: p.control,
+            window: p.window,
         }
     }
 
@@ -108,6 +118,7 @@ impl Task {
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
             t
         });
+        let mut outage_rx = self.shared.outage.clone();
         loop {
             // Mark the tail as seen before reading, so an append after the read wakes us.
             tail.borrow_and_update();
@@ -127,7 +138,9 @@ impl Task {
                             }
                         }
                         () = tick(&mut ticker) => self.bookmark().await?,
-                        () = self.shutdown.cancelled() => return Err(Stop::Quiet),
+                        Some(c) = self.control.recv() => self.on_control(c),
+                        () = outage(&mut outage_rx) => return Err(lost()),
+                        () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
                         () = self.tx.closed() => return Err(Stop::Quiet),
                     }
                 }
@@ -135,11 +148,7 @@ impl Task {
                     for event in buf.drain(..) {
                         let sequence = event.sequence;
                         if self.matches(&event) {
-                            self.send(Item::Delivery {
-                                event,
-                                delivery_count: 1,
-                            })
-                            .await?;
+                            self.deliver(event).await?;
                         }
                         self.cursor = sequence + 1;
                     }
@@ -153,20 +162,64 @@ impl Task {
         }
     }
 
+    /// Opens a JetStream read, retrying while NATS is briefly away.
+    async fn open_reader(&mut self, start: StartAt) -> Result<Reader, Stop> {
+        let mut backoff = Duration::from_millis(50);
+        let mut outage_rx = self.shared.outage.clone();
+        loop {
+            let stream = self.hub.stream.clone();
+            match self
+                .shared
+                .store
+                .read(&stream, start, &self.subjects, self.batch)
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot open a read; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = outage(&mut outage_rx) => return Err(lost()),
+                        () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
+                        () = self.tx.closed() => return Err(Stop::Quiet),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// The next message of `reader`, or why to stop.
+    async fn next_raw(
+        &mut self,
+        reader: &mut Reader,
+    ) -> Result<Option<crate::store::RawMessage>, Stop> {
+        let mut outage_rx = self.shared.outage.clone();
+        loop {
+            tokio::select! {
+                m = reader.next() => return match m {
+                    Some(Ok(raw)) => Ok(Some(raw)),
+                    // A broken read is re-opened by the caller from the cursor.
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "read interrupted");
+                        Ok(None)
+                    }
+                    None => Ok(None),
+                },
+                Some(c) = self.control.recv() => self.on_control(c),
+                () = outage(&mut outage_rx) => return Err(lost()),
+                () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
+                () = self.tx.closed() => return Err(Stop::Quiet),
+            }
+        }
+    }
+
     /// Delivers everything matching in `[cursor, ring start)` from JetStream, then returns so
     /// the loop continues from the ring.
     async fn catch_up(&mut self) -> Result<(), Stop> {
         let target = self.hub.ring.read().start();
         tracing::debug!(cursor = self.cursor, target, "catching up from JetStream");
-        let mut reader = self
-            .store
-            .read(
-                &self.hub.stream,
-                StartAt::Sequence(self.cursor),
-                &self.subjects,
-                self.batch,
-            )
-            .await?;
+        let mut reader = self.open_reader(StartAt::Sequence(self.cursor)).await?;
         if reader.initial_pending() == 0 {
             // Nothing matching exists from the cursor to the stream's end, which is at or
             // past the ring's start: continue from the ring.
@@ -174,18 +227,9 @@ impl Task {
             return Ok(());
         }
         loop {
-            let next = tokio::select! {
-                m = reader.next() => m,
-                () = self.shutdown.cancelled() => return Err(Stop::Quiet),
-                () = self.tx.closed() => return Err(Stop::Quiet),
-            };
-            let raw = match next {
-                Some(r) => r?,
-                None => {
-                    return Err(Stop::Fail(Error::Unavailable {
-                        reason: "the catch-up read ended".into(),
-                    }))
-                }
+            let Some(raw) = self.next_raw(&mut reader).await? else {
+                // Interrupted: the main loop re-opens from the cursor.
+                return Ok(());
             };
             if raw.sequence < self.cursor {
                 continue;
@@ -197,11 +241,7 @@ impl Task {
             let (sequence, pending) = (raw.sequence, raw.pending);
             if let Some(event) = decode_stored(raw) {
                 if self.matches(&event) {
-                    self.send(Item::Delivery {
-                        event,
-                        delivery_count: 1,
-                    })
-                    .await?;
+                    self.deliver(event).await?;
                 }
             }
             self.cursor = sequence + 1;
@@ -217,12 +257,81 @@ impl Task {
         }
     }
 
+    /// Sends the last event of every matching subject, then `SnapshotEnd`, and moves the
+    /// cursor just past the snapshot. `last` is the stream's last sequence before the read.
+    async fn snapshot(&mut self, last: u64) -> Result<(), Stop> {
+        let mut end = last;
+        'read: loop {
+            let mut reader = self.open_reader(StartAt::LastPerSubject).await?;
+            let mut remaining = reader.initial_pending();
+            let mut sent = 0u64;
+            while remaining > 0 {
+                let Some(raw) = self.next_raw(&mut reader).await? else {
+                    if sent == 0 {
+                        // Interrupted before anything was sent: start the snapshot again.
+                        continue 'read;
+                    }
+                    return Err(Stop::Fail(Error::Unavailable {
+                        reason: "the snapshot read was interrupted".into(),
+                    }));
+                };
+                remaining -= 1;
+                end = end.max(raw.sequence);
+                if let Some(event) = decode_stored(raw) {
+                    if self.matches(&event) && !self.is_tombstone(&event) {
+                        self.deliver(event).await?;
+                        sent += 1;
+                    }
+                }
+            }
+            break;
+        }
+        // Every subject's last event up to `end` has been considered; anything newer comes
+        // from the live path.
+        self.cursor = end + 1;
+        self.send(Item::SnapshotEnd { sequence: end }).await
+    }
+
+    fn is_tombstone(&self, _event: &StoredEvent) -> bool {
+        false
+    }
+
     fn matches(&self, event: &StoredEvent) -> bool {
         self.subjects.is_empty()
             || self
                 .subjects
                 .iter()
                 .any(|p| crate::wildcard::matches(p, &event.subject))
+    }
+
+    fn on_control(&mut self, c: Control) {
+        // Shared-path subscriptions acknowledge as sent; only credit matters.
+        if let Control::Credit(n) = c {
+            self.window.release(n as usize);
+        }
+    }
+
+    /// Sends one delivery, waiting for a window permit first.
+    async fn deliver(&mut self, event: Arc<StoredEvent>) -> Result<(), Stop> {
+        if self.window.available() == 0 {
+            let mut outage_rx = self.shared.outage.clone();
+            loop {
+                tokio::select! {
+                    () = self.window.acquire() => break,
+                    Some(c) = self.control.recv() => self.on_control(c),
+                    () = outage(&mut outage_rx) => return Err(lost()),
+                    () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
+                    () = self.tx.closed() => return Err(Stop::Quiet),
+                }
+            }
+        } else {
+            self.window.acquire().await;
+        }
+        self.send(Item::Delivery {
+            event,
+            delivery_count: 1,
+        })
+        .await
     }
 
     async fn bookmark(&mut self) -> Result<(), Stop> {
@@ -241,9 +350,15 @@ impl Task {
     async fn send(&mut self, item: Item) -> Result<(), Stop> {
         tokio::select! {
             r = self.tx.send(Ok(item)) => r.map_err(|_| Stop::Quiet),
-            () = self.shutdown.cancelled() => Err(Stop::Quiet),
+            () = self.shared.shutdown.cancelled() => Err(Stop::Quiet),
         }
     }
+}
+
+fn lost() -> Stop {
+    Stop::Fail(Error::Unavailable {
+        reason: "the NATS connection was lost for longer than the outage grace period".into(),
+    })
 }
 
 /// Waits for the next tick, or forever without a ticker.

@@ -42,7 +42,10 @@ impl AttrName {
             "type" => Slot::Type,
             _ => Slot::Other,
         };
-        AttrName { name: name.into(), slot }
+        AttrName {
+            name: name.into(),
+            slot,
+        }
     }
 
     /// The attribute's name.
@@ -237,9 +240,9 @@ pub(crate) fn format_timestamp_small(t: &DateTime<Utc>) -> Option<StackStr<SMALL
     )
     .ok()?;
     if nanos != 0 {
-        if nanos % 1_000_000 == 0 {
+        if nanos.is_multiple_of(1_000_000) {
             write!(s, ".{:03}", nanos / 1_000_000).ok()?;
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             write!(s, ".{:06}", nanos / 1_000).ok()?;
         } else {
             write!(s, ".{nanos:09}").ok()?;
@@ -299,7 +302,9 @@ mod tests {
             "2018-04-26T14:48:09+02:00",
         ];
         for case in cases {
-            let t = DateTime::parse_from_rfc3339(case).unwrap().with_timezone(&Utc);
+            let t = DateTime::parse_from_rfc3339(case)
+                .unwrap()
+                .with_timezone(&Utc);
             let small = format_timestamp_small(&t).unwrap();
             assert_eq!(small.as_str(), format_timestamp(&t), "{case}");
         }

@@ -147,9 +147,16 @@ enum Step {
     Index(usize),
 }
 
-fn compile_node(spec: &FilterSpec, path: &mut Vec<Step>, depth: usize) -> Result<Node, FilterError> {
+fn compile_node(
+    spec: &FilterSpec,
+    path: &mut Vec<Step>,
+    depth: usize,
+) -> Result<Node, FilterError> {
     if depth > MAX_DEPTH {
-        return Err(FilterError::new(path, FilterErrorKind::TooDeep { max: MAX_DEPTH }));
+        return Err(FilterError::new(
+            path,
+            FilterErrorKind::TooDeep { max: MAX_DEPTH },
+        ));
     }
     let field = match spec {
         FilterSpec::Exact(_) => "exact",
@@ -185,7 +192,10 @@ fn clauses(
     path: &[Step],
 ) -> Result<Box<[Clause]>, FilterError> {
     if map.is_empty() {
-        return Err(FilterError::new(path, FilterErrorKind::EmptyMap { dialect }));
+        return Err(FilterError::new(
+            path,
+            FilterErrorKind::EmptyMap { dialect },
+        ));
     }
     map.iter()
         .map(|(name, value)| {
@@ -197,7 +207,10 @@ fn clauses(
                 return Err(FilterError::new(path, kind));
             }
             if value.is_empty() {
-                return Err(FilterError::new(path, FilterErrorKind::EmptyValue(name.clone())));
+                return Err(FilterError::new(
+                    path,
+                    FilterErrorKind::EmptyValue(name.clone()),
+                ));
             }
             Ok(Clause {
                 attr: AttrName::new(name),
@@ -214,7 +227,10 @@ fn nested(
     depth: usize,
 ) -> Result<Box<[Node]>, FilterError> {
     if list.is_empty() {
-        return Err(FilterError::new(path, FilterErrorKind::EmptyList { dialect }));
+        return Err(FilterError::new(
+            path,
+            FilterErrorKind::EmptyList { dialect },
+        ));
     }
     list.iter()
         .enumerate()

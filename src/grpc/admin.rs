@@ -2,11 +2,12 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::stream_to_pb;
+use super::convert::{durable_to_pb, start_from_pb, stream_to_pb};
 use super::pb::jetwatch::v1 as api;
 use crate::config::Settings;
+use crate::engine::Start;
 use crate::error::Error;
-use crate::store::Store;
+use crate::store::{ConsumerStart, StartAt, Store};
 
 /// The Admin service.
 #[derive(Debug, Clone)]
@@ -59,29 +60,90 @@ impl api::admin_server::Admin for AdminService {
 
     async fn list_subscriptions(
         &self,
-        _request: Request<api::ListSubscriptionsRequest>,
+        request: Request<api::ListSubscriptionsRequest>,
     ) -> Result<Response<api::ListSubscriptionsResponse>, Status> {
-        Err(Error::Unimplemented("durable subscriptions".into()).into())
+        let stream = request.into_inner().stream;
+        let streams: Vec<String> = if stream.is_empty() {
+            self.settings
+                .streams
+                .iter()
+                .map(|s| s.name.clone())
+                .collect()
+        } else {
+            self.declared(&stream)?;
+            vec![stream]
+        };
+        let mut subscriptions = Vec::new();
+        for s in streams {
+            for d in self.store.durables(&s).await.map_err(Error::from)? {
+                subscriptions.push(durable_to_pb(&d));
+            }
+        }
+        Ok(Response::new(api::ListSubscriptionsResponse {
+            subscriptions,
+        }))
     }
 
     async fn get_subscription(
         &self,
-        _request: Request<api::GetSubscriptionRequest>,
+        request: Request<api::GetSubscriptionRequest>,
     ) -> Result<Response<api::SubscriptionInfo>, Status> {
-        Err(Error::Unimplemented("durable subscriptions".into()).into())
+        let r = request.into_inner();
+        self.declared(&r.stream)?;
+        let d = self
+            .store
+            .durable(&r.stream, &r.durable)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(durable_to_pb(&d)))
     }
 
     async fn delete_subscription(
         &self,
-        _request: Request<api::DeleteSubscriptionRequest>,
+        request: Request<api::DeleteSubscriptionRequest>,
     ) -> Result<Response<api::DeleteSubscriptionResponse>, Status> {
-        Err(Error::Unimplemented("durable subscriptions".into()).into())
+        let r = request.into_inner();
+        self.declared(&r.stream)?;
+        self.store
+            .delete_durable(&r.stream, &r.durable)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(api::DeleteSubscriptionResponse {}))
     }
 
     async fn seek_subscription(
         &self,
-        _request: Request<api::SeekSubscriptionRequest>,
+        request: Request<api::SeekSubscriptionRequest>,
     ) -> Result<Response<api::SubscriptionInfo>, Status> {
-        Err(Error::Unimplemented("durable subscriptions".into()).into())
+        let r = request.into_inner();
+        self.declared(&r.stream)?;
+        let state = self
+            .store
+            .stream_state(&r.stream)
+            .await
+            .map_err(Error::from)?;
+        let start = match start_from_pb(r.start, "start")? {
+            Start::New => ConsumerStart::New,
+            Start::Earliest => ConsumerStart::All,
+            Start::Sequence(s) if s < state.first_sequence => {
+                return Err(Error::HistoryExpired {
+                    requested: s,
+                    first_sequence: state.first_sequence,
+                }
+                .into())
+            }
+            Start::Sequence(s) => ConsumerStart::At(StartAt::Sequence(s)),
+            Start::Time(t) => ConsumerStart::At(StartAt::Time(t)),
+            Start::Snapshot => ConsumerStart::At(StartAt::LastPerSubject),
+            Start::Resume => {
+                return Err(Error::invalid("start", "seek to a position other than resume").into())
+            }
+        };
+        let d = self
+            .store
+            .seek_durable(&r.stream, &r.durable, start)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(durable_to_pb(&d)))
     }
 }

@@ -14,7 +14,7 @@ use crate::config::SubscribeSettings;
 use crate::engine::{AckMode, Item, OnExpired, OpenRequest, Start, StoredEvent};
 use crate::error::Error;
 use crate::event::{AttributeValue, Data, Event};
-use crate::store::StreamState;
+use crate::store::{ConsumerState, StreamState};
 
 use ce::cloud_event::cloud_event_attribute_value::Attr;
 
@@ -143,19 +143,9 @@ pub fn open_from_pb(
             "attribute filters are not supported by this gateway yet; use `subjects`",
         ));
     }
-    let start = match open.start.and_then(|s| s.position) {
-        None => None,
-        Some(p) => Some(match p {
-            api::start_position::Position::New(()) => Start::New,
-            api::start_position::Position::Earliest(()) => Start::Earliest,
-            api::start_position::Position::Sequence(s) => Start::Sequence(s),
-            api::start_position::Position::Time(t) => Start::Time(
-                timestamp_from_pb(&t)
-                    .ok_or_else(|| Error::invalid("open.start.time", "invalid timestamp"))?,
-            ),
-            api::start_position::Position::Snapshot(()) => Start::Snapshot,
-            api::start_position::Position::Resume(()) => Start::Resume,
-        }),
+    let start = match open.start {
+        Some(s) if s.position.is_some() => Some(start_from_pb(Some(s), "open.start")?),
+        _ => None,
     };
     let durable = if open.durable.is_empty() {
         None
@@ -220,6 +210,16 @@ pub fn open_from_pb(
         Ok(api::OnExpired::FromSnapshot) => OnExpired::FromSnapshot,
         Err(_) => return Err(Error::invalid("open.on_expired", "unknown value")),
     };
+    let ack_wait = match open.ack_wait {
+        None => defaults.default_ack_wait,
+        Some(d) => {
+            let d = duration_from_pb(&d, "open.ack_wait")?;
+            if d < Duration::from_secs(1) {
+                return Err(Error::invalid("open.ack_wait", "at least 1s"));
+            }
+            d
+        }
+    };
     Ok(OpenRequest {
         stream,
         subjects: open.subjects,
@@ -229,6 +229,7 @@ pub fn open_from_pb(
         max_in_flight,
         heartbeat,
         on_expired,
+        ack_wait,
     })
 }
 
@@ -262,6 +263,39 @@ pub fn item_to_pb(item: &Item) -> api::SubscribeResponse {
     api::SubscribeResponse {
         response: Some(response),
     }
+}
+
+/// A durable's state as the admin API reports it.
+pub fn durable_to_pb(s: &ConsumerState) -> api::SubscriptionInfo {
+    api::SubscriptionInfo {
+        stream: s.stream.clone(),
+        durable: s.name.clone(),
+        subjects: s.subjects.clone(),
+        delivered_sequence: s.delivered_sequence,
+        ack_floor_sequence: s.ack_floor_sequence,
+        pending: s.pending,
+        in_flight: s.in_flight,
+        waiting_clients: u32::try_from(s.waiting).unwrap_or(u32::MAX),
+        created: Some(timestamp_to_pb(&s.created)),
+    }
+}
+
+/// Converts a `StartPosition` (which must be set); `field` prefixes error paths.
+pub fn start_from_pb(start: Option<api::StartPosition>, field: &str) -> Result<Start, Error> {
+    let position = start
+        .and_then(|s| s.position)
+        .ok_or_else(|| Error::invalid(field, "a start position is required"))?;
+    Ok(match position {
+        api::start_position::Position::New(()) => Start::New,
+        api::start_position::Position::Earliest(()) => Start::Earliest,
+        api::start_position::Position::Sequence(s) => Start::Sequence(s),
+        api::start_position::Position::Time(t) => Start::Time(
+            timestamp_from_pb(&t)
+                .ok_or_else(|| Error::invalid(format!("{field}.time"), "invalid timestamp"))?,
+        ),
+        api::start_position::Position::Snapshot(()) => Start::Snapshot,
+        api::start_position::Position::Resume(()) => Start::Resume,
+    })
 }
 
 /// A stream's state as the admin API reports it.

@@ -1,6 +1,7 @@
 //! `jetwatch.v1.Subscriber`: `Watch` and `Subscribe`.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -11,7 +12,7 @@ use super::convert::{item_to_pb, open_from_pb};
 use super::pb::jetwatch::v1 as api;
 use super::status::to_status;
 use crate::config::SubscribeSettings;
-use crate::engine::{Engine, Item, Subscription};
+use crate::engine::{Control, Engine, Item, Subscription, Window};
 use crate::error::Error;
 
 /// The Subscriber service.
@@ -47,6 +48,10 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<api::SubscribeResponse, S
 struct Out {
     opened: Option<api::SubscribeResponse>,
     items: mpsc::Receiver<Result<Item, Error>>,
+    /// The subscription's window, told about each item sent.
+    window: Window,
+    /// Keeps the control channel open for Watch (which has no client messages).
+    _control: Option<mpsc::Sender<Control>>,
     /// Errors found on the request side (e.g. a second `Open`).
     control: Option<mpsc::Receiver<Error>>,
     shutdown: CancellationToken,
@@ -59,6 +64,7 @@ struct Out {
 /// `last_delivered_sequence` at shutdown or when the engine reports a lost NATS.
 fn respond(
     sub: Subscription,
+    keep_control: bool,
     control: Option<mpsc::Receiver<Error>>,
     shutdown: CancellationToken,
 ) -> ResponseStream {
@@ -72,6 +78,8 @@ fn respond(
     let state = Out {
         opened: Some(opened),
         items: sub.items,
+        window: sub.window,
+        _control: keep_control.then_some(sub.control),
         control,
         shutdown,
         last_delivered: sub.start_sequence.saturating_sub(1),
@@ -103,6 +111,12 @@ fn respond(
                         st.last_delivered = st.last_delivered.max(*sequence)
                     }
                 }
+                st.window.sent(&item);
+                if matches!(item, Item::Delivery { .. }) {
+                    crate::telemetry::COUNTERS
+                        .deliveries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 Some((Ok(item_to_pb(&item)), st))
             }
             Err(e) => {
@@ -113,6 +127,31 @@ fn respond(
             }
         }
     }))
+}
+
+/// A client message after `Open`, as engine control.
+fn control_from_pb(request: Option<api::subscribe_request::Request>) -> Result<Control, Error> {
+    use api::subscribe_request::Request as R;
+    match request {
+        Some(R::Open(_)) => Err(Error::invalid(
+            "request.open",
+            "the subscription is already open; send `open` only once",
+        )),
+        Some(R::Ack(a)) => Ok(Control::Ack(a.sequences)),
+        Some(R::Nack(n)) => {
+            let delay = match n.delay {
+                None => Duration::ZERO,
+                Some(d) if d.seconds < 0 || d.nanos < 0 => {
+                    return Err(Error::invalid("request.nack.delay", "must not be negative"))
+                }
+                Some(d) => Duration::new(d.seconds as u64, d.nanos as u32),
+            };
+            Ok(Control::Nack(n.sequences, delay))
+        }
+        Some(R::Term(t)) => Ok(Control::Term(t.sequences, t.reason)),
+        Some(R::Credit(c)) => Ok(Control::Credit(c.credit)),
+        None => Err(Error::invalid("request", "empty SubscribeRequest")),
+    }
 }
 
 async fn recv_control(control: &mut Option<mpsc::Receiver<Error>>) -> Option<Error> {
@@ -145,24 +184,27 @@ impl api::subscriber_server::Subscriber for SubscriberService {
         };
         let req = open_from_pb(open, &self.default_stream, &self.defaults, false)?;
         let sub = self.engine.open(req).await?;
-        let (control_tx, control_rx) = mpsc::channel(1);
+        let (error_tx, error_rx) = mpsc::channel(1);
+        let control = sub.control.clone();
         tokio::spawn(async move {
             while let Some(Ok(msg)) = inbound.next().await {
-                let err = match msg.request {
-                    Some(R::Open(_)) => Error::invalid(
-                        "request.open",
-                        "the subscription is already open; send `open` only once",
-                    ),
-                    Some(_) => continue,
-                    None => Error::invalid("request", "empty SubscribeRequest"),
-                };
-                let _ = control_tx.send(err).await;
-                break;
+                match control_from_pb(msg.request) {
+                    Ok(c) => {
+                        if control.send(c).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = error_tx.send(e).await;
+                        break;
+                    }
+                }
             }
         });
         Ok(Response::new(respond(
             sub,
-            Some(control_rx),
+            false,
+            Some(error_rx),
             self.shutdown.clone(),
         )))
     }
@@ -180,6 +222,11 @@ impl api::subscriber_server::Subscriber for SubscriberService {
             true,
         )?;
         let sub = self.engine.open(req).await?;
-        Ok(Response::new(respond(sub, None, self.shutdown.clone())))
+        Ok(Response::new(respond(
+            sub,
+            true,
+            None,
+            self.shutdown.clone(),
+        )))
     }
 }

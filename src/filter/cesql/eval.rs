@@ -198,7 +198,10 @@ fn eval_chain<'a>(chain: &'a Chain, cx: &mut Cx<'a, '_>) -> Out<'a> {
             // Every operator above the failed one returns its zero value; the outermost (last)
             // operator's is the chain's.
             Err(_) => {
-                let ty = chain.links.last().map_or(Type::Boolean, |l| l.op.result_type());
+                let ty = chain
+                    .links
+                    .last()
+                    .map_or(Type::Boolean, |l| l.op.result_type());
                 return Err(Val::zero(ty));
             }
         };
@@ -277,10 +280,7 @@ fn arithmetic(op: BinOp, l: i32, r: i32, cx: &mut Cx<'_, '_>, pos: usize) -> i32
     };
     result.unwrap_or_else(|| {
         cx.raise(ErrorKind::Math, pos, || {
-            format!(
-                "{l} {} {r} does not fit in a 32-bit integer",
-                op.symbol()
-            )
+            format!("{l} {} {r} does not fit in a 32-bit integer", op.symbol())
         });
         0
     })
@@ -380,4 +380,3 @@ pub(crate) fn quote(s: &str) -> String {
         None => format!("'{s}'"),
     }
 }
-

@@ -196,7 +196,11 @@ fn fixed<'a>(
             let n = int(y, cx);
             if n < 0 {
                 cx.raise(ErrorKind::FunctionEvaluation, pos, || {
-                    let name = if func == Builtin::Left { "LEFT" } else { "RIGHT" };
+                    let name = if func == Builtin::Left {
+                        "LEFT"
+                    } else {
+                        "RIGHT"
+                    };
                     format!("{name} needs a length of 0 or more, not {n}")
                 });
                 return Val::Str(s);

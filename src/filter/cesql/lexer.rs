@@ -130,7 +130,8 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Token<'_>>, CesqlError> {
             }
             b if b.is_ascii_alphanumeric() || b == b'_' => {
                 let mut end = i;
-                while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_')
+                while end < bytes.len()
+                    && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_')
                 {
                     end += 1;
                 }

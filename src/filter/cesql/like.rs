@@ -213,7 +213,7 @@ impl LikePattern {
     }
 }
 
-fn push(segments: &mut Vec<Vec<Item>>, item: Item) {
+fn push(segments: &mut [Vec<Item>], item: Item) {
     if let Some(last) = segments.last_mut() {
         last.push(item);
     }
@@ -278,7 +278,10 @@ mod tests {
         assert!(matches!(LikePattern::compile("abc").kind, Kind::Exact(_)));
         assert!(matches!(LikePattern::compile("abc%").kind, Kind::Prefix(_)));
         assert!(matches!(LikePattern::compile("%abc").kind, Kind::Suffix(_)));
-        assert!(matches!(LikePattern::compile("%abc%").kind, Kind::Contains(_)));
+        assert!(matches!(
+            LikePattern::compile("%abc%").kind,
+            Kind::Contains(_)
+        ));
         assert!(matches!(LikePattern::compile("%%").kind, Kind::Everything));
         assert!(matches!(LikePattern::compile("a\\%").kind, Kind::Exact(_)));
     }

@@ -136,7 +136,11 @@ impl<'s> Parser<'s> {
         Ok(Parsed { node, depth })
     }
 
-    fn expect(&mut self, want: &Tok<'_>, context: impl FnOnce() -> String) -> Result<(), CesqlError> {
+    fn expect(
+        &mut self,
+        want: &Tok<'_>,
+        context: impl FnOnce() -> String,
+    ) -> Result<(), CesqlError> {
         if self.peek() == want {
             self.bump();
             Ok(())
@@ -315,9 +319,8 @@ impl<'s> Parser<'s> {
                     return self.integer(digits, negative, pos);
                 }
                 if !negative {
-                    return Err(self.error_here(
-                        "`+` can only be the sign of an integer literal".to_owned(),
-                    ));
+                    return Err(self
+                        .error_here("`+` can only be the sign of an integer literal".to_owned()));
                 }
                 let pos = self.bump();
                 self.enter()?;
@@ -411,9 +414,9 @@ impl<'s> Parser<'s> {
             Tok::Int(digits) => AttrName::new(digits),
             ref other => {
                 let found = other.to_string();
-                return Err(self.error_here(format!(
-                    "EXISTS needs an attribute name, found {found}"
-                )));
+                return Err(
+                    self.error_here(format!("EXISTS needs an attribute name, found {found}"))
+                );
             }
         };
         self.bump();

@@ -1,0 +1,438 @@
+//! Consumer-backed subscriptions: durables, and ephemeral subscriptions with EXPLICIT acks.
+//!
+//! Each one is a JetStream pull consumer with explicit acknowledgement; positions, acks and
+//! redelivery live in JetStream, so a durable survives gateway restarts and is shared by every
+//! client (on any gateway) that opens it, as competing consumers.
+//!
+//! A client's task pulls only as many messages as its window has permits for. In EXPLICIT mode
+//! a permit comes back when the client acks, nacks or terms the delivery, or when its ack
+//! deadline passes (JetStream then redelivers it, possibly to another client); in AUTO mode the
+//! task acknowledges each delivery as it queues it and the permit comes back when it is sent.
+//! When the client goes away, its unacknowledged deliveries are released at once (NAK without
+//! delay) instead of waiting for the deadline.
+//!
+//! Deliveries beyond `subscribe.max_deliver` and terminated ones are copied to the stream's
+//! dead-letter subject (when configured) with the reason as extension attributes, and
+//! terminated in JetStream so they are not redelivered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{
+    decode_stored, outage, AckMode, Control, Item, OpenRequest, Shared, Start, StoredEvent, Window,
+};
+use crate::config::Settings;
+use crate::error::Error;
+use crate::event::AttributeValue;
+use crate::store::{Acker, Consumer, ConsumerSpec, ConsumerStart, Delivered, StartAt};
+
+/// Longest single pull request; bounds how stale the window accounting can get.
+const MAX_PULL_WAIT: Duration = Duration::from_secs(5);
+
+pub(super) struct Params<'a> {
+    pub(super) id: String,
+    pub(super) req: OpenRequest,
+    pub(super) settings: &'a Settings,
+    pub(super) dead_letter_subject: Option<String>,
+    pub(super) shared: Shared,
+    pub(super) tx: mpsc::Sender<Result<Item, Error>>,
+    pub(super) control: mpsc::Receiver<Control>,
+    pub(super) window: Window,
+}
+
+/// Where the subscription starts, as reported in `Opened`.
+pub(super) struct Opened {
+    pub(super) start_sequence: u64,
+    pub(super) last_sequence: u64,
+}
+
+/// Opens (or creates) the consumer and starts the client's task.
+pub(super) async fn open(p: Params<'_>) -> Result<Opened, Error> {
+    let req = &p.req;
+    let store = &p.shared.store;
+    let state = store.stream_state(&req.stream).await?;
+    let (start, mut snapshot) = match req.start {
+        None | Some(Start::Resume) => (ConsumerStart::New, false),
+        Some(Start::New) => (ConsumerStart::New, false),
+        Some(Start::Earliest) => (ConsumerStart::All, false),
+        Some(Start::Sequence(0)) => {
+            return Err(Error::invalid(
+                "open.start.sequence",
+                "stream sequences start at 1",
+            ))
+        }
+        Some(Start::Sequence(s)) if s < state.first_sequence => match req.on_expired {
+            super::OnExpired::Fail => {
+                return Err(Error::HistoryExpired {
+                    requested: s,
+                    first_sequence: state.first_sequence,
+                })
+            }
+            super::OnExpired::FromEarliest => (ConsumerStart::All, false),
+            super::OnExpired::FromSnapshot => (ConsumerStart::At(StartAt::LastPerSubject), true),
+        },
+        Some(Start::Sequence(s)) => (ConsumerStart::At(StartAt::Sequence(s)), false),
+        Some(Start::Time(t)) => (ConsumerStart::At(StartAt::Time(t)), false),
+        Some(Start::Snapshot) => (ConsumerStart::At(StartAt::LastPerSubject), true),
+    };
+    if req.start == Some(Start::Resume) && req.durable.is_none() {
+        return Err(Error::invalid(
+            "open.start.resume",
+            "resume needs a durable name",
+        ));
+    }
+    let spec = ConsumerSpec {
+        durable: req.durable.clone(),
+        subjects: req.subjects.clone(),
+        start,
+        ack_wait: req.ack_wait,
+        max_ack_pending: i64::from(p.settings.subscribe.max_in_flight_limit) * 4,
+    };
+    if req.start == Some(Start::Resume) {
+        // Resume never creates: the durable must exist.
+        let name = req.durable.clone().unwrap_or_default();
+        store.durable(&req.stream, &name).await?;
+    }
+    let (consumer, created) = store.open_consumer(&req.stream, &spec).await?;
+    let cached = consumer.cached_state();
+    // Only the client that created the consumer sees the snapshot boundary.
+    let snapshot_remaining = if created && snapshot {
+        Some(cached.pending)
+    } else {
+        snapshot = false;
+        None
+    };
+    let start_sequence = if created {
+        match start {
+            ConsumerStart::All => state.first_sequence,
+            ConsumerStart::At(StartAt::Sequence(s)) => s,
+            ConsumerStart::New => state.last_sequence + 1,
+            _ => cached.delivered_sequence + 1,
+        }
+    } else {
+        cached.ack_floor_sequence + 1
+    };
+    let span = tracing::info_span!(
+        "subscription",
+        subscription.id = %p.id,
+        stream = %req.stream,
+        durable = req.durable.as_deref().unwrap_or(""),
+    );
+    let task = Task {
+        consumer,
+        shared: p.shared.clone(),
+        mode: req.ack_mode,
+        ack_wait: req.ack_wait,
+        max_deliver: p.settings.subscribe.max_deliver,
+        dead_letter_subject: p.dead_letter_subject,
+        stream: req.stream.clone(),
+        heartbeat: req.heartbeat,
+        batch: p.settings.fanout.batch,
+        tx: p.tx,
+        control: p.control,
+        window: p.window,
+        in_flight: HashMap::new(),
+        snapshot_remaining,
+        snapshot_end: state.last_sequence,
+        last_delivered: start_sequence.saturating_sub(1),
+    };
+    let _ = snapshot;
+    tokio::spawn(task.run().instrument(span));
+    Ok(Opened {
+        start_sequence,
+        last_sequence: state.last_sequence,
+    })
+}
+
+/// A delivery awaiting the client's acknowledgement.
+struct Pending {
+    acker: Acker,
+    event: Arc<StoredEvent>,
+    delivery_count: u32,
+    deadline: Instant,
+}
+
+struct Task {
+    consumer: Consumer,
+    shared: Shared,
+    mode: AckMode,
+    ack_wait: Duration,
+    max_deliver: u32,
+    dead_letter_subject: Option<String>,
+    stream: String,
+    heartbeat: Option<Duration>,
+    batch: usize,
+    tx: mpsc::Sender<Result<Item, Error>>,
+    control: mpsc::Receiver<Control>,
+    window: Window,
+    /// EXPLICIT: deliveries not yet acknowledged, by stream sequence.
+    in_flight: HashMap<u64, Pending>,
+    /// Snapshot deliveries still to come before `SnapshotEnd`.
+    snapshot_remaining: Option<u64>,
+    /// The largest sequence the snapshot covers.
+    snapshot_end: u64,
+    /// The last sequence delivered (for bookmarks).
+    last_delivered: u64,
+}
+
+enum Stop {
+    Quiet,
+    Fail(Error),
+}
+
+impl Task {
+    async fn run(mut self) {
+        let result = self.run_loop().await;
+        // Release what this client holds so other clients get it at once.
+        for (_, p) in self.in_flight.drain() {
+            let _ = p.acker.nak(Duration::ZERO).await;
+        }
+        if let Err(Stop::Fail(e)) = result {
+            tracing::info!(error = %e, "subscription ended with an error");
+            let _ = self.tx.send(Err(e)).await;
+        }
+    }
+
+    async fn run_loop(&mut self) -> Result<(), Stop> {
+        if self.snapshot_remaining == Some(0) {
+            self.finish_snapshot(None).await?;
+        }
+        let mut next_bookmark = self.heartbeat.map(|h| Instant::now() + h);
+        let mut outage_rx = self.shared.outage.clone();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            self.expire_in_flight();
+            let credit = self.window.available().min(self.batch);
+            let wait = self.heartbeat.unwrap_or(MAX_PULL_WAIT).min(MAX_PULL_WAIT);
+            if credit == 0 {
+                // Window full: wait for acks, credit or a deadline.
+                let until = self
+                    .in_flight
+                    .values()
+                    .map(|p| p.deadline)
+                    .min()
+                    .unwrap_or_else(|| Instant::now() + wait);
+                tokio::select! {
+                    Some(c) = self.control.recv() => self.on_control(c).await?,
+                    () = tokio::time::sleep_until(until) => {}
+                    () = outage(&mut outage_rx) => return Err(lost()),
+                    () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
+                    () = self.tx.closed() => return Err(Stop::Quiet),
+                }
+                continue;
+            }
+            let mut pull = match self.consumer.pull(credit, wait).await {
+                Ok(p) => {
+                    backoff = Duration::from_millis(50);
+                    p
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "pull failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = outage(&mut outage_rx) => return Err(lost()),
+                        () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
+                        () = self.tx.closed() => return Err(Stop::Quiet),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            loop {
+                tokio::select! {
+                    m = pull.next() => match m {
+                        Some(Ok(d)) => self.on_delivery(d).await?,
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "pull interrupted");
+                            break;
+                        }
+                        None => break,
+                    },
+                    Some(c) = self.control.recv() => self.on_control(c).await?,
+                    () = outage(&mut outage_rx) => return Err(lost()),
+                    () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
+                    () = self.tx.closed() => return Err(Stop::Quiet),
+                }
+            }
+            if let (Some(h), Some(at)) = (self.heartbeat, next_bookmark) {
+                if Instant::now() >= at {
+                    next_bookmark = Some(Instant::now() + h);
+                    self.bookmark().await?;
+                }
+            }
+        }
+    }
+
+    async fn on_delivery(&mut self, d: Delivered) -> Result<(), Stop> {
+        let Delivered {
+            raw,
+            delivery_count,
+            acker,
+        } = d;
+        let sequence = raw.sequence;
+        let Some(event) = decode_stored(raw) else {
+            // Not a CloudEvent: nothing a client could do with it.
+            let _ = acker.term().await;
+            return Ok(());
+        };
+        if delivery_count > self.max_deliver {
+            self.dead_letter(&event, delivery_count, "maximum deliveries exceeded")
+                .await;
+            let _ = acker.term().await;
+            return Ok(());
+        }
+        if let Some(remaining) = self.snapshot_remaining.as_mut() {
+            *remaining = remaining.saturating_sub(1);
+            self.snapshot_end = self.snapshot_end.max(sequence);
+        }
+        self.window.acquire().await;
+        self.last_delivered = self.last_delivered.max(sequence);
+        match self.mode {
+            AckMode::Auto => {
+                let _ = acker.ack().await;
+            }
+            AckMode::Explicit => {
+                self.in_flight.insert(
+                    sequence,
+                    Pending {
+                        acker,
+                        event: event.clone(),
+                        delivery_count,
+                        deadline: Instant::now() + self.ack_wait,
+                    },
+                );
+            }
+        }
+        self.send(Item::Delivery {
+            event,
+            delivery_count,
+        })
+        .await?;
+        if self.snapshot_remaining == Some(0) {
+            self.finish_snapshot(Some(sequence)).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_snapshot(&mut self, _last: Option<u64>) -> Result<(), Stop> {
+        self.snapshot_remaining = None;
+        let sequence = self.snapshot_end;
+        self.send(Item::SnapshotEnd { sequence }).await
+    }
+
+    async fn on_control(&mut self, c: Control) -> Result<(), Stop> {
+        match c {
+            Control::Credit(n) => self.window.release(n as usize),
+            Control::Ack(seqs) => {
+                for s in seqs {
+                    if let Some(p) = self.take(s) {
+                        let _ = p.acker.ack().await;
+                    }
+                }
+            }
+            Control::Nack(seqs, delay) => {
+                for s in seqs {
+                    if let Some(p) = self.take(s) {
+                        let _ = p.acker.nak(delay).await;
+                    }
+                }
+            }
+            Control::Term(seqs, reason) => {
+                for s in seqs {
+                    if let Some(p) = self.take(s) {
+                        let reason = if reason.is_empty() {
+                            "terminated by the client"
+                        } else {
+                            &reason
+                        };
+                        self.dead_letter(&p.event, p.delivery_count, reason).await;
+                        let _ = p.acker.term().await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes an in-flight delivery and returns its window permit.
+    fn take(&mut self, sequence: u64) -> Option<Pending> {
+        let p = self.in_flight.remove(&sequence)?;
+        self.window.release(1);
+        Some(p)
+    }
+
+    /// Forgets deliveries whose ack deadline passed: JetStream redelivers them.
+    fn expire_in_flight(&mut self) {
+        let now = Instant::now();
+        let before = self.in_flight.len();
+        self.in_flight.retain(|_, p| p.deadline > now);
+        self.window.release(before - self.in_flight.len());
+    }
+
+    async fn dead_letter(&self, event: &StoredEvent, deliveries: u32, reason: &str) {
+        let Some(subject) = &self.dead_letter_subject else {
+            tracing::info!(
+                sequence = event.sequence,
+                reason,
+                "giving up on an event (no dead-letter subject configured)"
+            );
+            return;
+        };
+        let mut copy = event.event.clone();
+        copy.set(
+            "deadletterreason",
+            AttributeValue::String(reason.to_owned()),
+        );
+        copy.set(
+            "deadletterstream",
+            AttributeValue::String(self.stream.clone()),
+        );
+        copy.set(
+            "deadlettersequence",
+            AttributeValue::String(event.sequence.to_string()),
+        );
+        copy.set(
+            "deadletterdeliveries",
+            AttributeValue::Integer(i32::try_from(deliveries).unwrap_or(i32::MAX)),
+        );
+        match crate::codec::encode(&copy) {
+            Ok(encoded) => {
+                if let Err(e) = self
+                    .shared
+                    .store
+                    .publish_copy(subject.clone(), encoded)
+                    .await
+                {
+                    tracing::warn!(error = %e, sequence = event.sequence, "dead-lettering failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode a dead-letter copy"),
+        }
+    }
+
+    async fn bookmark(&mut self) -> Result<(), Stop> {
+        let (sequence, pending) = match self.consumer.state().await {
+            Ok(s) => (s.delivered_sequence.max(self.last_delivered), s.pending),
+            Err(_) => return Ok(()),
+        };
+        self.send(Item::Bookmark { sequence, pending }).await
+    }
+
+    async fn send(&mut self, item: Item) -> Result<(), Stop> {
+        tokio::select! {
+            r = self.tx.send(Ok(item)) => r.map_err(|_| Stop::Quiet),
+            () = self.shared.shutdown.cancelled() => Err(Stop::Quiet),
+        }
+    }
+}
+
+fn lost() -> Stop {
+    Stop::Fail(Error::Unavailable {
+        reason: "the NATS connection was lost for longer than the outage grace period".into(),
+    })
+}
