@@ -285,6 +285,9 @@ impl Settings {
             if ![1, 3, 5].contains(&s.replicas) {
                 return invalid(format!("streams[{i}].replicas"), "use 1, 3 or 5".into());
             }
+            if let Err(e) = s.tombstone_filter() {
+                return invalid(format!("streams[{i}].tombstone"), e.to_string());
+            }
             if s.duplicate_window.is_zero() {
                 return invalid(
                     format!("streams[{i}].duplicate_window"),
@@ -350,6 +353,16 @@ fn template_fits(template: &SubjectTemplate, subjects: &[String]) -> bool {
 }
 
 impl StreamSettings {
+    /// The compiled tombstone predicate, if one is configured.
+    pub fn tombstone_filter(
+        &self,
+    ) -> Result<Option<crate::filter::Filter>, crate::filter::FilterError> {
+        self.tombstone
+            .as_ref()
+            .map(|sql| crate::filter::Filter::compile(&crate::filter::FilterSpec::Sql(sql.clone())))
+            .transpose()
+    }
+
     /// The subject template in force: the configured one or the default.
     pub fn template_source(&self) -> String {
         match &self.subject_template {

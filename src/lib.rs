@@ -10,6 +10,7 @@
 //! - [`event`]: the domain CloudEvent every layer passes around.
 //! - [`codec`]: CloudEvents ⇄ NATS messages (binary and structured mode) and validation; pure.
 //! - [`subject`]: the subject template and escaping that map events to NATS subjects; pure.
+//! - [`filter`]: CloudEvents Subscriptions API filter dialects and CESQL 1.0; pure.
 //! - [`wildcard`]: NATS subject patterns (`*`, `>`); pure.
 //! - [`store`]: the JetStream layer, the only module that performs NATS I/O.
 //! - [`publish`]: the publish path (validate, subject, encode, dedup key, store).
@@ -27,6 +28,7 @@ pub mod devnats;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod filter;
 pub mod grpc;
 pub mod publish;
 pub mod server;

@@ -309,6 +309,11 @@ impl Store {
         batch: usize,
     ) -> Result<Reader, StoreError> {
         let handle = self.js.get_stream_no_info(stream).await.map_err(api)?;
+        let mut filter_subjects = filter_subjects.to_vec();
+        if start == StartAt::LastPerSubject && filter_subjects.is_empty() {
+            // JetStream wants an explicit filter for last-per-subject delivery.
+            filter_subjects = self.stream_state(stream).await?.subjects;
+        }
         let deliver_policy = match start {
             StartAt::Sequence(s) => consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: s.max(1),
@@ -319,7 +324,7 @@ impl Store {
         let config = consumer::pull::Config {
             deliver_policy,
             ack_policy: consumer::AckPolicy::None,
-            filter_subjects: filter_subjects.to_vec(),
+            filter_subjects,
             inactive_threshold: READER_INACTIVE_THRESHOLD,
             memory_storage: true,
             num_replicas: 1,
@@ -485,12 +490,12 @@ impl Pull {
             Ok(i) => (i.stream_sequence, i.pending, i.published, i.delivered),
             Err(e) => return Some(Err(StoreError::Api(e.to_string()))),
         };
-        let msg = msg.split().0;
-        let Some(reply) = msg.reply.clone() else {
+        let Some(reply) = msg.message.reply.clone() else {
             return Some(Err(StoreError::Api(
                 "a delivery without a reply subject".into(),
             )));
         };
+        let msg = msg.message;
         Some(Ok(Delivered {
             raw: RawMessage {
                 sequence,
@@ -585,6 +590,13 @@ impl Store {
                     let existing = consumer_state(c.cached_info());
                     let mut want = spec.subjects.clone();
                     let mut have = existing.subjects.clone();
+                    if want.is_empty() {
+                        // No filter means the whole stream, however the consumer spells it.
+                        want = self.stream_state(stream).await?.subjects;
+                        if have.is_empty() {
+                            have.clone_from(&want);
+                        }
+                    }
                     want.sort();
                     have.sort();
                     if want != have {
@@ -607,6 +619,10 @@ impl Store {
                 Err(e) => return Err(not_found_or(stream, e)),
             }
         }
+        let mut filter_subjects = spec.subjects.clone();
+        if spec.start == ConsumerStart::At(StartAt::LastPerSubject) && filter_subjects.is_empty() {
+            filter_subjects = self.stream_state(stream).await?.subjects;
+        }
         let config = consumer::pull::Config {
             durable_name: spec.durable.clone(),
             name: spec.durable.clone(),
@@ -615,7 +631,7 @@ impl Store {
             ack_wait: spec.ack_wait,
             max_deliver: -1,
             max_ack_pending: spec.max_ack_pending,
-            filter_subjects: spec.subjects.clone(),
+            filter_subjects,
             inactive_threshold: if spec.durable.is_some() {
                 Duration::ZERO
             } else {
@@ -793,7 +809,7 @@ impl Reader {
             Ok(i) => (i.stream_sequence, i.pending, i.published),
             Err(e) => return Some(Err(StoreError::Api(e.to_string()))),
         };
-        let msg = msg.split().0;
+        let msg = msg.message;
         Some(Ok(RawMessage {
             sequence: info.0,
             subject: msg.subject.to_string(),

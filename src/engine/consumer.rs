@@ -24,7 +24,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{
-    decode_stored, outage, AckMode, Control, Item, OpenRequest, Shared, Start, StoredEvent, Window,
+    decode_stored, outage, AckMode, Control, Item, Matcher, OpenRequest, Shared, Start,
+    StoredEvent, Window,
 };
 use crate::config::Settings;
 use crate::error::Error;
@@ -37,6 +38,7 @@ const MAX_PULL_WAIT: Duration = Duration::from_secs(5);
 pub(super) struct Params<'a> {
     pub(super) id: String,
     pub(super) req: OpenRequest,
+    pub(super) matcher: Matcher,
     pub(super) settings: &'a Settings,
     pub(super) dead_letter_subject: Option<String>,
     pub(super) shared: Shared,
@@ -125,6 +127,7 @@ pub(super) async fn open(p: Params<'_>) -> Result<Opened, Error> {
     );
     let task = Task {
         consumer,
+        matcher: p.matcher,
         shared: p.shared.clone(),
         mode: req.ack_mode,
         ack_wait: req.ack_wait,
@@ -159,6 +162,8 @@ struct Pending {
 
 struct Task {
     consumer: Consumer,
+    /// The attribute filter (subjects are filtered by JetStream) and tombstone predicate.
+    matcher: Matcher,
     shared: Shared,
     mode: AckMode,
     ack_wait: Duration,
@@ -249,6 +254,8 @@ impl Task {
                         Some(Ok(d)) => self.on_delivery(d).await?,
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "pull interrupted");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
                             break;
                         }
                         None => break,
@@ -286,9 +293,20 @@ impl Task {
             let _ = acker.term().await;
             return Ok(());
         }
-        if let Some(remaining) = self.snapshot_remaining.as_mut() {
+        let in_snapshot = if let Some(remaining) = self.snapshot_remaining.as_mut() {
             *remaining = remaining.saturating_sub(1);
             self.snapshot_end = self.snapshot_end.max(sequence);
+            true
+        } else {
+            false
+        };
+        if !self.matcher.matches(&event) || (in_snapshot && self.matcher.is_tombstone(&event)) {
+            // Not for this subscription: settle it without using the window.
+            let _ = acker.ack().await;
+            if self.snapshot_remaining == Some(0) {
+                self.finish_snapshot(Some(sequence)).await?;
+            }
+            return Ok(());
         }
         self.window.acquire().await;
         self.last_delivered = self.last_delivered.max(sequence);

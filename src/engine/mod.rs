@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::event::Event;
+use crate::filter::Filter;
 use crate::store::{StartAt, Store};
 
 use hub::Hub;
@@ -100,6 +101,8 @@ pub struct OpenRequest {
     pub stream: String,
     /// NATS subject patterns (empty: all).
     pub subjects: Vec<String>,
+    /// Attribute filter (`None`: everything).
+    pub filter: Option<Filter>,
     /// Where to start (`None`: `New`, or `Resume` for an existing durable).
     pub start: Option<Start>,
     /// Durable name, if any.
@@ -151,6 +154,37 @@ pub enum Control {
     Term(Vec<u64>, String),
     /// Widen the window by this many deliveries.
     Credit(u32),
+}
+
+/// What a subscription delivers: its subject patterns and attribute filter, and the stream's
+/// tombstone predicate (for snapshots).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Matcher {
+    /// NATS subject patterns; empty matches every subject.
+    pub(crate) subjects: Vec<String>,
+    /// The attribute filter.
+    pub(crate) filter: Option<Filter>,
+    /// Marks deletion events, left out of snapshots.
+    pub(crate) tombstone: Option<Filter>,
+}
+
+impl Matcher {
+    /// Whether the subscription delivers `event` (subjects first: they are cheapest).
+    pub(crate) fn matches(&self, event: &StoredEvent) -> bool {
+        (self.subjects.is_empty()
+            || self
+                .subjects
+                .iter()
+                .any(|p| crate::wildcard::matches(p, &event.subject)))
+            && self.filter.as_ref().is_none_or(|f| f.matches(&event.event))
+    }
+
+    /// Whether `event` is a tombstone (a deletion) of its stream.
+    pub(crate) fn is_tombstone(&self, event: &StoredEvent) -> bool {
+        self.tombstone
+            .as_ref()
+            .is_some_and(|f| f.matches(&event.event))
+    }
 }
 
 /// A subscription's window: permits for deliveries not yet sent (AUTO) or not yet
@@ -230,6 +264,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// True while NATS has been lost for longer than `nats.outage_grace`.
     outage: watch::Receiver<bool>,
+    /// Each stream's compiled tombstone predicate.
+    tombstones: HashMap<String, Filter>,
 }
 
 /// What every subscription task shares with the engine.
@@ -245,6 +281,11 @@ impl Engine {
     pub fn new(store: Store, settings: Settings, shutdown: CancellationToken) -> Engine {
         let outage =
             spawn_outage_monitor(store.clone(), settings.nats.outage_grace, shutdown.clone());
+        let tombstones = settings
+            .streams
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.tombstone_filter().ok()??)))
+            .collect();
         Engine {
             inner: Arc::new(Inner {
                 store,
@@ -252,6 +293,7 @@ impl Engine {
                 hubs: Mutex::new(HashMap::new()),
                 shutdown,
                 outage,
+                tombstones,
             }),
         }
     }
@@ -279,6 +321,11 @@ impl Engine {
         let (control_tx, control_rx) = mpsc::channel(64);
         let window = Window::new(req.max_in_flight, req.ack_mode);
         let id = uuid::Uuid::new_v4().to_string();
+        let matcher = Matcher {
+            subjects: req.subjects.clone(),
+            filter: req.filter.clone(),
+            tombstone: inner.tombstones.get(&req.stream).cloned(),
+        };
         crate::telemetry::COUNTERS
             .subscriptions_opened
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -286,6 +333,7 @@ impl Engine {
             let opened = consumer::open(consumer::Params {
                 id: id.clone(),
                 req,
+                matcher,
                 settings: &inner.settings,
                 dead_letter_subject: stream_settings.dead_letter_subject.clone(),
                 shared: self.shared(),
@@ -348,7 +396,7 @@ impl Engine {
             id: id.clone(),
             hub,
             shared: self.shared(),
-            subjects: req.subjects,
+            matcher,
             cursor,
             snapshot: snapshot.then_some(state.last_sequence),
             heartbeat: req.heartbeat,
@@ -438,8 +486,9 @@ fn spawn_outage_monitor(
                 tx.send_if_modified(|v| std::mem::replace(v, false));
             } else {
                 let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= grace {
-                    if tx.send_if_modified(|v| !std::mem::replace(v, true)) {
+                if since.elapsed() >= grace && tx.send_if_modified(|v| !std::mem::replace(v, true))
+                {
+                    {
                         tracing::warn!(?grace, "NATS lost for longer than the outage grace period; ending subscriptions");
                     }
                 }

@@ -24,16 +24,16 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use super::hub::{Hub, RingRead};
-use super::{decode_stored, outage, Control, Item, Shared, StoredEvent, Window};
+use super::{decode_stored, outage, Control, Item, Matcher, Shared, StoredEvent, Window};
 use crate::error::Error;
-use crate::store::{Reader, StartAt};
+use crate::store::{Reader, StartAt, StoreError};
 
 /// Everything a subscription task needs.
 pub(super) struct Params {
     pub(super) id: String,
     pub(super) hub: Arc<Hub>,
     pub(super) shared: Shared,
-    pub(super) subjects: Vec<String>,
+    pub(super) matcher: Matcher,
     pub(super) cursor: u64,
     /// `Some(stream last sequence at open)` for a snapshot start.
     pub(super) snapshot: Option<u64>,
@@ -82,7 +82,7 @@ struct Task {
     /// Counts this subscription on the hub while the task lives.
     _guard: super::hub::HubGuard,
     shared: Shared,
-    subjects: Vec<String>,
+    matcher: Matcher,
     /// The next sequence this subscription wants.
     cursor: u64,
     heartbeat: Option<Duration>,
@@ -99,7 +99,7 @@ impl Task {
             _guard: p.hub.enter(),
             hub: p.hub,
             shared: p.shared,
-            subjects: p.subjects,
+            matcher: p.matcher,
             cursor: p.cursor,
             heartbeat: p.heartbeat,
             next_bookmark: p.heartbeat.map(|h| Instant::now() + h),
@@ -147,7 +147,7 @@ impl Task {
                 RingRead::Events { .. } => {
                     for event in buf.drain(..) {
                         let sequence = event.sequence;
-                        if self.matches(&event) {
+                        if self.matcher.matches(&event) {
                             self.deliver(event).await?;
                         }
                         self.cursor = sequence + 1;
@@ -171,11 +171,11 @@ impl Task {
             match self
                 .shared
                 .store
-                .read(&stream, start, &self.subjects, self.batch)
+                .read(&stream, start, &self.matcher.subjects, self.batch)
                 .await
             {
                 Ok(r) => return Ok(r),
-                Err(e) => {
+                Err(e @ StoreError::Unavailable(_)) => {
                     tracing::debug!(error = %e, "cannot open a read; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
@@ -185,6 +185,7 @@ impl Task {
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
+                Err(e) => return Err(Stop::Fail(e.into())),
             }
         }
     }
@@ -240,7 +241,7 @@ impl Task {
             }
             let (sequence, pending) = (raw.sequence, raw.pending);
             if let Some(event) = decode_stored(raw) {
-                if self.matches(&event) {
+                if self.matcher.matches(&event) {
                     self.deliver(event).await?;
                 }
             }
@@ -278,7 +279,7 @@ impl Task {
                 remaining -= 1;
                 end = end.max(raw.sequence);
                 if let Some(event) = decode_stored(raw) {
-                    if self.matches(&event) && !self.is_tombstone(&event) {
+                    if self.matcher.matches(&event) && !self.matcher.is_tombstone(&event) {
                         self.deliver(event).await?;
                         sent += 1;
                     }
@@ -290,18 +291,6 @@ impl Task {
         // from the live path.
         self.cursor = end + 1;
         self.send(Item::SnapshotEnd { sequence: end }).await
-    }
-
-    fn is_tombstone(&self, _event: &StoredEvent) -> bool {
-        false
-    }
-
-    fn matches(&self, event: &StoredEvent) -> bool {
-        self.subjects.is_empty()
-            || self
-                .subjects
-                .iter()
-                .any(|p| crate::wildcard::matches(p, &event.subject))
     }
 
     fn on_control(&mut self, c: Control) {

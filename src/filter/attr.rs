@@ -121,9 +121,25 @@ pub(crate) const SMALL: usize = 40;
 
 /// Formats an integer in base 10 without allocating.
 pub(crate) fn format_i32(i: i32) -> StackStr<SMALL> {
+    let mut digits = [0u8; 11];
+    let mut at = digits.len();
+    let mut n = i.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if i < 0 {
+        at -= 1;
+        digits[at] = b'-';
+    }
     let mut s = StackStr::new();
-    // An i32 needs at most 11 characters, far below the capacity.
-    let _ = write!(s, "{i}");
+    let len = digits.len() - at;
+    s.buf[..len].copy_from_slice(&digits[at..]);
+    s.len = len;
     s
 }
 
@@ -338,6 +354,25 @@ mod tests {
                 assert!(!canonical.starts_with("#"));
                 assert!(!canonical.ends_with("#"));
             }
+        }
+    }
+
+    #[test]
+    fn integers_format_like_display() {
+        for i in [
+            0,
+            1,
+            -1,
+            9,
+            10,
+            -10,
+            42,
+            1_000_000,
+            i32::MAX,
+            i32::MIN,
+            i32::MIN + 1,
+        ] {
+            assert_eq!(format_i32(i).as_str(), i.to_string());
         }
     }
 

@@ -312,6 +312,7 @@ pub enum FilterErrorKind {
 }
 
 fn format_path(path: &[Step]) -> String {
+    #[derive(Debug)]
     struct Path<'a>(&'a [Step]);
     impl fmt::Display for Path<'_> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

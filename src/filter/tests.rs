@@ -60,6 +60,7 @@ fn not(spec: FilterSpec) -> FilterSpec {
 
 /// What a case expects: a match, no match, or a refusal at `path` whose message contains the
 /// given text.
+#[derive(Debug)]
 enum Want {
     Match,
     NoMatch,

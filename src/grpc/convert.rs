@@ -14,6 +14,7 @@ use crate::config::SubscribeSettings;
 use crate::engine::{AckMode, Item, OnExpired, OpenRequest, Start, StoredEvent};
 use crate::error::Error;
 use crate::event::{AttributeValue, Data, Event};
+use crate::filter::{Filter, FilterSpec};
 use crate::store::{ConsumerState, StreamState};
 
 use ce::cloud_event::cloud_event_attribute_value::Attr;
@@ -117,6 +118,42 @@ fn duration_from_pb(d: &prost_types::Duration, field: &str) -> Result<Duration, 
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
+/// Converts a protobuf `Filter` to its domain form. `depth` guards against nesting beyond
+/// what the filter compiler accepts (it reports the limit itself).
+fn filter_from_pb(f: api::Filter, field: &str, depth: usize) -> Result<FilterSpec, Error> {
+    use api::filter::Filter as F;
+    if depth > crate::filter::MAX_DEPTH {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "filters nest at most {} levels deep",
+                crate::filter::MAX_DEPTH
+            ),
+        ));
+    }
+    let list = |l: api::FilterList, name: &str| -> Result<Vec<FilterSpec>, Error> {
+        l.filters
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| filter_from_pb(f, &format!("{field}.{name}[{i}]"), depth + 1))
+            .collect()
+    };
+    Ok(match f.filter {
+        None => return Err(Error::invalid(field, "the filter has no dialect set")),
+        Some(F::Exact(m)) => FilterSpec::Exact(m.attributes.into_iter().collect()),
+        Some(F::Prefix(m)) => FilterSpec::Prefix(m.attributes.into_iter().collect()),
+        Some(F::Suffix(m)) => FilterSpec::Suffix(m.attributes.into_iter().collect()),
+        Some(F::All(l)) => FilterSpec::All(list(l, "all")?),
+        Some(F::Any(l)) => FilterSpec::Any(list(l, "any")?),
+        Some(F::Not(inner)) => FilterSpec::Not(Box::new(filter_from_pb(
+            *inner,
+            &format!("{field}.not"),
+            depth + 1,
+        )?)),
+        Some(F::Sql(sql)) => FilterSpec::Sql(sql),
+    })
+}
+
 /// Validates an `Open` and fills in defaults. `watch` selects Watch's defaults (AUTO acks).
 pub fn open_from_pb(
     open: api::Open,
@@ -137,12 +174,17 @@ pub fn open_from_pb(
             ));
         }
     }
-    if open.filter.is_some() {
-        return Err(Error::invalid(
-            "open.filter",
-            "attribute filters are not supported by this gateway yet; use `subjects`",
-        ));
-    }
+    let filter = match open.filter {
+        None => None,
+        Some(f) => {
+            let spec = filter_from_pb(f, "open.filter", 0)?;
+            let compiled = Filter::compile(&spec).map_err(|e| Error::InvalidArgument {
+                field: format!("open.{}", e.path()),
+                reason: e.to_string(),
+            })?;
+            (!compiled.is_match_all()).then_some(compiled)
+        }
+    };
     let start = match open.start {
         Some(s) if s.position.is_some() => Some(start_from_pb(Some(s), "open.start")?),
         _ => None,
@@ -223,6 +265,7 @@ pub fn open_from_pb(
     Ok(OpenRequest {
         stream,
         subjects: open.subjects,
+        filter,
         start,
         durable,
         ack_mode,

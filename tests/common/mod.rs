@@ -53,6 +53,9 @@ impl TestEnv {
 
     /// NATS and a gateway whose settings `customize` adjusts.
     pub async fn with(customize: impl FnOnce(&mut Settings)) -> TestEnv {
+        if std::env::var_os("RUST_LOG").is_some() {
+            jetwatch::telemetry::init_tracing();
+        }
         let dir = tempfile::tempdir().unwrap();
         let nats = start_nats(dir.path());
         let mut settings = test_settings();
@@ -215,4 +218,80 @@ pub fn error_info(status: &tonic::Status) -> (String, HashMap<String, String>) {
     use tonic_types::StatusExt;
     let info = status.get_details_error_info().expect("ErrorInfo details");
     (info.reason, info.metadata)
+}
+
+/// A bidirectional subscription: the request sender and the response stream.
+pub struct Bidi {
+    pub requests: tokio::sync::mpsc::Sender<api::SubscribeRequest>,
+    pub responses: tonic::Streaming<api::SubscribeResponse>,
+}
+
+impl Bidi {
+    pub async fn ack(&self, sequences: Vec<u64>) {
+        self.send(api::subscribe_request::Request::Ack(api::Ack { sequences }))
+            .await;
+    }
+
+    pub async fn send(&self, request: api::subscribe_request::Request) {
+        self.requests
+            .send(api::SubscribeRequest {
+                request: Some(request),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Opens a `Subscribe` stream with `open`; the first response (`Opened` or an error) is
+/// left in the stream.
+pub async fn subscribe(client: &mut SubscriberClient<Channel>, open: api::Open) -> Bidi {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tx.send(api::SubscribeRequest {
+        request: Some(api::subscribe_request::Request::Open(open)),
+    })
+    .await
+    .unwrap();
+    let responses = client
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("subscribe opens")
+        .into_inner();
+    Bidi {
+        requests: tx,
+        responses,
+    }
+}
+
+/// Waits for `Opened` and returns it.
+pub async fn opened(stream: &mut tonic::Streaming<api::SubscribeResponse>) -> api::Opened {
+    match next(stream).await.expect("opened") {
+        api::subscribe_response::Response::Opened(o) => o,
+        other => panic!("expected Opened, got {other:?}"),
+    }
+}
+
+pub fn millis(ms: u64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    })
+}
+
+/// Polls `check` until it returns Some, failing after 30 s (turns a hang into a failure).
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -7,8 +7,8 @@
 //! anything below it raised an error. A node that raises an error itself returns its defined
 //! result (for `5 / 0`, `0`; for `NOT 10`, `TRUE` after the failed cast gave `FALSE`). A node
 //! whose operand came back `Err` returns the zero value of its own type at once, without
-//! evaluating anything else: so `TRUE AND (1 != 1 / 0)` is `FALSE`, `1 / missing` is `0`, and at
-//! most one erroneous operand is ever looked at.
+//! evaluating anything else: so `TRUE AND (1 != 1 / 0)` is `FALSE`, and `1 / missing` is `0`
+//! with a missing-attribute error only (the division is never attempted).
 
 use std::borrow::Cow;
 
@@ -52,6 +52,7 @@ impl<'a> Val<'a> {
         }
     }
 
+    /// The public form of the value.
     pub(crate) fn into_value(self) -> Value {
         match self {
             Val::Bool(b) => Value::Boolean(b),
@@ -76,6 +77,7 @@ macro_rules! operand {
 pub(crate) use operand;
 
 /// The evaluation context: the event, and where errors go.
+#[derive(Debug)]
 pub(crate) struct Cx<'a, 'v> {
     pub(crate) event: &'a Event,
     /// The expression text, to turn byte offsets into positions.
@@ -100,11 +102,13 @@ impl Cx<'_, '_> {
     }
 
     /// A mark to pass to [`Cx::finish`].
+    #[inline]
     pub(crate) fn mark(&self) -> usize {
         self.count
     }
 
     /// `Ok(value)`, or `Err(value)` if errors were raised since `mark`.
+    #[inline]
     pub(crate) fn finish<'a>(&self, mark: usize, value: Val<'a>) -> Out<'a> {
         if self.count == mark {
             Ok(value)
@@ -340,7 +344,16 @@ pub(crate) fn parse_bool(s: &str) -> Option<bool> {
 }
 
 /// Implicit cast to Boolean. Integers are refused: only `BOOL()` casts them explicitly.
+#[inline]
 pub(crate) fn to_bool(v: &Val<'_>, cx: &mut Cx<'_, '_>, pos: usize) -> bool {
+    match v {
+        Val::Bool(b) => *b,
+        other => cast_to_bool(other, cx, pos),
+    }
+}
+
+/// The casts to Boolean that need work or fail.
+fn cast_to_bool(v: &Val<'_>, cx: &mut Cx<'_, '_>, pos: usize) -> bool {
     match v {
         Val::Bool(b) => *b,
         Val::Str(s) => parse_bool(s).unwrap_or_else(|| {
@@ -359,7 +372,16 @@ pub(crate) fn to_bool(v: &Val<'_>, cx: &mut Cx<'_, '_>, pos: usize) -> bool {
 }
 
 /// Cast to Integer (implicit or explicit: the rules are the same).
+#[inline]
 pub(crate) fn to_int(v: &Val<'_>, cx: &mut Cx<'_, '_>, pos: usize) -> i32 {
+    match v {
+        Val::Int(i) => *i,
+        other => cast_to_int(other, cx, pos),
+    }
+}
+
+/// The casts to Integer that need work or fail.
+fn cast_to_int(v: &Val<'_>, cx: &mut Cx<'_, '_>, pos: usize) -> i32 {
     match v {
         Val::Int(i) => *i,
         Val::Bool(b) => i32::from(*b),

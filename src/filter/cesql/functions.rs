@@ -136,16 +136,16 @@ pub(crate) fn call<'a>(call: &'a Call, cx: &mut Cx<'a, '_>) -> Out<'a> {
                 if let (Some(d), true) = (&delimiter, i > 0) {
                     out.push_str(d);
                 }
-                match v {
-                    Val::Str(s) => out.push_str(&s),
-                    other => out.push_str(&into_str(other)),
-                }
+                out.push_str(&into_str(v));
             }
             Ok(Val::Str(Cow::Owned(out)))
         }
         _ => {
             // Every other built-in takes one to three arguments: evaluate them all first.
-            let x = operand!(eval(&args[0], cx), ty);
+            let Some(first) = args.first() else {
+                return Err(Val::zero(ty));
+            };
+            let x = operand!(eval(first, cx), ty);
             let y = match args.get(1) {
                 Some(arg) => Some(operand!(eval(arg, cx), ty)),
                 None => None,

@@ -16,16 +16,21 @@
 //! - Operators, by decreasing precedence (equal precedence evaluates left to right, as §3.6 of
 //!   the spec says): function calls; unary `NOT` and `-`; `[NOT] LIKE 'pattern'`; `EXISTS
 //!   name`; `[NOT] IN (…)`; `*` `/` `%`; `+` `-`; `=` `!=` `<>` `<` `<=` `>` `>=`; `AND` `OR`
-//!   `XOR`. Note that the spec gives `AND`, `OR` and `XOR` one precedence level: `a OR b AND c`
-//!   is `(a OR b) AND c`. Use parentheses when in doubt.
+//!   `XOR`. Two consequences differ from most SQL dialects: `AND`, `OR` and `XOR` share one
+//!   level, so `a OR b AND c` is `(a OR b) AND c`; and `NOT` binds tighter than comparisons, so
+//!   `NOT a = b` is `(NOT a) = b` (write `NOT (a = b)` or `a != b`). Parentheses make intent
+//!   explicit.
 //! - Built-in functions: `ABS`, `LENGTH`, `CONCAT`, `CONCAT_WS`, `LOWER`, `UPPER`, `TRIM`,
 //!   `LEFT`, `RIGHT`, `SUBSTRING` (2 and 3 arguments), and the casts `INT`, `BOOL`, `STRING`,
 //!   `IS_INT`, `IS_BOOL` (`IS_X(x)` is TRUE when `X(x)` succeeds).
 //!
 //! # Types and errors
 //!
-//! Operators cast their operands implicitly as §3.7 of the spec says (`=` and `IN` cast to the
-//! type of the right operand and of the left operand respectively). The implicit cast from
+//! Operators cast their operands implicitly as §3.7 of the spec says: `x = y` casts `x` to the
+//! type of `y`, `x IN (…)` casts the elements to the type of `x`, and every other operator casts
+//! to the types it is defined on (Integer for arithmetic and ordering, Boolean for the logical
+//! operators, String for LIKE). Attributes are Strings, except Boolean and Integer extensions,
+//! which keep their type. The implicit cast from
 //! Integer to Boolean is refused with a cast error (as the conformance suite expects of
 //! `NOT 10`); the explicit `BOOL(10)` performs it. An operator that raises an error returns its
 //! defined result (for example `0` for a division by zero) with the error; every operator above

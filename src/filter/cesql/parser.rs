@@ -45,11 +45,14 @@ pub(crate) fn parse(src: &str) -> Result<Node, CesqlError> {
 }
 
 /// A node and the depth of the tree under it (a leaf has depth 1).
+#[derive(Debug)]
 struct Parsed {
     node: Node,
     depth: usize,
 }
 
+/// The parser's state.
+#[derive(Debug)]
 struct Parser<'s> {
     src: &'s str,
     tokens: Vec<Token<'s>>,
