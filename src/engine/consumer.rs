@@ -15,7 +15,7 @@
 //! dead-letter subject (when configured) with the reason as extension attributes, and
 //! terminated in JetStream so they are not redelivered.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,7 +139,7 @@ pub(super) async fn open(p: Params<'_>) -> Result<Opened, Error> {
         tx: p.tx,
         control: p.control,
         window: p.window,
-        in_flight: HashMap::new(),
+        in_flight: BTreeMap::new(),
         snapshot_remaining,
         snapshot_end: state.last_sequence,
         last_delivered: start_sequence.saturating_sub(1),
@@ -175,8 +175,9 @@ struct Task {
     tx: mpsc::Sender<Result<Item, Error>>,
     control: mpsc::Receiver<Control>,
     window: Window,
-    /// EXPLICIT: deliveries not yet acknowledged, by stream sequence.
-    in_flight: HashMap<u64, Pending>,
+    /// EXPLICIT: deliveries not yet acknowledged, by stream sequence (ordered, so releases
+    /// go back in stream order).
+    in_flight: BTreeMap<u64, Pending>,
     /// Snapshot deliveries still to come before `SnapshotEnd`.
     snapshot_remaining: Option<u64>,
     /// The largest sequence the snapshot covers.
@@ -193,8 +194,12 @@ enum Stop {
 impl Task {
     async fn run(mut self) {
         let result = self.run_loop().await;
-        // Release what this client holds so other clients get it at once.
-        for (_, p) in self.in_flight.drain() {
+        // Settle what the client said before it left, then release what it still holds so
+        // other clients get it at once.
+        while let Ok(c) = self.control.try_recv() {
+            let _ = self.on_control(c).await;
+        }
+        for (_, p) in std::mem::take(&mut self.in_flight) {
             let _ = p.acker.nak(Duration::ZERO).await;
         }
         if let Err(Stop::Fail(e)) = result {
