@@ -26,6 +26,79 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run a local nats-server with JetStream plus the gateway (stopped together on exit).
     Dev(DevArgs),
+    /// Publish CloudEvents (JSON format; one object, an array, or one object per line).
+    Publish(PublishArgs),
+    /// Watch a stream like `kubectl get -w`: filtered, resumable, JSON lines or a table.
+    Watch(WatchArgs),
+    /// List the gateway's streams with their sequences and counts.
+    Streams(ClientArgs),
+    /// List durable subscriptions with their positions.
+    Subscriptions(SubscriptionsArgs),
+}
+
+/// Where the gateway is.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Gateway gRPC address.
+    #[arg(
+        long,
+        short = 's',
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:50051",
+        env = "JETWATCH_SERVER"
+    )]
+    pub server: String,
+}
+
+/// Flags of `publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The stream (default: the gateway's default stream).
+    #[arg(long, default_value = "")]
+    pub stream: String,
+    /// Read events from this file instead of standard input.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+/// Flags of `watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The stream (default: the gateway's default stream).
+    #[arg(long, default_value = "")]
+    pub stream: String,
+    /// NATS subject patterns to watch (repeatable).
+    #[arg(long = "subject", value_name = "PATTERN")]
+    pub subjects: Vec<String>,
+    /// A CESQL filter, e.g. "type LIKE '%.deleted'".
+    #[arg(long, value_name = "EXPRESSION")]
+    pub filter: Option<String>,
+    /// Where to start: new, earliest, snapshot, a sequence number, or an RFC 3339 time.
+    #[arg(long, default_value = "new")]
+    pub from: String,
+    /// Watch through this durable (its position is kept by the gateway's JetStream).
+    #[arg(long)]
+    pub durable: Option<String>,
+    /// Output: `json` (one line per event) or `table`.
+    #[arg(long, short = 'o', default_value = "table")]
+    pub output: String,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub limit: Option<u64>,
+}
+
+/// Flags of `subscriptions`.
+#[derive(Debug, Args)]
+pub struct SubscriptionsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only this stream's durables.
+    #[arg(long, default_value = "")]
+    pub stream: String,
 }
 
 /// Flags shared by `serve` and `dev`.
@@ -110,4 +183,209 @@ pub async fn dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     tokio::task::spawn_blocking(move || drop(nats)).await?;
     tracing::info!("local nats-server stopped");
     result
+}
+
+/// `jetwatch publish`: publishes every event read, printing one JSON line per result.
+pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let text = match &args.file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+        None => std::io::read_to_string(std::io::stdin())?,
+    };
+    let events = parse_events(&text)?;
+    let channel = crate::grpc::client::connect(&args.client.server).await?;
+    let results = crate::grpc::client::publish_all(channel, &args.stream, events).await?;
+    let mut failed = 0;
+    for r in results {
+        let line = match r {
+            Ok(p) => serde_json::json!({
+                "stream": p.stream, "subject": p.subject, "sequence": p.sequence, "duplicate": p.duplicate
+            }),
+            Err(status) => {
+                failed += 1;
+                serde_json::json!({ "error": { "code": format!("{:?}", status.code()), "message": status.message() } })
+            }
+        };
+        println!("{line}");
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} event(s) were refused");
+    }
+    Ok(())
+}
+
+/// Parses a JSON object, a JSON array of objects, or one object per line.
+fn parse_events(text: &str) -> anyhow::Result<Vec<crate::event::Event>> {
+    let trimmed = text.trim_start();
+    let values: Vec<serde_json::Value> = if trimmed.starts_with('[') {
+        serde_json::from_str(trimmed)?
+    } else {
+        serde_json::Deserializer::from_str(trimmed)
+            .into_iter::<serde_json::Value>()
+            .collect::<Result<_, _>>()?
+    };
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            crate::codec::event_from_json(v.to_string().as_bytes())
+                .map_err(|e| anyhow::anyhow!("event #{}: {e}", i + 1))
+        })
+        .collect()
+}
+
+/// `jetwatch watch`: prints deliveries until interrupted (or `--limit`), resuming across
+/// disconnects.
+pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use crate::grpc::client::{WatchItem, Watcher};
+    use crate::grpc::pb::jetwatch::v1 as api;
+    use api::start_position::Position;
+    let position = match args.from.as_str() {
+        "new" => Position::New(()),
+        "earliest" => Position::Earliest(()),
+        "snapshot" => Position::Snapshot(()),
+        other => match other.parse::<u64>() {
+            Ok(seq) => Position::Sequence(seq),
+            Err(_) => {
+                let t = chrono::DateTime::parse_from_rfc3339(other).map_err(|_| {
+                    anyhow::anyhow!(
+                        "--from takes new, earliest, snapshot, a sequence or an RFC 3339 time"
+                    )
+                })?;
+                Position::Time(crate::grpc::convert::timestamp_to_pb(
+                    &t.with_timezone(&chrono::Utc),
+                ))
+            }
+        },
+    };
+    let open = api::Open {
+        stream: args.stream.clone(),
+        subjects: args.subjects.clone(),
+        filter: args.filter.clone().map(|sql| api::Filter {
+            filter: Some(api::filter::Filter::Sql(sql)),
+        }),
+        start: Some(api::StartPosition {
+            position: Some(position),
+        }),
+        durable: args.durable.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let table = match args.output.as_str() {
+        "table" => true,
+        "json" => false,
+        other => anyhow::bail!("unknown output `{other}`: use json or table"),
+    };
+    let mut watcher = Watcher::new(args.client.server.clone(), open);
+    if table {
+        println!(
+            "{:>10}  {:<24}  {:<36}  {:<24}  ID",
+            "SEQUENCE", "TIME", "TYPE", "SUBJECT"
+        );
+    }
+    let mut count = 0u64;
+    let mut replay_until = 0u64;
+    loop {
+        let item = tokio::select! {
+            item = watcher.next() => item?,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        match item {
+            WatchItem::Opened {
+                last_sequence,
+                start_sequence,
+            } => {
+                if last_sequence >= start_sequence {
+                    replay_until = last_sequence;
+                    eprintln!("replaying {start_sequence}..={last_sequence}, then watching");
+                }
+            }
+            WatchItem::Delivery {
+                sequence,
+                subject,
+                stored_at,
+                event,
+                ..
+            } => {
+                if table {
+                    let time = stored_at
+                        .map(|t| crate::event::format_timestamp(&t))
+                        .unwrap_or_default();
+                    let subject_attr = event.subject().unwrap_or("");
+                    println!(
+                        "{sequence:>10}  {time:<24}  {:<36}  {subject_attr:<24}  {}",
+                        event.ty, event.id
+                    );
+                } else {
+                    let json = crate::codec::event_to_json(&event)?;
+                    println!(
+                        "{}",
+                        serde_json::json!({ "sequence": sequence, "subject": subject, "event": json })
+                    );
+                }
+                if replay_until > 0 && sequence % 10_000 == 0 {
+                    eprintln!("replay progress: {sequence} of {replay_until}");
+                }
+                count += 1;
+                if args.limit.is_some_and(|l| count >= l) {
+                    return Ok(());
+                }
+            }
+            WatchItem::SnapshotEnd { sequence } => {
+                eprintln!("snapshot complete as of sequence {sequence}; watching")
+            }
+            WatchItem::Bookmark { .. } => {}
+        }
+    }
+}
+
+/// `jetwatch streams`.
+pub async fn streams(args: ClientArgs) -> anyhow::Result<()> {
+    use crate::grpc::pb::jetwatch::v1 as api;
+    let channel = crate::grpc::client::connect(&args.server).await?;
+    let mut admin = api::admin_client::AdminClient::new(channel);
+    let list = admin
+        .list_streams(api::ListStreamsRequest {})
+        .await?
+        .into_inner();
+    println!(
+        "{:<20} {:>10} {:>10} {:>12} {:>14} {:>10}  SUBJECTS",
+        "STREAM", "FIRST", "LAST", "MESSAGES", "BYTES", "CONSUMERS"
+    );
+    for s in list.streams {
+        println!(
+            "{:<20} {:>10} {:>10} {:>12} {:>14} {:>10}  {}",
+            s.name,
+            s.first_sequence,
+            s.last_sequence,
+            s.messages,
+            s.bytes,
+            s.consumer_count,
+            s.subjects.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// `jetwatch subscriptions`.
+pub async fn subscriptions(args: SubscriptionsArgs) -> anyhow::Result<()> {
+    use crate::grpc::pb::jetwatch::v1 as api;
+    let channel = crate::grpc::client::connect(&args.client.server).await?;
+    let mut admin = api::admin_client::AdminClient::new(channel);
+    let list = admin
+        .list_subscriptions(api::ListSubscriptionsRequest {
+            stream: args.stream,
+        })
+        .await?
+        .into_inner();
+    println!(
+        "{:<20} {:<24} {:>10} {:>10} {:>10} {:>10}",
+        "STREAM", "DURABLE", "DELIVERED", "ACKED", "PENDING", "IN-FLIGHT"
+    );
+    for s in list.subscriptions {
+        println!(
+            "{:<20} {:<24} {:>10} {:>10} {:>10} {:>10}",
+            s.stream, s.durable, s.delivered_sequence, s.ack_floor_sequence, s.pending, s.in_flight
+        );
+    }
+    Ok(())
 }

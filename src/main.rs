@@ -7,12 +7,21 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    jetwatch::telemetry::init_tracing();
+    // The gateway logs what it does; the client commands only what goes wrong.
+    let level = match cli.command {
+        Command::Serve(_) | Command::Dev(_) => "info",
+        _ => "warn",
+    };
+    jetwatch::telemetry::init_tracing(level);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match cli.command {
         Command::Serve(args) => cli::serve(cli::settings_from(&args)?, shutdown).await,
         Command::Dev(args) => cli::dev(args, shutdown).await,
+        Command::Publish(args) => cli::publish(args).await,
+        Command::Watch(args) => cli::watch(args, shutdown).await,
+        Command::Streams(args) => cli::streams(args).await,
+        Command::Subscriptions(args) => cli::subscriptions(args).await,
     }
 }
 

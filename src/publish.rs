@@ -120,15 +120,12 @@ impl Publisher {
             .get(&stream)
             .ok_or_else(|| Error::StreamNotFound(stream.clone()))?;
         let event = req.event;
-        codec::validate(&event, inner.max_event_bytes).map_err(|e| {
-            if e.is_too_large() {
-                Error::EventTooLarge {
-                    size: event.approximate_size(),
-                    limit: inner.max_event_bytes,
-                }
-            } else {
-                Error::InvalidEvent(e)
-            }
+        codec::validate(&event, inner.max_event_bytes).map_err(|e| match e.too_large {
+            Some(t) => Error::EventTooLarge {
+                size: t.size,
+                limit: t.limit,
+            },
+            None => Error::InvalidEvent(e),
         })?;
         let subject = template
             .render(&event)

@@ -36,11 +36,11 @@ pub static COUNTERS: Counters = Counters {
     subscriptions_opened: AtomicU64::new(0),
 };
 
-/// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), and
-/// `JETWATCH_LOG_FORMAT=json` switches to JSON lines.
-pub fn init_tracing() {
+/// Installs the tracing subscriber: `RUST_LOG` filters (default `default_level`, e.g.
+/// `info`), and `JETWATCH_LOG_FORMAT=json` switches to JSON lines.
+pub fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -170,7 +170,7 @@ async fn random_starts_and_speeds_each_see_exactly_their_contiguous_sequence() {
                     "subscriber {n} (start {start}, window {window})"
                 );
                 expected += 1;
-                if pause_every > 0 && expected % pause_every == 0 {
+                if pause_every > 0 && expected.is_multiple_of(pause_every) {
                     tokio::time::sleep(pause).await;
                 }
             }

@@ -13,6 +13,15 @@ use jetwatch::grpc::pb::jetwatch::v1 as api;
 
 #[tokio::test]
 async fn snapshot_gives_each_resource_once_then_live_changes_without_gap_or_duplicate() {
+    snapshot_while_publishing("").await;
+}
+
+#[tokio::test]
+async fn a_durable_snapshot_hands_off_to_live_changes_the_same_way() {
+    snapshot_while_publishing("snapshotter").await;
+}
+
+async fn snapshot_while_publishing(durable: &str) {
     let env = TestEnv::start().await;
     let mut publisher = env.publisher().await;
     // 30 resources, three versions each, before the snapshot.
@@ -48,6 +57,7 @@ async fn snapshot_gives_each_resource_once_then_live_changes_without_gap_or_dupl
         api::Open {
             start: start_at(Position::Snapshot(())),
             max_in_flight: 7,
+            durable: durable.into(),
             ..Default::default()
         },
     )

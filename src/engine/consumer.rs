@@ -15,7 +15,7 @@
 //! dead-letter subject (when configured) with the reason as extension attributes, and
 //! terminated in JetStream so they are not redelivered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,6 +142,7 @@ pub(super) async fn open(p: Params<'_>) -> Result<Opened, Error> {
         in_flight: BTreeMap::new(),
         snapshot_remaining,
         snapshot_end: state.last_sequence,
+        snapshot_subjects: HashSet::new(),
         last_delivered: start_sequence.saturating_sub(1),
     };
     let _ = snapshot;
@@ -182,6 +183,8 @@ struct Task {
     snapshot_remaining: Option<u64>,
     /// The largest sequence the snapshot covers.
     snapshot_end: u64,
+    /// Subjects delivered during the snapshot phase.
+    snapshot_subjects: HashSet<String>,
     /// The last sequence delivered (for bookmarks).
     last_delivered: u64,
 }
@@ -210,7 +213,7 @@ impl Task {
 
     async fn run_loop(&mut self) -> Result<(), Stop> {
         if self.snapshot_remaining == Some(0) {
-            self.finish_snapshot(None).await?;
+            self.finish_snapshot().await?;
         }
         let mut next_bookmark = self.heartbeat.map(|h| Instant::now() + h);
         let mut outage_rx = self.shared.outage.clone();
@@ -229,6 +232,7 @@ impl Task {
                     .unwrap_or_else(|| Instant::now() + wait);
                 tokio::select! {
                     Some(c) = self.control.recv() => self.on_control(c).await?,
+                    () = self.window.wait_available() => {}
                     () = tokio::time::sleep_until(until) => {}
                     () = outage(&mut outage_rx) => return Err(lost()),
                     () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
@@ -298,6 +302,14 @@ impl Task {
             let _ = acker.term().await;
             return Ok(());
         }
+        // The snapshot phase ends after the consumer's initial pending count or at the first
+        // subject seen twice (a live change; see the shared path's snapshot for why).
+        if self.snapshot_remaining.is_some()
+            && delivery_count == 1
+            && !self.snapshot_subjects.insert(event.subject.clone())
+        {
+            self.finish_snapshot().await?;
+        }
         let in_snapshot = if let Some(remaining) = self.snapshot_remaining.as_mut() {
             *remaining = remaining.saturating_sub(1);
             self.snapshot_end = self.snapshot_end.max(sequence);
@@ -309,7 +321,7 @@ impl Task {
             // Not for this subscription: settle it without using the window.
             let _ = acker.ack().await;
             if self.snapshot_remaining == Some(0) {
-                self.finish_snapshot(Some(sequence)).await?;
+                self.finish_snapshot().await?;
             }
             return Ok(());
         }
@@ -337,13 +349,14 @@ impl Task {
         })
         .await?;
         if self.snapshot_remaining == Some(0) {
-            self.finish_snapshot(Some(sequence)).await?;
+            self.finish_snapshot().await?;
         }
         Ok(())
     }
 
-    async fn finish_snapshot(&mut self, _last: Option<u64>) -> Result<(), Stop> {
+    async fn finish_snapshot(&mut self) -> Result<(), Stop> {
         self.snapshot_remaining = None;
+        self.snapshot_subjects = HashSet::new();
         let sequence = self.snapshot_end;
         self.send(Item::SnapshotEnd { sequence }).await
     }

@@ -211,6 +211,11 @@ impl Window {
         }
     }
 
+    /// Waits until at least one permit is free, without taking it.
+    async fn wait_available(&self) {
+        let _permit = self.permits.acquire().await;
+    }
+
     /// Permits free now.
     fn available(&self) -> usize {
         self.permits.available_permits()

@@ -15,6 +15,7 @@
 //! beyond its window) while the shared reader and other subscribers go on; a task that falls
 //! behind the ring simply catches up later.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -260,16 +261,23 @@ impl Task {
 
     /// Sends the last event of every matching subject, then `SnapshotEnd`, and moves the
     /// cursor just past the snapshot. `last` is the stream's last sequence before the read.
+    ///
+    /// JetStream delivers the last message of every subject (in sequence order) and then
+    /// whatever is stored afterwards; its pending count at creation may already include a few
+    /// of those later messages. So the snapshot ends after that count or at the first subject
+    /// seen twice, whichever comes first: every message before that point is the last of its
+    /// subject up to the snapshot's end, and the repeat is a live change, which the live path
+    /// delivers after `SnapshotEnd`.
     async fn snapshot(&mut self, last: u64) -> Result<(), Stop> {
         let mut end = last;
         'read: loop {
             let mut reader = self.open_reader(StartAt::LastPerSubject).await?;
             let mut remaining = reader.initial_pending();
-            let mut sent = 0u64;
+            let mut seen: HashSet<String> = HashSet::new();
             while remaining > 0 {
                 let Some(raw) = self.next_raw(&mut reader).await? else {
-                    if sent == 0 {
-                        // Interrupted before anything was sent: start the snapshot again.
+                    if seen.is_empty() {
+                        // Interrupted before anything was read: start again.
                         continue 'read;
                     }
                     return Err(Stop::Fail(Error::Unavailable {
@@ -277,18 +285,18 @@ impl Task {
                     }));
                 };
                 remaining -= 1;
+                if !seen.insert(raw.subject.clone()) {
+                    break;
+                }
                 end = end.max(raw.sequence);
                 if let Some(event) = decode_stored(raw) {
                     if self.matcher.matches(&event) && !self.matcher.is_tombstone(&event) {
                         self.deliver(event).await?;
-                        sent += 1;
                     }
                 }
             }
             break;
         }
-        // Every subject's last event up to `end` has been considered; anything newer comes
-        // from the live path.
         self.cursor = end + 1;
         self.send(Item::SnapshotEnd { sequence: end }).await
     }

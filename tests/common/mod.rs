@@ -54,7 +54,7 @@ impl TestEnv {
     /// NATS and a gateway whose settings `customize` adjusts.
     pub async fn with(customize: impl FnOnce(&mut Settings)) -> TestEnv {
         if std::env::var_os("RUST_LOG").is_some() {
-            jetwatch::telemetry::init_tracing();
+            jetwatch::telemetry::init_tracing("info");
         }
         let dir = tempfile::tempdir().unwrap();
         let nats = start_nats(dir.path());

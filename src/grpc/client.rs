@@ -1,0 +1,294 @@
+//! A Rust client for jetwatch: publishing, and a resumable watcher.
+//!
+//! [`Watcher`] reconnects with exponential backoff after UNAVAILABLE (a lost gateway, a gateway
+//! shutting down, a lost NATS) and resumes from the last delivered sequence or bookmark + 1,
+//! so its caller sees every matching event once, in order, across any number of disconnects.
+//! When the resume point has expired from the stream it follows the subscription's
+//! `on_expired` policy (failing with OUT_OF_RANGE by default).
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use super::convert::{event_from_pb, event_to_pb, timestamp_from_pb};
+use super::pb::jetwatch::v1 as api;
+use crate::event::Event;
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The gateway address is malformed or cannot be reached.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The gateway refused the request.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    /// The gateway sent something this client does not understand.
+    #[error("unexpected response: {0}")]
+    Protocol(String),
+}
+
+/// Connects a channel to `addr` (`http://host:port`, or `host:port`).
+pub async fn connect(addr: &str) -> Result<Channel, ClientError> {
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let err = |reason: String| ClientError::Connect {
+        addr: addr.to_owned(),
+        reason,
+    };
+    Endpoint::from_shared(url)
+        .map_err(|e| err(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| err(e.to_string()))
+}
+
+/// One item of a watch, in domain terms.
+#[derive(Debug, Clone)]
+pub enum WatchItem {
+    /// An event.
+    Delivery {
+        /// Stream sequence.
+        sequence: u64,
+        /// NATS subject.
+        subject: String,
+        /// When it was stored.
+        stored_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// 1 on first delivery.
+        delivery_count: u32,
+        /// The event.
+        event: Box<Event>,
+    },
+    /// Every matching event up to `sequence` has been delivered.
+    Bookmark {
+        /// The sequence.
+        sequence: u64,
+        /// Events after it not yet examined.
+        pending: u64,
+    },
+    /// The snapshot is complete.
+    SnapshotEnd {
+        /// The sequence it covers.
+        sequence: u64,
+    },
+    /// The subscription (re)opened.
+    Opened {
+        /// First sequence it may deliver.
+        start_sequence: u64,
+        /// The stream's last sequence at the time.
+        last_sequence: u64,
+    },
+}
+
+/// A `Watch` that survives disconnects.
+#[derive(Debug)]
+pub struct Watcher {
+    addr: String,
+    open: api::Open,
+    stream: Option<tonic::Streaming<api::SubscribeResponse>>,
+    /// The next sequence to ask for after a reconnect.
+    resume_from: Option<u64>,
+    backoff: Duration,
+    /// Longest wait between reconnect attempts.
+    max_backoff: Duration,
+}
+
+impl Watcher {
+    /// A watcher that opens `open` against the gateway at `addr` on first use.
+    pub fn new(addr: impl Into<String>, open: api::Open) -> Watcher {
+        Watcher {
+            addr: addr.into(),
+            open,
+            stream: None,
+            resume_from: None,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+
+    /// The sequence a reconnect would resume from.
+    pub fn resume_from(&self) -> Option<u64> {
+        self.resume_from
+    }
+
+    async fn reopen(&mut self) -> Result<(), ClientError> {
+        let mut open = self.open.clone();
+        if let Some(seq) = self.resume_from {
+            if open.durable.is_empty() {
+                open.start = Some(api::StartPosition {
+                    position: Some(api::start_position::Position::Sequence(seq)),
+                });
+            }
+        }
+        let channel = connect(&self.addr).await?;
+        let mut client = api::subscriber_client::SubscriberClient::new(channel);
+        self.stream = Some(client.watch(open).await?.into_inner());
+        Ok(())
+    }
+
+    /// The next item, reconnecting as needed. Errors other than UNAVAILABLE (and connection
+    /// failures) are returned: they will not go away by retrying.
+    pub async fn next(&mut self) -> Result<WatchItem, ClientError> {
+        loop {
+            if self.stream.is_none() {
+                match self.reopen().await {
+                    Ok(()) => {}
+                    Err(e) if retryable(&e) => {
+                        tracing::warn!(error = %e, backoff = ?self.backoff, "watch unavailable; retrying");
+                        tokio::time::sleep(self.backoff).await;
+                        self.backoff = (self.backoff * 2).min(self.max_backoff);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                continue;
+            };
+            let message = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    self.stream = None;
+                    continue;
+                }
+                Err(status) if status.code() == Code::Unavailable => {
+                    if let Some(last) = last_delivered(&status) {
+                        self.resume_from = Some(self.resume_from.unwrap_or(0).max(last + 1));
+                    }
+                    tracing::warn!(message = status.message(), "watch interrupted; resuming");
+                    self.stream = None;
+                    continue;
+                }
+                Err(status) => return Err(status.into()),
+            };
+            self.backoff = Duration::from_millis(100);
+            return self.item(message);
+        }
+    }
+
+    fn item(&mut self, m: api::SubscribeResponse) -> Result<WatchItem, ClientError> {
+        use api::subscribe_response::Response;
+        let item = match m.response {
+            Some(Response::Opened(o)) => WatchItem::Opened {
+                start_sequence: o.start_sequence,
+                last_sequence: o.last_sequence,
+            },
+            Some(Response::Delivery(d)) => {
+                let event = d
+                    .event
+                    .ok_or_else(|| ClientError::Protocol("a delivery without an event".into()))?;
+                self.resume_from = Some(d.sequence + 1);
+                WatchItem::Delivery {
+                    sequence: d.sequence,
+                    subject: d.subject,
+                    stored_at: d.stored_at.as_ref().and_then(timestamp_from_pb),
+                    delivery_count: d.delivery_count,
+                    event: Box::new(
+                        event_from_pb(event, "event")
+                            .map_err(|e| ClientError::Protocol(e.to_string()))?,
+                    ),
+                }
+            }
+            Some(Response::Bookmark(b)) => {
+                self.resume_from = Some(self.resume_from.unwrap_or(0).max(b.sequence + 1));
+                WatchItem::Bookmark {
+                    sequence: b.sequence,
+                    pending: b.pending,
+                }
+            }
+            Some(Response::SnapshotEnd(s)) => {
+                // After a snapshot, a reconnect continues with the changes that follow it.
+                self.resume_from = Some(s.sequence + 1);
+                WatchItem::SnapshotEnd {
+                    sequence: s.sequence,
+                }
+            }
+            None => return Err(ClientError::Protocol("an empty response".into())),
+        };
+        Ok(item)
+    }
+}
+
+fn retryable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { .. } => true,
+        ClientError::Status(s) => s.code() == Code::Unavailable,
+        ClientError::Protocol(_) => false,
+    }
+}
+
+fn last_delivered(status: &tonic::Status) -> Option<u64> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()?
+        .metadata
+        .get("last_delivered_sequence")?
+        .parse()
+        .ok()
+}
+
+/// The outcome of one publish, in domain terms.
+#[derive(Debug, Clone)]
+pub struct PublishOutcome {
+    /// Stream.
+    pub stream: String,
+    /// Subject it was stored on.
+    pub subject: String,
+    /// Its sequence.
+    pub sequence: u64,
+    /// Whether it was a duplicate.
+    pub duplicate: bool,
+}
+
+/// Publishes `events` over one `PublishStream`, returning one result per event, in order.
+pub async fn publish_all(
+    channel: Channel,
+    stream: &str,
+    events: Vec<Event>,
+) -> Result<Vec<Result<PublishOutcome, tonic::Status>>, ClientError> {
+    let mut client = api::publisher_client::PublisherClient::new(channel);
+    let requests: Vec<api::PublishRequest> = events
+        .iter()
+        .map(|e| api::PublishRequest {
+            event: Some(event_to_pb(e)),
+            stream: stream.to_owned(),
+            expected_subject_sequence: None,
+        })
+        .collect();
+    let mut responses = client
+        .publish_stream(futures::stream::iter(requests))
+        .await?
+        .into_inner();
+    let mut out = Vec::with_capacity(events.len());
+    while let Some(r) = responses.message().await? {
+        out.push(match r.error {
+            Some(e) => Err(status_from_pb(e)),
+            None => Ok(PublishOutcome {
+                stream: r.stream,
+                subject: r.subject,
+                sequence: r.sequence,
+                duplicate: r.duplicate,
+            }),
+        });
+    }
+    Ok(out)
+}
+
+/// A `google.rpc.Status` from a `PublishResponse` as a tonic status.
+pub fn status_from_pb(s: tonic_types::pb::Status) -> tonic::Status {
+    use prost::Message;
+    let code = Code::from_i32(s.code);
+    let message = s.message.clone();
+    tonic::Status::with_details(code, message, s.encode_to_vec().into())
+}
