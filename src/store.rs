@@ -856,12 +856,18 @@ fn state_from_info(info: &stream::Info) -> StreamState {
 fn publish_error(e: jetstream::context::PublishError) -> StoreError {
     match e.kind() {
         PublishErrorKind::WrongLastSequence => {
-            // The server says "wrong last sequence: N".
-            let text = e.to_string();
+            // The server says "wrong last sequence: N" (followed by its error codes).
+            let text = error_chain(&e);
             let current = text
-                .rsplit(|c: char| !c.is_ascii_digit())
-                .find(|t| !t.is_empty())
-                .and_then(|t| t.parse().ok())
+                .rsplit("wrong last sequence:")
+                .next()
+                .map(|rest| {
+                    rest.trim_start()
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect::<String>()
+                })
+                .and_then(|digits| digits.parse().ok())
                 .unwrap_or(0);
             StoreError::WrongLastSequence { current }
         }
@@ -874,6 +880,18 @@ fn publish_error(e: jetstream::context::PublishError) -> StoreError {
         }
         _ => StoreError::Api(e.to_string()),
     }
+}
+
+/// An error and its sources, as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Classifies any other async-nats error: time-outs and connection problems are
