@@ -156,11 +156,14 @@ async fn an_event_over_the_size_limit_is_resource_exhausted_and_not_stored() {
     assert_eq!(env.stored_count("events").await, 0);
 }
 
+/// A change that makes an event invalid.
+type Mutation = Box<dyn Fn(&mut ce::CloudEvent)>;
+
 #[tokio::test]
 async fn invalid_attributes_are_named_in_the_error() {
     let env = TestEnv::start().await;
     let mut publisher = env.publisher().await;
-    let cases: Vec<(Box<dyn Fn(&mut ce::CloudEvent)>, &str)> = vec![
+    let cases: Vec<(Mutation, &str)> = vec![
         (Box::new(|e| e.source.clear()), "source"),
         (Box::new(|e| e.r#type.clear()), "type"),
         (Box::new(|e| e.spec_version = "2.0".into()), "specversion"),
