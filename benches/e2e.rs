@@ -1,1 +1,1598 @@
-fn main() {}
+//! End-to-end benchmarks: the jetwatch gateway next to raw JetStream, on a real nats-server.
+//!
+//! `cargo bench --bench e2e` starts a nats-server with a temporary store (through
+//! [`jetwatch::devnats`]), runs the release `jetwatch serve` binary as a separate process against
+//! it, and measures every scenario twice: through the gateway's gRPC API, and with async-nats
+//! talking to JetStream directly on the same server. Each scenario prints its figures as it
+//! goes; a summary table with ratios and goals comes at the end.
+//!
+//! Environment:
+//! - `JETWATCH_BENCH`: comma-separated scenarios to run (default: all of them): `publish`,
+//!   `watch`, `fanout`, `latency`, `memory`, `snapshot`.
+//! - `JETWATCH_BENCH_SCALE`: a multiplier for event and subscriber counts (default 1.0); `0.1`
+//!   gives a quick run.
+//!
+//! Everything runs on loopback. The bench client, the gateway and nats-server share the
+//! machine's cores, so the figures compare the two paths under the same conditions rather than
+//! measure either path alone. Each scenario gets its own nats-server and gateway.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use jetwatch::devnats::NatsServer;
+use jetwatch::grpc::pb::io::cloudevents::v1 as ce;
+use jetwatch::grpc::pb::jetwatch::v1 as api;
+use jetwatch::subject::SubjectTemplate;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
+
+use api::publisher_client::PublisherClient;
+use api::start_position::Position;
+use api::subscribe_response::Response;
+use api::subscriber_client::SubscriberClient;
+
+/// The `source` of every bench event.
+const SOURCE: &str = "/bench";
+/// The `type` of every bench event.
+const TYPE: &str = "com.example.bench.modified";
+/// The `datacontenttype` of every bench event.
+const CONTENT_TYPE: &str = "application/json";
+/// The extension carrying the publish time (nanoseconds since the bench started).
+const SENT_ATTRIBUTE: &str = "sentns";
+/// The stream the gateway declares and serves.
+const GATEWAY_STREAM: &str = "events";
+/// A stream with the gateway stream's configuration, for raw runs that must not wake the
+/// gateway's shared reader.
+const RAW_STREAM: &str = "raw";
+/// Publishes awaiting acknowledgement: the raw publisher's window and the gateway's
+/// `publish.max_pending_acks`.
+const PUBLISH_WINDOW: usize = 256;
+/// Messages per pull request: raw readers and the gateway's `fanout.batch`.
+const BATCH: usize = 256;
+/// `Open.max_in_flight` of the throughput scenarios' Watch clients.
+const WATCH_WINDOW: u32 = 1024;
+/// Subscribers sharing one gRPC channel (HTTP/2 connection) or one NATS connection.
+const SUBSCRIBERS_PER_CONNECTION: usize = 100;
+/// The longest any step may take: a hang becomes an error, never an endless wait.
+const DEADLINE: Duration = Duration::from_secs(180);
+/// Data bytes of the events of the throughput scenarios.
+const EVENT_BYTES: usize = 512;
+/// Data bytes of the events flowing past a stalled subscriber.
+const SMALL_EVENT_BYTES: usize = 64;
+
+/// The gateway's configuration file: the settings the bench relies on, spelled out.
+fn gateway_config() -> String {
+    format!(
+        "[server]\nshutdown_grace = \"1s\"\n\n\
+         [publish]\nmax_pending_acks = {PUBLISH_WINDOW}\n\n\
+         [subscribe]\nmax_in_flight_limit = 10000\n\n\
+         [fanout]\nbatch = {BATCH}\n"
+    )
+}
+
+fn main() {
+    let options = match Options::from_env() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("e2e bench: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    // Starts the clock the latency stamps are measured on.
+    now_ns();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    println!(
+        "jetwatch end-to-end bench: scenarios {}, scale {}",
+        options
+            .scenarios
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(","),
+        options.scale
+    );
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut failed = false;
+    for &scenario in &options.scenarios {
+        println!("\n== {} ==", scenario.name());
+        let scenario_started = Instant::now();
+        match runtime.block_on(scenario.run(&options)) {
+            Ok(r) => rows.extend(r),
+            Err(e) => {
+                failed = true;
+                eprintln!("{} failed: {e:#}", scenario.name());
+            }
+        }
+        println!("({} took {:.1} s)", scenario.name(), secs(scenario_started));
+    }
+    println!(
+        "\n== summary (scale {}, {:.0} s) ==",
+        options.scale,
+        secs(started)
+    );
+    print_table(&rows);
+    if failed {
+        std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options and scenarios
+// ---------------------------------------------------------------------------------------------
+
+/// What to run, from `JETWATCH_BENCH` and `JETWATCH_BENCH_SCALE`.
+#[derive(Debug)]
+struct Options {
+    /// Scenarios in the order they run.
+    scenarios: Vec<Scenario>,
+    /// Multiplier for event and subscriber counts.
+    scale: f64,
+}
+
+impl Options {
+    fn from_env() -> Result<Options> {
+        let scenarios = match std::env::var("JETWATCH_BENCH") {
+            Ok(list) if !list.trim().is_empty() => list
+                .split(',')
+                .map(|name| {
+                    Scenario::parse(name.trim()).with_context(|| {
+                        format!(
+                            "JETWATCH_BENCH: unknown scenario `{}`; choose from {}",
+                            name.trim(),
+                            Scenario::ALL.map(Scenario::name).join(", ")
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            _ => Scenario::ALL.to_vec(),
+        };
+        let scale = match std::env::var("JETWATCH_BENCH_SCALE") {
+            Ok(s) => s
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .with_context(|| format!("JETWATCH_BENCH_SCALE: `{s}` is not a positive number"))?,
+            Err(_) => 1.0,
+        };
+        Ok(Options { scenarios, scale })
+    }
+
+    /// `n` scaled, and at least `min`.
+    fn scaled(&self, n: usize, min: usize) -> usize {
+        ((n as f64 * self.scale).round() as usize).max(min)
+    }
+}
+
+/// A benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// Publish throughput: `PublishStream` next to pipelined JetStream publishes.
+    Publish,
+    /// Replay throughput of one subscriber: Watch from earliest next to a pull consumer.
+    Watch,
+    /// Aggregate delivery rate to N live subscribers.
+    Fanout,
+    /// Publish-to-delivery latency at a fixed rate with 100 subscribers.
+    Latency,
+    /// Gateway memory per idle subscription, and with a stalled subscriber.
+    Memory,
+    /// Snapshot throughput over many resources.
+    Snapshot,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 6] = [
+        Scenario::Publish,
+        Scenario::Watch,
+        Scenario::Fanout,
+        Scenario::Latency,
+        Scenario::Memory,
+        Scenario::Snapshot,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Publish => "publish",
+            Scenario::Watch => "watch",
+            Scenario::Fanout => "fanout",
+            Scenario::Latency => "latency",
+            Scenario::Memory => "memory",
+            Scenario::Snapshot => "snapshot",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    async fn run(self, o: &Options) -> Result<Vec<Row>> {
+        match self {
+            Scenario::Publish => publish(o).await,
+            Scenario::Watch => watch(o).await,
+            Scenario::Fanout => fanout(o).await,
+            Scenario::Latency => latency(o).await,
+            Scenario::Memory => memory(o).await,
+            Scenario::Snapshot => snapshot(o).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------------
+
+/// `publish`: events/s through one `PublishStream` next to raw pipelined JetStream publishes
+/// of the same events (same headers, same dedup key) into a stream configured alike.
+async fn publish(o: &Options) -> Result<Vec<Row>> {
+    let n = o.scaled(50_000, 1_000);
+    let env = Env::start().await?;
+    let data = payload(EVENT_BYTES);
+
+    let event = {
+        let data = data.clone();
+        move |i| BenchEvent::new("pub-gw", i, 1_000, &data)
+    };
+    let channel = env.gateway.channel().await?;
+    let started = Instant::now();
+    within("the gateway publish run", publish_grpc(&channel, n, event)).await?;
+    let elapsed = started.elapsed();
+    let gateway = rate(n, elapsed);
+    ensure_stored(&env.js, GATEWAY_STREAM, n).await?;
+    println!(
+        "gateway PublishStream: {n} events of {EVENT_BYTES} B in {:.2} s = {} ev/s",
+        elapsed.as_secs_f64(),
+        thousands(gateway)
+    );
+
+    let publisher = RawPublisher::new(&env.js, RAW_STREAM)?;
+    let started = Instant::now();
+    within(
+        "the raw publish run",
+        publisher.publish(n, None, |i| BenchEvent::new("pub-raw", i, 1_000, &data)),
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    let raw = rate(n, elapsed);
+    ensure_stored(&env.js, RAW_STREAM, n).await?;
+    println!(
+        "raw JetStream publish ({PUBLISH_WINDOW} in flight): {n} events in {:.2} s = {} ev/s",
+        elapsed.as_secs_f64(),
+        thousands(raw)
+    );
+    Ok(vec![Row::new("publish (1 stream)", Figure::Rate(gateway))
+        .raw(Figure::Rate(raw))
+        .goal(Goal::RatioAtLeast(0.7))])
+}
+
+/// `watch`: events/s delivered to one Watch starting at the earliest event of a pre-filled
+/// stream, next to one raw pull consumer reading the same stream.
+async fn watch(o: &Options) -> Result<Vec<Row>> {
+    let n = o.scaled(100_000, 1_000);
+    let env = Env::start().await?;
+    let data = payload(EVENT_BYTES);
+    within(
+        "filling the stream",
+        RawPublisher::new(&env.js, GATEWAY_STREAM)?
+            .publish(n, None, |i| BenchEvent::new("watch", i, 1_000, &data)),
+    )
+    .await?;
+    println!("stream filled with {n} events of {EVENT_BYTES} B");
+
+    let channel = env.gateway.channel().await?;
+    let started = Instant::now();
+    let mut watch = open_watch(&channel, Position::Earliest(()), WATCH_WINDOW).await?;
+    within(
+        "the gateway replay",
+        drain_watch(&mut watch, Until::Deliveries(n as u64), |_| {}),
+    )
+    .await?;
+    let gateway = rate(n, started.elapsed());
+    drop(watch);
+    println!(
+        "gateway Watch (start earliest, window {WATCH_WINDOW}): {} ev/s",
+        thousands(gateway)
+    );
+
+    let started = Instant::now();
+    let mut reader = RawReader::open(&env.js, GATEWAY_STREAM, consumer::DeliverPolicy::All).await?;
+    within(
+        "the raw replay",
+        reader.drain(n as u64, |m| {
+            std::hint::black_box(m.headers.as_ref().and_then(|h| h.get("ce-id")));
+        }),
+    )
+    .await?;
+    let raw = rate(n, started.elapsed());
+    reader.close().await?;
+    println!(
+        "raw pull consumer (AckNone, batch {BATCH}): {} ev/s",
+        thousands(raw)
+    );
+    Ok(vec![Row::new(
+        "watch replay (1 sub)",
+        Figure::Rate(gateway),
+    )
+    .raw(Figure::Rate(raw))
+    .goal(Goal::RatioAtLeast(0.8))])
+}
+
+/// `fanout`: aggregate deliveries/s to N live Watch subscribers of one stream next to N raw
+/// consumers, and the JetStream consumers each run needs.
+async fn fanout(o: &Options) -> Result<Vec<Row>> {
+    // (subscribers, events): fewer events for more subscribers keeps every run short.
+    let runs = [(1, 20_000), (16, 20_000), (256, 4_000), (1_000, 2_000)];
+    let env = Env::start().await?;
+    let data = payload(EVENT_BYTES);
+    let mut rows = Vec::new();
+    for (subscribers, events) in runs {
+        let n = o.scaled(subscribers, 1);
+        let m = o.scaled(events, 100);
+        let label = format!("fan-{subscribers}");
+
+        let tasks = open_watches(&env.gateway, n, WATCH_WINDOW)
+            .await?
+            .into_iter()
+            .map(|mut w| {
+                tokio::spawn(async move {
+                    drain_watch(&mut w, Until::Deliveries(m as u64), |_| {}).await?;
+                    Ok(Instant::now())
+                })
+            })
+            .collect();
+        let publisher = RawPublisher::new(&env.js, GATEWAY_STREAM)?;
+        let (gateway, gateway_consumers) = deliver_to_all(
+            &env.js,
+            GATEWAY_STREAM,
+            tasks,
+            publisher.publish(m, None, |i| BenchEvent::new(&label, i, 1_000, &data)),
+        )
+        .await
+        .with_context(|| format!("gateway fan-out to {n}"))?;
+        let gateway = rate(n * m, gateway);
+
+        let tasks = open_raw_readers(&env, n)
+            .await?
+            .into_iter()
+            .map(|mut r| {
+                tokio::spawn(async move {
+                    r.drain(m as u64, |_| {}).await?;
+                    let done = Instant::now();
+                    r.close().await?;
+                    Ok(done)
+                })
+            })
+            .collect();
+        let publisher = RawPublisher::new(&env.js, RAW_STREAM)?;
+        let (raw, raw_consumers) = deliver_to_all(
+            &env.js,
+            RAW_STREAM,
+            tasks,
+            publisher.publish(m, None, |i| BenchEvent::new(&label, i, 1_000, &data)),
+        )
+        .await
+        .with_context(|| format!("raw fan-out to {n}"))?;
+        let raw = rate(n * m, raw);
+
+        println!(
+            "N={n:<5} M={m:<6} gateway {:>11} ev/s ({gateway_consumers} JetStream consumers)   \
+             raw {:>11} ev/s ({raw_consumers} consumers)   ratio {:.2}",
+            thousands(gateway),
+            thousands(raw),
+            gateway / raw
+        );
+        let goal = if subscribers == 256 {
+            Goal::RatioAtLeast(2.0)
+        } else {
+            Goal::None
+        };
+        rows.push(
+            Row::new(format!("fanout N={n} M={m}"), Figure::Rate(gateway))
+                .raw(Figure::Rate(raw))
+                .goal(goal),
+        );
+        rows.push(
+            Row::new(
+                format!("fanout N={n} JS consumers"),
+                Figure::Count(gateway_consumers as f64),
+            )
+            .raw(Figure::Count(raw_consumers as f64))
+            // The shared reader, plus a catch-up reader should a subscriber fall behind.
+            .goal(Goal::AtMost(Figure::Count(2.0))),
+        );
+    }
+    Ok(rows)
+}
+
+/// `latency`: publish → delivery latency at a fixed publish rate with 100 live subscribers,
+/// through the gateway and with 100 raw consumers. Events carry their publish time.
+async fn latency(o: &Options) -> Result<Vec<Row>> {
+    /// Events each subscriber ignores first, while connections and buffers warm up.
+    const WARMUP: u64 = 100;
+    let period = Duration::from_millis(1);
+    let subscribers = o.scaled(100, 1);
+    let n = o.scaled(5_000, 500);
+    let env = Env::start().await?;
+    let data = payload(EVENT_BYTES);
+    println!(
+        "{subscribers} subscribers, {n} events at {:.0} ev/s",
+        1.0 / period.as_secs_f64()
+    );
+
+    let tasks = open_watches(&env.gateway, subscribers, 0)
+        .await?
+        .into_iter()
+        .map(|mut w| {
+            tokio::spawn(async move {
+                let mut h = latency_histogram();
+                let mut seen = 0u64;
+                drain_watch(&mut w, Until::Deliveries(n as u64), |d| {
+                    seen += 1;
+                    if seen > WARMUP {
+                        record_latency(&mut h, d.event.as_ref().and_then(sent_of_pb));
+                    }
+                })
+                .await?;
+                Ok(h)
+            })
+        })
+        .collect();
+    let publisher = RawPublisher::new(&env.js, GATEWAY_STREAM)?;
+    let (gateway, gateway_tail) = collect_histograms(
+        tasks,
+        publisher.publish(n, Some(period), |i| {
+            BenchEvent::new("lat-gw", i, 1_000, &data).stamped()
+        }),
+    )
+    .await
+    .context("gateway latency run")?;
+
+    let tasks = open_raw_readers(&env, subscribers)
+        .await?
+        .into_iter()
+        .map(|mut r| {
+            tokio::spawn(async move {
+                let mut h = latency_histogram();
+                let mut seen = 0u64;
+                r.drain(n as u64, |m| {
+                    seen += 1;
+                    if seen > WARMUP {
+                        record_latency(&mut h, sent_of_headers(m.headers.as_ref()));
+                    }
+                })
+                .await?;
+                r.close().await?;
+                Ok(h)
+            })
+        })
+        .collect();
+    let publisher = RawPublisher::new(&env.js, RAW_STREAM)?;
+    let (raw, raw_tail) = collect_histograms(
+        tasks,
+        publisher.publish(n, Some(period), |i| {
+            BenchEvent::new("lat-raw", i, 1_000, &data).stamped()
+        }),
+    )
+    .await
+    .context("raw latency run")?;
+
+    let mut rows = Vec::new();
+    for (name, quantile, goal) in [
+        ("p50", 0.5, Goal::None),
+        ("p99", 0.99, Goal::AtMost(Figure::Millis(5.0))),
+        ("max", 1.0, Goal::None),
+    ] {
+        let at = |h: &Histogram<u64>| Figure::Millis(h.value_at_quantile(quantile) as f64 / 1e3);
+        let (g, r) = (at(&gateway), at(&raw));
+        println!("{name}: gateway {g}, raw {r}");
+        rows.push(
+            Row::new(format!("latency {name} ({subscribers} subs)"), g)
+                .raw(r)
+                .goal(goal),
+        );
+    }
+    println!(
+        "samples: gateway {}, raw {}; deliveries ended {:.0} ms (gateway) and {:.0} ms (raw) \
+         after the last publish",
+        gateway.len(),
+        raw.len(),
+        gateway_tail.as_secs_f64() * 1e3,
+        raw_tail.as_secs_f64() * 1e3
+    );
+    Ok(rows)
+}
+
+/// `memory`: the gateway's resident memory per idle Watch, and its growth while small events
+/// flow past a stalled subscriber (and, for reference, with no stalled subscriber).
+async fn memory(o: &Options) -> Result<Vec<Row>> {
+    Ok(vec![
+        idle_subscriptions(o).await?,
+        event_flow(o, true).await?,
+        event_flow(o, false).await?,
+    ])
+}
+
+/// Opens many idle Watch streams over 50 channels and divides the RSS growth by their number.
+async fn idle_subscriptions(o: &Options) -> Result<Row> {
+    const CHANNELS: usize = 50;
+    let count = o.scaled(10_000, CHANNELS);
+    let env = Env::start().await?;
+    let channels = connections(CHANNELS, || env.gateway.channel()).await?;
+    // One subscription first, so the stream's shared reader exists before the baseline.
+    let first = open_watch(&channels[0], Position::New(()), 0).await?;
+    let before = env.gateway.settled_rss_kib().await?;
+    let per_channel = count.div_ceil(CHANNELS);
+    let opened = within(
+        "opening idle subscriptions",
+        futures::future::try_join_all(channels.iter().enumerate().map(|(c, channel)| {
+            let share = per_channel.min(count.saturating_sub(c * per_channel));
+            async move {
+                let mut streams = Vec::with_capacity(share);
+                for _ in 0..share {
+                    streams.push(open_watch(channel, Position::New(()), 0).await?);
+                }
+                anyhow::Ok(streams)
+            }
+        })),
+    )
+    .await?;
+    let total: usize = opened.iter().map(Vec::len).sum();
+    ensure!(total == count, "opened {total} of {count} subscriptions");
+    let after = env.gateway.settled_rss_kib().await?;
+    let per = after.saturating_sub(before) as f64 / count as f64;
+    println!(
+        "{count} idle Watch streams over {CHANNELS} channels: RSS {before} → {after} KiB, \
+         {per:.1} KiB each"
+    );
+    drop((first, opened));
+    Ok(Row::new("memory per idle sub", Figure::KiB(per)).goal(Goal::AtMost(Figure::KiB(32.0))))
+}
+
+/// Small events flow to one live reader, past a subscriber that never reads when `stall` is
+/// set; reports the gateway's peak RSS growth over the run.
+async fn event_flow(o: &Options, stall: bool) -> Result<Row> {
+    let n = o.scaled(1_000_000, 10_000);
+    let env = Env::start().await?;
+    let channel = env.gateway.channel().await?;
+    let stalled = if stall {
+        Some(open_watch(&channel, Position::New(()), 0).await?)
+    } else {
+        None
+    };
+    let mut live = open_watch(&channel, Position::New(()), WATCH_WINDOW).await?;
+    let reader = tokio::spawn(async move {
+        drain_watch(&mut live, Until::Deliveries(n as u64), |_| {}).await?;
+        anyhow::Ok(Instant::now())
+    });
+    let before = env.gateway.settled_rss_kib().await?;
+    let peak = Arc::new(AtomicU64::new(before));
+    let stop = CancellationToken::new();
+    let sampler = tokio::spawn(sample_rss(env.gateway.pid(), peak.clone(), stop.clone()));
+    let data = payload(SMALL_EVENT_BYTES);
+    let started = Instant::now();
+    let publisher = RawPublisher::new(&env.js, GATEWAY_STREAM)?;
+    within(
+        "the small-event flow",
+        publisher.publish(n, None, |i| BenchEvent::new("flow", i, 1_000, &data)),
+    )
+    .await?;
+    let done = within("the live reader", async { reader.await? }).await?;
+    stop.cancel();
+    sampler.await?;
+    let after = env.gateway.rss_kib()?;
+    let peak = peak.load(Ordering::Relaxed).max(after);
+    let history = env.gateway.metric("jetwatch_history_bytes").await?;
+    let growth = peak.saturating_sub(before) as f64 / 1024.0;
+    println!(
+        "{n} events of {SMALL_EVENT_BYTES} B, {}: live reader at {} ev/s; RSS {before} KiB → \
+         peak {peak} KiB (end {after} KiB), growth {growth:.1} MiB; the history ring accounts \
+         {:.1} MiB",
+        if stall {
+            "one stalled Watch"
+        } else {
+            "no stalled Watch"
+        },
+        thousands(rate(n, done - started)),
+        history / 1_048_576.0
+    );
+    if let Some(mut stalled) = stalled {
+        // The stalled subscriber lags; it must still be open and start at the beginning.
+        let first = within("the stalled Watch", async {
+            drain_watch(&mut stalled, Until::Deliveries(1), |_| {}).await
+        })
+        .await?;
+        ensure!(first == 1, "the stalled Watch delivered nothing");
+    }
+    let name = if stall {
+        "memory growth, stalled sub"
+    } else {
+        "memory growth, no stall (ref)"
+    };
+    let goal = if stall {
+        Goal::AtMost(Figure::MiB(64.0))
+    } else {
+        Goal::None
+    };
+    Ok(Row::new(name, Figure::MiB(growth)).goal(goal))
+}
+
+/// `snapshot`: events/s of a Watch with a snapshot start over many distinct resources, until
+/// `SnapshotEnd`, next to a raw last-per-subject consumer.
+async fn snapshot(o: &Options) -> Result<Vec<Row>> {
+    let resources = o.scaled(100_000, 1_000);
+    let env = Env::start().await?;
+    let data = payload(EVENT_BYTES);
+    within(
+        "publishing resources",
+        RawPublisher::new(&env.js, GATEWAY_STREAM)?.publish(resources, None, |i| {
+            BenchEvent::new("snap", i, resources, &data)
+        }),
+    )
+    .await?;
+    println!("{resources} distinct resources stored");
+
+    let channel = env.gateway.channel().await?;
+    let started = Instant::now();
+    let mut watch = open_watch(&channel, Position::Snapshot(()), WATCH_WINDOW).await?;
+    let delivered = within(
+        "the gateway snapshot",
+        drain_watch(&mut watch, Until::SnapshotEnd, |_| {}),
+    )
+    .await?;
+    let gateway = rate(resources, started.elapsed());
+    drop(watch);
+    ensure!(
+        delivered == resources as u64,
+        "the snapshot delivered {delivered} events for {resources} resources"
+    );
+    println!(
+        "gateway Watch (start snapshot) until SnapshotEnd: {} ev/s",
+        thousands(gateway)
+    );
+
+    let started = Instant::now();
+    let mut reader = RawReader::open(
+        &env.js,
+        GATEWAY_STREAM,
+        consumer::DeliverPolicy::LastPerSubject,
+    )
+    .await?;
+    ensure!(
+        reader.pending == resources as u64,
+        "the raw last-per-subject reader has {} pending for {resources} resources",
+        reader.pending
+    );
+    within("the raw snapshot", reader.drain(resources as u64, |_| {})).await?;
+    let raw = rate(resources, started.elapsed());
+    reader.close().await?;
+    println!(
+        "raw last-per-subject pull consumer: {} ev/s",
+        thousands(raw)
+    );
+    Ok(vec![Row::new(
+        format!("snapshot ({resources} resources)"),
+        Figure::Rate(gateway),
+    )
+    .raw(Figure::Rate(raw))])
+}
+
+// ---------------------------------------------------------------------------------------------
+// The environment: nats-server and the gateway process
+// ---------------------------------------------------------------------------------------------
+
+/// A nats-server with a temporary store and a gateway process on it. Dropping it kills the
+/// gateway, stops the server and removes the store (fields drop in this order).
+struct Env {
+    /// The gateway under test.
+    gateway: Gateway,
+    /// A raw JetStream context for producers, raw readers and stream inspection.
+    js: jetstream::Context,
+    /// The server.
+    nats: NatsServer,
+    /// Holds the store, the gateway's configuration file and its log.
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Starts nats-server, then the gateway, waits for the gateway's health check, and creates
+    /// the raw stream with the gateway stream's configuration.
+    async fn start() -> Result<Env> {
+        let dir = tempfile::tempdir()?;
+        let store = dir.path().join("nats");
+        let nats = tokio::task::block_in_place(|| NatsServer::start(&store, 0))
+            .context("cannot start nats-server")?;
+        let mut gateway = Gateway::spawn(&nats.url(), dir.path())?;
+        gateway.wait_ready().await?;
+        let js = jetstream::new(async_nats::connect(nats.url()).await?);
+        create_raw_stream(&js).await?;
+        Ok(Env {
+            gateway,
+            js,
+            nats,
+            _dir: dir,
+        })
+    }
+
+    /// A new NATS connection.
+    async fn nats_client(&self) -> Result<async_nats::Client> {
+        Ok(async_nats::connect(self.nats.url()).await?)
+    }
+}
+
+/// The gateway under test: a `jetwatch serve` child process, killed on drop.
+struct Gateway {
+    /// The process.
+    child: Child,
+    /// Its gRPC address.
+    addr: SocketAddr,
+    /// Its Prometheus metrics address.
+    metrics: SocketAddr,
+    /// Its stdout and stderr, quoted when it fails to start.
+    log: PathBuf,
+}
+
+impl Gateway {
+    /// Spawns `jetwatch serve` against `nats_url`, with its configuration and log in `dir`.
+    fn spawn(nats_url: &str, dir: &Path) -> Result<Gateway> {
+        let binary = gateway_binary()?;
+        let config = dir.join("gateway.toml");
+        std::fs::write(&config, gateway_config())?;
+        let log = dir.join("gateway.log");
+        let out = std::fs::File::create(&log)?;
+        let (addr, metrics) = (free_address()?, free_address()?);
+        let child = Command::new(&binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--nats-url", nats_url])
+            .args(["--listen", &addr.to_string()])
+            .args(["--metrics-listen", &metrics.to_string()])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("cannot run {}", binary.display()))?;
+        Ok(Gateway {
+            child,
+            addr,
+            metrics,
+            log,
+        })
+    }
+
+    /// Waits until the gRPC health check answers SERVING.
+    async fn wait_ready(&mut self) -> Result<()> {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the gateway exited with {status}; its log:\n{}",
+                    self.log_tail()
+                );
+            }
+            if let Ok(channel) = self.channel().await {
+                let check = HealthClient::new(channel)
+                    .check(HealthCheckRequest::default())
+                    .await;
+                if check.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
+                    return Ok(());
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the gateway was not serving within 30 s; its log:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines of the gateway's output (the file goes away with the environment).
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// A new gRPC channel: its own HTTP/2 connection.
+    async fn channel(&self) -> Result<Channel> {
+        Ok(Endpoint::from_shared(format!("http://{}", self.addr))?
+            .connect()
+            .await?)
+    }
+
+    /// The process id.
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now, in KiB.
+    fn rss_kib(&self) -> Result<u64> {
+        rss_kib(self.pid())
+    }
+
+    /// Resident memory after a short pause that lets queued work finish, in KiB.
+    async fn settled_rss_kib(&self) -> Result<u64> {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.rss_kib()
+    }
+
+    /// The sum of a metric's samples on the gateway's `/metrics` page.
+    async fn metric(&self, name: &str) -> Result<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.metrics).await?;
+        tcp.write_all(
+            format!(
+                "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                self.metrics
+            )
+            .as_bytes(),
+        )
+        .await?;
+        let mut page = String::new();
+        tcp.read_to_string(&mut page).await?;
+        Ok(page
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `jetwatch` binary cargo built for this bench (`target/release/jetwatch`).
+fn gateway_binary() -> Result<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_jetwatch"));
+    ensure!(
+        path.is_file(),
+        "the gateway binary {} is missing; build it with `cargo build --release` (from {})",
+        path.display(),
+        env!("CARGO_MANIFEST_DIR")
+    );
+    Ok(path)
+}
+
+/// A loopback address with a port that is free now.
+fn free_address() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Resident memory of process `pid` (`VmRSS`), in KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS in /proc status")
+}
+
+/// Records the largest RSS of `pid` in `peak` every 50 ms until `stop`.
+async fn sample_rss(pid: u32, peak: Arc<AtomicU64>, stop: CancellationToken) {
+    loop {
+        if let Ok(kib) = rss_kib(pid) {
+            peak.fetch_max(kib, Ordering::Relaxed);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Creates [`RAW_STREAM`] with the configuration the gateway gave its own stream.
+async fn create_raw_stream(js: &jetstream::Context) -> Result<()> {
+    let mut events = js.get_stream(GATEWAY_STREAM).await?;
+    let mut config: stream::Config = events.info().await?.config.clone();
+    config.name = RAW_STREAM.into();
+    config.subjects = vec![format!("{RAW_STREAM}.>")];
+    config.description = Some("jetwatch bench: raw JetStream runs".into());
+    js.create_stream(config).await?;
+    Ok(())
+}
+
+/// Fails unless `stream` holds exactly `n` messages (nothing deduplicated or lost).
+async fn ensure_stored(js: &jetstream::Context, stream: &str, n: usize) -> Result<()> {
+    let stored = js.get_stream(stream).await?.info().await?.state.messages;
+    ensure!(
+        stored == n as u64,
+        "`{stream}` holds {stored} messages, expected {n}"
+    );
+    Ok(())
+}
+
+/// The number of JetStream consumers on `stream`.
+async fn consumer_count(js: &jetstream::Context, stream: &str) -> Result<usize> {
+    Ok(js
+        .get_stream(stream)
+        .await?
+        .info()
+        .await?
+        .state
+        .consumer_count)
+}
+
+/// Opens `count` connections (at least one) with `connect`.
+async fn connections<T, F, Fut>(count: usize, mut connect: F) -> Result<Vec<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut out = Vec::with_capacity(count.max(1));
+    for _ in 0..count.max(1) {
+        out.push(connect().await?);
+    }
+    Ok(out)
+}
+
+/// Connections for `subscribers`: one per [`SUBSCRIBERS_PER_CONNECTION`].
+fn connections_for(subscribers: usize) -> usize {
+    subscribers.div_ceil(SUBSCRIBERS_PER_CONNECTION)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+// ---------------------------------------------------------------------------------------------
+
+/// One bench event: the attributes both producers write, so the gateway and the raw path store
+/// the same `ce-*` headers, payload and dedup key.
+#[derive(Debug, Clone)]
+struct BenchEvent {
+    /// Unique per run label and index, so deduplication never interferes.
+    id: String,
+    /// The `subject` attribute: the resource the event is about.
+    resource: String,
+    /// The JSON data.
+    data: Bytes,
+    /// Publish time (see [`now_ns`]) for latency runs.
+    sent_ns: Option<u64>,
+}
+
+impl BenchEvent {
+    /// Event `i` of the run `label`, about resource `i % resources`.
+    fn new(label: &str, i: usize, resources: usize, data: &Bytes) -> BenchEvent {
+        BenchEvent {
+            id: format!("{label}-{i}"),
+            resource: format!("r{}", i % resources),
+            data: data.clone(),
+            sent_ns: None,
+        }
+    }
+
+    /// The same event, stamped with the time now.
+    fn stamped(mut self) -> BenchEvent {
+        self.sent_ns = Some(now_ns());
+        self
+    }
+
+    /// The CloudEvents protobuf form, for the gateway.
+    fn to_pb(&self) -> ce::CloudEvent {
+        use ce::cloud_event::cloud_event_attribute_value::Attr;
+        let string = |s: String| ce::cloud_event::CloudEventAttributeValue {
+            attr: Some(Attr::CeString(s)),
+        };
+        let mut attributes = std::collections::HashMap::new();
+        attributes.insert("subject".into(), string(self.resource.clone()));
+        attributes.insert("datacontenttype".into(), string(CONTENT_TYPE.into()));
+        if let Some(t) = self.sent_ns {
+            attributes.insert(SENT_ATTRIBUTE.into(), string(t.to_string()));
+        }
+        ce::CloudEvent {
+            id: self.id.clone(),
+            source: SOURCE.into(),
+            spec_version: "1.0".into(),
+            r#type: TYPE.into(),
+            attributes,
+            data: Some(ce::cloud_event::Data::TextData(
+                String::from_utf8_lossy(&self.data).into_owned(),
+            )),
+        }
+    }
+
+    /// The binary content mode headers, as the gateway writes them.
+    fn headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("ce-specversion", "1.0");
+        h.insert("ce-id", self.id.as_str());
+        h.insert("ce-source", SOURCE);
+        h.insert("ce-type", TYPE);
+        h.insert("ce-subject", self.resource.as_str());
+        h.insert("ce-datacontenttype", CONTENT_TYPE);
+        if let Some(t) = self.sent_ns {
+            h.insert(format!("ce-{SENT_ATTRIBUTE}"), t.to_string());
+        }
+        h
+    }
+}
+
+/// JSON data of exactly `size` bytes (at least the JSON frame's 10).
+fn payload(size: usize) -> Bytes {
+    let frame = "{\"pad\":\"\"}";
+    Bytes::from(format!(
+        "{{\"pad\":\"{}\"}}",
+        "x".repeat(size.saturating_sub(frame.len()))
+    ))
+}
+
+/// Nanoseconds since the bench started (monotonic; producers and consumers share the clock).
+fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Producers
+// ---------------------------------------------------------------------------------------------
+
+/// Publishes `n` events made by `event` through one gRPC `PublishStream` and checks every
+/// answer.
+async fn publish_grpc(
+    channel: &Channel,
+    n: usize,
+    event: impl Fn(usize) -> BenchEvent + Send + 'static,
+) -> Result<()> {
+    let requests = futures::stream::iter(0..n).map(move |i| api::PublishRequest {
+        event: Some(event(i).to_pb()),
+        ..Default::default()
+    });
+    let mut responses = PublisherClient::new(channel.clone())
+        .publish_stream(requests)
+        .await?
+        .into_inner();
+    let mut answered = 0;
+    while let Some(r) = responses.message().await? {
+        if let Some(e) = r.error {
+            bail!("publish {answered} failed: {}", e.message);
+        }
+        ensure!(!r.duplicate, "publish {answered} was a duplicate");
+        answered += 1;
+    }
+    ensure!(answered == n, "{answered} of {n} publishes were answered");
+    Ok(())
+}
+
+/// Publishes bench events straight to JetStream in binary content mode, on the subjects the
+/// gateway's default template gives them, keeping [`PUBLISH_WINDOW`] acknowledgements pending.
+struct RawPublisher {
+    /// The JetStream context.
+    js: jetstream::Context,
+    /// `<stream>.{source}.{subject}`, as the gateway renders it.
+    template: SubjectTemplate,
+}
+
+impl RawPublisher {
+    /// A publisher into `stream` (whose subjects are `<stream>.>`).
+    fn new(js: &jetstream::Context, stream: &str) -> Result<RawPublisher> {
+        Ok(RawPublisher {
+            js: js.clone(),
+            template: SubjectTemplate::default_for(stream)?,
+        })
+    }
+
+    /// Publishes events `0..n` made by `event`; with `pace`, event `i` is sent no earlier than
+    /// `i × pace` after the start. Fails on any error or duplicate.
+    async fn publish(
+        &self,
+        n: usize,
+        pace: Option<Duration>,
+        mut event: impl FnMut(usize) -> BenchEvent,
+    ) -> Result<()> {
+        let start = tokio::time::Instant::now();
+        let mut pending = VecDeque::with_capacity(PUBLISH_WINDOW);
+        for i in 0..n {
+            if let Some(pace) = pace {
+                tokio::time::sleep_until(start + pace * i as u32).await;
+            }
+            if pending.len() == PUBLISH_WINDOW {
+                if let Some(ack) = pending.pop_front() {
+                    await_ack(ack).await?;
+                }
+            }
+            let e = event(i);
+            let subject = self.template.render_with(|name| match name {
+                "source" => Some(SOURCE.into()),
+                "subject" => Some(e.resource.as_str().into()),
+                _ => None,
+            })?;
+            let message = jetstream::message::PublishMessage::build()
+                .payload(e.data.clone())
+                .headers(e.headers())
+                .message_id(jetwatch::codec::dedup_key(SOURCE, &e.id));
+            pending.push_back(self.js.send_publish(subject, message).await?);
+        }
+        for ack in pending {
+            await_ack(ack).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Awaits one publish acknowledgement and refuses a duplicate.
+async fn await_ack(ack: jetstream::context::PublishAckFuture) -> Result<()> {
+    let ack = ack.await?;
+    ensure!(!ack.duplicate, "sequence {} was a duplicate", ack.sequence);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumers
+// ---------------------------------------------------------------------------------------------
+
+/// Opens a Watch of the gateway's stream from `start` with window `window` (0: the server's
+/// default) and waits for `Opened`.
+async fn open_watch(
+    channel: &Channel,
+    start: Position,
+    window: u32,
+) -> Result<Streaming<api::SubscribeResponse>> {
+    let open = api::Open {
+        start: Some(api::StartPosition {
+            position: Some(start),
+        }),
+        max_in_flight: window,
+        ..Default::default()
+    };
+    let mut stream = SubscriberClient::new(channel.clone())
+        .watch(open)
+        .await?
+        .into_inner();
+    match stream.message().await? {
+        Some(api::SubscribeResponse {
+            response: Some(Response::Opened(_)),
+        }) => Ok(stream),
+        other => bail!("expected Opened, got {other:?}"),
+    }
+}
+
+/// Opens `n` live Watch streams (start `new`) with window `window`, over one channel per
+/// [`SUBSCRIBERS_PER_CONNECTION`] subscribers.
+async fn open_watches(
+    gateway: &Gateway,
+    n: usize,
+    window: u32,
+) -> Result<Vec<Streaming<api::SubscribeResponse>>> {
+    let channels = connections(connections_for(n), || gateway.channel()).await?;
+    let mut watches = Vec::with_capacity(n);
+    for i in 0..n {
+        let channel = &channels[i % channels.len()];
+        watches.push(open_watch(channel, Position::New(()), window).await?);
+    }
+    Ok(watches)
+}
+
+/// Where [`drain_watch`] stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// After this many deliveries.
+    Deliveries(u64),
+    /// At `SnapshotEnd`.
+    SnapshotEnd,
+}
+
+/// Reads a Watch until `until`, calling `on_delivery` for each delivery; returns the number of
+/// deliveries.
+async fn drain_watch(
+    stream: &mut Streaming<api::SubscribeResponse>,
+    until: Until,
+    mut on_delivery: impl FnMut(&api::Delivery),
+) -> Result<u64> {
+    let mut delivered = 0u64;
+    loop {
+        if until == Until::Deliveries(delivered) {
+            return Ok(delivered);
+        }
+        let response = stream
+            .message()
+            .await?
+            .with_context(|| format!("the Watch ended after {delivered} deliveries"))?;
+        match response.response {
+            Some(Response::Delivery(d)) => {
+                delivered += 1;
+                on_delivery(&d);
+            }
+            Some(Response::SnapshotEnd(_)) if until == Until::SnapshotEnd => return Ok(delivered),
+            _ => {}
+        }
+    }
+}
+
+/// A raw JetStream reader configured like the gateway's own readers: an ephemeral pull
+/// consumer without acknowledgements, in memory, pulling [`BATCH`] messages per request.
+struct RawReader {
+    /// The stream, to delete the consumer.
+    stream: stream::Stream,
+    /// The consumer's name.
+    name: String,
+    /// Messages pulled.
+    messages: consumer::pull::Stream,
+    /// Messages pending when it was created.
+    pending: u64,
+}
+
+impl RawReader {
+    /// Creates the consumer on `stream` with `deliver` (last-per-subject reads filter on the
+    /// stream's subjects, as JetStream requires).
+    async fn open(
+        js: &jetstream::Context,
+        stream: &str,
+        deliver: consumer::DeliverPolicy,
+    ) -> Result<RawReader> {
+        let stream = js.get_stream(stream).await?;
+        let filter_subjects = if deliver == consumer::DeliverPolicy::LastPerSubject {
+            stream.cached_info().config.subjects.clone()
+        } else {
+            Vec::new()
+        };
+        let mut c: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: deliver,
+                ack_policy: consumer::AckPolicy::None,
+                filter_subjects,
+                inactive_threshold: Duration::from_secs(30),
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await?;
+        let pending = c.info().await?.num_pending;
+        let name = c.cached_info().name.clone();
+        let messages = c
+            .stream()
+            .max_messages_per_batch(BATCH)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await?;
+        Ok(RawReader {
+            stream,
+            name,
+            messages,
+            pending,
+        })
+    }
+
+    /// Reads `n` messages, calling `on_message` for each.
+    async fn drain(
+        &mut self,
+        n: u64,
+        mut on_message: impl FnMut(&async_nats::Message),
+    ) -> Result<()> {
+        for read in 0..n {
+            let m = self
+                .messages
+                .next()
+                .await
+                .with_context(|| format!("the raw reader ended after {read} messages"))??;
+            on_message(&m.message);
+        }
+        Ok(())
+    }
+
+    /// Stops pulling and deletes the consumer.
+    async fn close(self) -> Result<()> {
+        drop(self.messages);
+        self.stream.delete_consumer(&self.name).await?;
+        Ok(())
+    }
+}
+
+/// Opens `n` raw readers of [`RAW_STREAM`] that start with the next message stored, over one
+/// NATS connection per [`SUBSCRIBERS_PER_CONNECTION`] readers.
+async fn open_raw_readers(env: &Env, n: usize) -> Result<Vec<RawReader>> {
+    let clients = connections(connections_for(n), || env.nats_client()).await?;
+    let mut readers = Vec::with_capacity(n);
+    for i in 0..n {
+        let js = jetstream::new(clients[i % clients.len()].clone());
+        readers.push(RawReader::open(&js, RAW_STREAM, consumer::DeliverPolicy::New).await?);
+    }
+    Ok(readers)
+}
+
+/// Runs `publish` while every subscriber task counts its deliveries, and samples the stream's
+/// JetStream consumers meanwhile. Returns the time from the first publish until the last
+/// subscriber got its last event, and the most consumers seen.
+async fn deliver_to_all(
+    js: &jetstream::Context,
+    stream: &str,
+    subscribers: Vec<JoinHandle<Result<Instant>>>,
+    publish: impl Future<Output = Result<()>>,
+) -> Result<(Duration, usize)> {
+    let stop = CancellationToken::new();
+    let sampler = {
+        let (js, stream, stop) = (js.clone(), stream.to_owned(), stop.clone());
+        tokio::spawn(async move {
+            let mut most = 0;
+            loop {
+                if let Ok(n) = consumer_count(&js, &stream).await {
+                    most = most.max(n);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = stop.cancelled() => return most,
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    within("publishing", publish).await?;
+    let mut last = started;
+    for done in within("deliveries", join_tasks(subscribers)).await? {
+        last = last.max(done);
+    }
+    stop.cancel();
+    Ok((last - started, sampler.await?))
+}
+
+/// Runs `publish` while subscriber tasks record latencies; merges their histograms and says
+/// how long the subscribers took to finish after the last publish (a long tail means they
+/// could not keep up with the publish rate, so the figures measure a queue).
+async fn collect_histograms(
+    subscribers: Vec<JoinHandle<Result<Histogram<u64>>>>,
+    publish: impl Future<Output = Result<()>>,
+) -> Result<(Histogram<u64>, Duration)> {
+    within("publishing", publish).await?;
+    let published = Instant::now();
+    let mut all = latency_histogram();
+    for h in within("deliveries", join_tasks(subscribers)).await? {
+        all.add(h)?;
+    }
+    Ok((all, published.elapsed()))
+}
+
+/// A histogram of latencies in microseconds, 1 µs to 60 s, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Records the time since `sent` (nanoseconds, [`now_ns`]) in microseconds.
+fn record_latency(h: &mut Histogram<u64>, sent: Option<u64>) {
+    if let Some(sent) = sent {
+        h.saturating_record((now_ns().saturating_sub(sent) / 1_000).max(1));
+    }
+}
+
+/// The publish time carried by a delivered CloudEvent.
+fn sent_of_pb(e: &ce::CloudEvent) -> Option<u64> {
+    use ce::cloud_event::cloud_event_attribute_value::Attr;
+    match e.attributes.get(SENT_ATTRIBUTE)?.attr.as_ref()? {
+        Attr::CeString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The publish time carried by a raw message's headers.
+fn sent_of_headers(h: Option<&HeaderMap>) -> Option<u64> {
+    h?.get(format!("ce-{SENT_ATTRIBUTE}").as_str())?
+        .as_str()
+        .parse()
+        .ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring and reporting
+// ---------------------------------------------------------------------------------------------
+
+/// Awaits `work`, failing after [`DEADLINE`].
+async fn within<T>(what: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(DEADLINE, work)
+        .await
+        .with_context(|| format!("{what} did not finish within {} s", DEADLINE.as_secs()))?
+}
+
+/// Waits for every task and returns their results, failing on the first error.
+async fn join_tasks<T>(tasks: Vec<JoinHandle<Result<T>>>) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for result in futures::future::join_all(tasks).await {
+        out.push(result??);
+    }
+    Ok(out)
+}
+
+/// Events per second for `n` events in `elapsed`.
+fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Seconds since `started`.
+fn secs(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64()
+}
+
+/// `x` rounded, with thousands separators.
+fn thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A measured value and its unit.
+#[derive(Debug, Clone, Copy)]
+enum Figure {
+    /// Events per second.
+    Rate(f64),
+    /// Milliseconds.
+    Millis(f64),
+    /// KiB.
+    KiB(f64),
+    /// MiB.
+    MiB(f64),
+    /// A plain count.
+    Count(f64),
+}
+
+impl Figure {
+    fn value(self) -> f64 {
+        match self {
+            Figure::Rate(v)
+            | Figure::Millis(v)
+            | Figure::KiB(v)
+            | Figure::MiB(v)
+            | Figure::Count(v) => v,
+        }
+    }
+}
+
+impl fmt::Display for Figure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Figure::Rate(v) => write!(f, "{} ev/s", thousands(v)),
+            Figure::Millis(v) => write!(f, "{v:.2} ms"),
+            Figure::KiB(v) => write!(f, "{v:.1} KiB"),
+            Figure::MiB(v) => write!(f, "{v:.1} MiB"),
+            Figure::Count(v) => write!(f, "{v:.0}"),
+        }
+    }
+}
+
+/// What a row must reach.
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    /// Informational.
+    None,
+    /// Gateway ÷ raw at least this.
+    RatioAtLeast(f64),
+    /// The gateway figure at most this.
+    AtMost(Figure),
+}
+
+impl fmt::Display for Goal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Goal::None => f.write_str("-"),
+            Goal::RatioAtLeast(r) => write!(f, "ratio >= {r}"),
+            Goal::AtMost(x) => write!(f, "<= {x}"),
+        }
+    }
+}
+
+/// One line of the summary table.
+#[derive(Debug, Clone)]
+struct Row {
+    /// What was measured.
+    name: String,
+    /// The gateway's figure.
+    gateway: Figure,
+    /// Raw JetStream's figure, when there is one.
+    raw: Option<Figure>,
+    /// The goal.
+    goal: Goal,
+}
+
+impl Row {
+    fn new(name: impl Into<String>, gateway: Figure) -> Row {
+        Row {
+            name: name.into(),
+            gateway,
+            raw: None,
+            goal: Goal::None,
+        }
+    }
+
+    fn raw(mut self, raw: Figure) -> Row {
+        self.raw = Some(raw);
+        self
+    }
+
+    fn goal(mut self, goal: Goal) -> Row {
+        self.goal = goal;
+        self
+    }
+
+    /// Gateway ÷ raw, for rates.
+    fn ratio(&self) -> Option<f64> {
+        let (Figure::Rate(_), Some(Figure::Rate(raw))) = (self.gateway, self.raw) else {
+            return None;
+        };
+        (raw > 0.0).then(|| self.gateway.value() / raw)
+    }
+
+    /// Whether the goal is met (`None` when there is no goal).
+    fn met(&self) -> Option<bool> {
+        match self.goal {
+            Goal::None => None,
+            Goal::RatioAtLeast(r) => Some(self.ratio().is_some_and(|x| x >= r)),
+            Goal::AtMost(x) => Some(self.gateway.value() <= x.value()),
+        }
+    }
+}
+
+/// Prints the summary table.
+fn print_table(rows: &[Row]) {
+    let header = ["scenario", "gateway", "raw NATS", "ratio", "goal", "result"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.name.clone(),
+                r.gateway.to_string(),
+                r.raw.map_or("-".into(), |x| x.to_string()),
+                r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
+                r.goal.to_string(),
+                match r.met() {
+                    None => "-".into(),
+                    Some(true) => "met".into(),
+                    Some(false) => "MISSED".into(),
+                },
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |row: &[String]| {
+        let mut out = String::new();
+        for (i, (c, w)) in row.iter().zip(widths).enumerate() {
+            let pad = w - c.chars().count();
+            if i == 0 {
+                out.push_str(&format!("{c}{}", " ".repeat(pad)));
+            } else {
+                out.push_str(&format!(" | {}{c}", " ".repeat(pad)));
+            }
+        }
+        println!("{out}");
+    };
+    line(&header.map(String::from));
+    println!(
+        "{}",
+        "-".repeat(widths.iter().sum::<usize>() + 3 * (widths.len() - 1))
+    );
+    for row in &cells {
+        line(row);
+    }
+}

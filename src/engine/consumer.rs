@@ -45,6 +45,8 @@ pub(super) struct Params<'a> {
     pub(super) tx: mpsc::Sender<Result<Item, Error>>,
     pub(super) control: mpsc::Receiver<Control>,
     pub(super) window: Window,
+    /// AUTO mode: sequences the transport has sent (acknowledged then).
+    pub(super) sent: Option<mpsc::Receiver<u64>>,
 }
 
 /// Where the subscription starts, as reported in `Opened`.
@@ -138,6 +140,7 @@ pub(super) async fn open(p: Params<'_>) -> Result<Opened, Error> {
         batch: p.settings.fanout.batch,
         tx: p.tx,
         control: p.control,
+        sent: p.sent,
         window: p.window,
         in_flight: BTreeMap::new(),
         snapshot_remaining,
@@ -176,7 +179,9 @@ struct Task {
     tx: mpsc::Sender<Result<Item, Error>>,
     control: mpsc::Receiver<Control>,
     window: Window,
-    /// EXPLICIT: deliveries not yet acknowledged, by stream sequence (ordered, so releases
+    /// AUTO mode: sequences the transport has sent.
+    sent: Option<mpsc::Receiver<u64>>,
+    /// Deliveries not yet acknowledged, by stream sequence (ordered, so releases
     /// go back in stream order).
     in_flight: BTreeMap<u64, Pending>,
     /// Snapshot deliveries still to come before `SnapshotEnd`.
@@ -201,6 +206,9 @@ impl Task {
         // other clients get it at once.
         while let Ok(c) = self.control.try_recv() {
             let _ = self.on_control(c).await;
+        }
+        while let Some(Ok(seq)) = self.sent.as_mut().map(mpsc::Receiver::try_recv) {
+            self.on_sent(seq).await;
         }
         for (_, p) in std::mem::take(&mut self.in_flight) {
             let _ = p.acker.nak(Duration::ZERO).await;
@@ -232,6 +240,7 @@ impl Task {
                     .unwrap_or_else(|| Instant::now() + wait);
                 tokio::select! {
                     Some(c) = self.control.recv() => self.on_control(c).await?,
+                    Some(seq) = recv_sent(&mut self.sent) => self.on_sent(seq).await,
                     () = self.window.wait_available() => {}
                     () = tokio::time::sleep_until(until) => {}
                     () = outage(&mut outage_rx) => return Err(lost()),
@@ -270,6 +279,7 @@ impl Task {
                         None => break,
                     },
                     Some(c) = self.control.recv() => self.on_control(c).await?,
+                    Some(seq) = recv_sent(&mut self.sent) => self.on_sent(seq).await,
                     () = outage(&mut outage_rx) => return Err(lost()),
                     () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
                     () = self.tx.closed() => return Err(Stop::Quiet),
@@ -325,24 +335,22 @@ impl Task {
             }
             return Ok(());
         }
-        self.window.acquire().await;
-        self.last_delivered = self.last_delivered.max(sequence);
-        match self.mode {
-            AckMode::Auto => {
-                let _ = acker.ack().await;
-            }
-            AckMode::Explicit => {
-                self.in_flight.insert(
-                    sequence,
-                    Pending {
-                        acker,
-                        event: event.clone(),
-                        delivery_count,
-                        deadline: Instant::now() + self.ack_wait,
-                    },
-                );
-            }
+        tokio::select! {
+            () = self.window.acquire() => {}
+            () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
+            () = self.tx.closed() => return Err(Stop::Quiet),
         }
+        self.last_delivered = self.last_delivered.max(sequence);
+        // AUTO: acknowledged once the transport reports it sent; EXPLICIT: by the client.
+        self.in_flight.insert(
+            sequence,
+            Pending {
+                acker,
+                event: event.clone(),
+                delivery_count,
+                deadline: Instant::now() + self.ack_wait,
+            },
+        );
         self.send(Item::Delivery {
             event,
             delivery_count,
@@ -395,6 +403,13 @@ impl Task {
         Ok(())
     }
 
+    /// AUTO: the transport sent `sequence`; acknowledge it (its permit came back on send).
+    async fn on_sent(&mut self, sequence: u64) {
+        if let Some(p) = self.in_flight.remove(&sequence) {
+            let _ = p.acker.ack().await;
+        }
+    }
+
     /// Removes an in-flight delivery and returns its window permit.
     fn take(&mut self, sequence: u64) -> Option<Pending> {
         let p = self.in_flight.remove(&sequence)?;
@@ -404,6 +419,10 @@ impl Task {
 
     /// Forgets deliveries whose ack deadline passed: JetStream redelivers them.
     fn expire_in_flight(&mut self) {
+        if self.mode == AckMode::Auto {
+            // Queued deliveries hold their permits until sent; nothing to expire.
+            return;
+        }
         let now = Instant::now();
         let before = self.in_flight.len();
         self.in_flight.retain(|_, p| p.deadline > now);
@@ -464,6 +483,14 @@ impl Task {
             r = self.tx.send(Ok(item)) => r.map_err(|_| Stop::Quiet),
             () = self.shared.shutdown.cancelled() => Err(Stop::Quiet),
         }
+    }
+}
+
+/// The next sent sequence, or never without a channel.
+async fn recv_sent(sent: &mut Option<mpsc::Receiver<u64>>) -> Option<u64> {
+    match sent {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

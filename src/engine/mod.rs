@@ -249,6 +249,10 @@ pub struct Subscription {
     pub control: mpsc::Sender<Control>,
     /// The window; the transport reports sent items to it.
     pub window: Window,
+    /// For subscriptions that acknowledge as sent through JetStream (durables in AUTO mode):
+    /// the transport reports each sent delivery's sequence here. Its capacity is the window,
+    /// so reporting never waits.
+    pub sent: Option<mpsc::Sender<u64>>,
 }
 
 /// The subscription engine of one gateway.
@@ -335,7 +339,14 @@ impl Engine {
             .subscriptions_opened
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if req.durable.is_some() || req.ack_mode == AckMode::Explicit {
+            let (sent_tx, sent_rx) = if req.ack_mode == AckMode::Auto {
+                let (tx, rx) = mpsc::channel(req.max_in_flight as usize + CONTROL_SLACK);
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
             let opened = consumer::open(consumer::Params {
+                sent: sent_rx,
                 id: id.clone(),
                 req,
                 matcher,
@@ -354,6 +365,7 @@ impl Engine {
                 items: rx,
                 control: control_tx,
                 window,
+                sent: sent_tx,
             });
         }
         let state = inner.store.stream_state(&req.stream).await?;
@@ -417,6 +429,7 @@ impl Engine {
             items: rx,
             control: control_tx,
             window,
+            sent: None,
         })
     }
 

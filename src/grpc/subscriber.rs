@@ -50,6 +50,8 @@ struct Out {
     items: mpsc::Receiver<Result<Item, Error>>,
     /// The subscription's window, told about each item sent.
     window: Window,
+    /// Where sent sequences are reported (subscriptions that acknowledge as sent).
+    sent: Option<mpsc::Sender<u64>>,
     /// Keeps the control channel open for Watch (which has no client messages).
     _control: Option<mpsc::Sender<Control>>,
     /// Errors found on the request side (e.g. a second `Open`).
@@ -79,6 +81,7 @@ fn respond(
         opened: Some(opened),
         items: sub.items,
         window: sub.window,
+        sent: sub.sent,
         _control: keep_control.then_some(sub.control),
         control,
         shutdown,
@@ -112,6 +115,10 @@ fn respond(
                     }
                 }
                 st.window.sent(&item);
+                if let (Item::Delivery { event, .. }, Some(sent)) = (&item, &st.sent) {
+                    // Capacity is the window: this never fails while the task lives.
+                    let _ = sent.try_send(event.sequence);
+                }
                 if matches!(item, Item::Delivery { .. }) {
                     crate::telemetry::COUNTERS
                         .deliveries
