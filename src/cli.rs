@@ -278,7 +278,7 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
     let mut watcher = Watcher::new(args.client.server.clone(), open);
     if table {
         println!(
-            "{:>10}  {:<24}  {:<36}  {:<24}  ID",
+            "{:>10}  {:<30}  {:<36}  {:<24}  ID",
             "SEQUENCE", "TIME", "TYPE", "SUBJECT"
         );
     }
@@ -312,7 +312,7 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
                         .unwrap_or_default();
                     let subject_attr = event.subject().unwrap_or("");
                     println!(
-                        "{sequence:>10}  {time:<24}  {:<36}  {subject_attr:<24}  {}",
+                        "{sequence:>10}  {time:<30}  {:<36}  {subject_attr:<24}  {}",
                         event.ty, event.id
                     );
                 } else {

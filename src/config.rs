@@ -127,7 +127,8 @@ pub struct SubscribeSettings {
 #[serde(deny_unknown_fields)]
 pub struct FanoutSettings {
     /// Bytes of recent events each stream's shared reader keeps in memory to serve subscribers
-    /// that start a little in the past or fall a little behind. Default 67108864 (64 MiB).
+    /// that start a little in the past or fall a little behind; counts content plus per-entry
+    /// overhead, so it bounds real memory. Default 33554432 (32 MiB).
     pub history_bytes: usize,
     /// Events a subscriber takes from the shared history per step, and messages a catch-up
     /// reader asks JetStream for per pull. Default 256.

@@ -51,6 +51,12 @@ pub struct InFlight {
 impl InFlight {
     /// Waits for JetStream's acknowledgement.
     pub async fn wait(self) -> Result<Published, Error> {
+        let result = self.wait_inner().await;
+        count(&result.as_ref().map(|p| p.duplicate).map_err(|_| ()));
+        result
+    }
+
+    async fn wait_inner(self) -> Result<Published, Error> {
         match self.ack.ack().await {
             Ok(ack) => Ok(Published {
                 stream: self.stream,
@@ -65,6 +71,17 @@ impl InFlight {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Counts a publish outcome in the metrics (`Ok(duplicate)` or a failure).
+fn count(outcome: &Result<bool, ()>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &crate::telemetry::COUNTERS;
+    match outcome {
+        Ok(false) => c.published.fetch_add(1, Relaxed),
+        Ok(true) => c.duplicates.fetch_add(1, Relaxed),
+        Err(()) => c.publish_errors.fetch_add(1, Relaxed),
+    };
 }
 
 /// Publishes events into the configured streams.
@@ -158,6 +175,12 @@ impl Publisher {
 
     /// Publishes one event and waits for it to be stored.
     pub async fn publish(&self, req: PublishRequest) -> Result<Published, Error> {
-        self.send(req).await?.wait().await
+        match self.send(req).await {
+            Ok(f) => f.wait().await,
+            Err(e) => {
+                count(&Err(()));
+                Err(e)
+            }
+        }
     }
 }

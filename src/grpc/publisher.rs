@@ -122,7 +122,12 @@ impl api::publisher_server::Publisher for PublisherService {
                         Ok(p) => response_to_pb(p),
                         Err(e) => error_response(e),
                     },
-                    Pending::Refused(e) => error_response(e),
+                    Pending::Refused(e) => {
+                        crate::telemetry::COUNTERS
+                            .publish_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        error_response(e)
+                    }
                 };
                 if out_tx.send(Ok(response)).await.is_err() {
                     // The client went away; publishes already sent are stored regardless.
