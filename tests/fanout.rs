@@ -25,6 +25,18 @@ impl XorShift {
     }
 }
 
+/// JetStream consumers on the `events` stream right now.
+async fn consumer_count(js: &async_nats::jetstream::Context) -> usize {
+    js.get_stream("events")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .consumer_count
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_watchers_share_one_jetstream_read() {
     let env = TestEnv::start().await;
@@ -48,15 +60,7 @@ async fn two_hundred_watchers_share_one_jetstream_read() {
         streams.push(s);
     }
     let js = env.jetstream().await;
-    let consumers = js
-        .get_stream("events")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .consumer_count;
+    let consumers = consumer_count(&js).await;
     assert!(
         consumers <= 1,
         "live watchers share one reader, found {consumers} consumers"
@@ -90,15 +94,7 @@ async fn two_hundred_watchers_share_one_jetstream_read() {
             "every event, in order"
         );
     }
-    let consumers = js
-        .get_stream("events")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .consumer_count;
+    let consumers = consumer_count(&js).await;
     assert!(
         consumers <= 1,
         "still one shared reader after delivery, found {consumers}"

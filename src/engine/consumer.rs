@@ -256,12 +256,7 @@ impl Task {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "pull failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = outage(&mut outage_rx) => return Err(lost()),
-                        () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
-                        () = self.tx.closed() => return Err(Stop::Quiet),
-                    }
+                    self.shared.pause(backoff, &self.tx).await?;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
@@ -491,6 +486,15 @@ async fn recv_sent(sent: &mut Option<mpsc::Receiver<u64>>) -> Option<u64> {
     match sent {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+impl From<super::Interrupt> for Stop {
+    fn from(i: super::Interrupt) -> Stop {
+        match i {
+            super::Interrupt::Lost => lost(),
+            super::Interrupt::Quiet => Stop::Quiet,
+        }
     }
 }
 

@@ -520,6 +520,33 @@ fn spawn_outage_monitor(
     rx
 }
 
+/// Why a wait was cut short.
+#[derive(Debug)]
+pub(crate) enum Interrupt {
+    /// NATS has been lost for longer than the outage grace period.
+    Lost,
+    /// The gateway is shutting down or the client went away.
+    Quiet,
+}
+
+impl Shared {
+    /// Sleeps `backoff` before a retry, unless NATS is lost for good, the gateway shuts down
+    /// or the client (whose channel is `tx`) goes away.
+    pub(crate) async fn pause<T>(
+        &self,
+        backoff: Duration,
+        tx: &mpsc::Sender<T>,
+    ) -> Result<(), Interrupt> {
+        let mut outage_rx = self.outage.clone();
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => Ok(()),
+            () = outage(&mut outage_rx) => Err(Interrupt::Lost),
+            () = self.shutdown.cancelled() => Err(Interrupt::Quiet),
+            () = tx.closed() => Err(Interrupt::Quiet),
+        }
+    }
+}
+
 /// Waits until the outage flag is set.
 pub(crate) async fn outage(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|down| *down).await.is_err() {

@@ -166,7 +166,6 @@ impl Task {
     /// Opens a JetStream read, retrying while NATS is briefly away.
     async fn open_reader(&mut self, start: StartAt) -> Result<Reader, Stop> {
         let mut backoff = Duration::from_millis(50);
-        let mut outage_rx = self.shared.outage.clone();
         loop {
             let stream = self.hub.stream.clone();
             match self
@@ -178,12 +177,7 @@ impl Task {
                 Ok(r) => return Ok(r),
                 Err(e @ StoreError::Unavailable(_)) => {
                     tracing::debug!(error = %e, "cannot open a read; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = outage(&mut outage_rx) => return Err(lost()),
-                        () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
-                        () = self.tx.closed() => return Err(Stop::Quiet),
-                    }
+                    self.shared.pause(backoff, &self.tx).await?;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
                 Err(e) => return Err(Stop::Fail(e.into())),
@@ -348,6 +342,15 @@ impl Task {
         tokio::select! {
             r = self.tx.send(Ok(item)) => r.map_err(|_| Stop::Quiet),
             () = self.shared.shutdown.cancelled() => Err(Stop::Quiet),
+        }
+    }
+}
+
+impl From<super::Interrupt> for Stop {
+    fn from(i: super::Interrupt) -> Stop {
+        match i {
+            super::Interrupt::Lost => lost(),
+            super::Interrupt::Quiet => Stop::Quiet,
         }
     }
 }
