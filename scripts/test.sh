@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/install-nats.sh
-cargo test "$@"
+cargo test --lib --bins --tests "$@"
