@@ -170,9 +170,9 @@ pub struct StreamSettings {
     /// A CESQL expression that marks deletion events (left out of snapshots). Default none.
     #[serde(default)]
     pub tombstone: Option<String>,
-    /// Subject to which events that were terminated or exhausted their deliveries are copied;
-    /// empty disables dead-lettering. Default `<stream>.deadletter` is not used: the default is
-    /// empty.
+    /// Subject to which events that were terminated or exhausted their deliveries are copied,
+    /// with the reason as extension attributes; it should be captured by a declared stream.
+    /// Default: none (such events are only logged).
     #[serde(default)]
     pub dead_letter_subject: Option<String>,
 }
