@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{
-    decode_stored, outage, AckMode, Control, Item, Matcher, OpenRequest, Shared, Start,
+    decode_stored, lost, outage, AckMode, Control, Item, Matcher, OpenRequest, Shared, Start, Stop,
     StoredEvent, Window,
 };
 use crate::config::Settings;
@@ -192,11 +192,6 @@ struct Task {
     snapshot_subjects: HashSet<String>,
     /// The last sequence delivered (for bookmarks).
     last_delivered: u64,
-}
-
-enum Stop {
-    Quiet,
-    Fail(Error),
 }
 
 impl Task {
@@ -487,19 +482,4 @@ async fn recv_sent(sent: &mut Option<mpsc::Receiver<u64>>) -> Option<u64> {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-impl From<super::Interrupt> for Stop {
-    fn from(i: super::Interrupt) -> Stop {
-        match i {
-            super::Interrupt::Lost => lost(),
-            super::Interrupt::Quiet => Stop::Quiet,
-        }
-    }
-}
-
-fn lost() -> Stop {
-    Stop::Fail(Error::Unavailable {
-        reason: "the NATS connection was lost for longer than the outage grace period".into(),
-    })
 }

@@ -521,6 +521,31 @@ fn spawn_outage_monitor(
     rx
 }
 
+/// Why a subscription task stopped.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// The client went away or the gateway is shutting down: nothing more to say.
+    Quiet,
+    /// End the stream with this error.
+    Fail(Error),
+}
+
+impl From<Interrupt> for Stop {
+    fn from(i: Interrupt) -> Stop {
+        match i {
+            Interrupt::Lost => lost(),
+            Interrupt::Quiet => Stop::Quiet,
+        }
+    }
+}
+
+/// The end of a subscription whose NATS connection stayed away too long.
+pub(crate) fn lost() -> Stop {
+    Stop::Fail(Error::Unavailable {
+        reason: "the NATS connection was lost for longer than the outage grace period".into(),
+    })
+}
+
 /// Why a wait was cut short.
 #[derive(Debug)]
 pub(crate) enum Interrupt {

@@ -25,7 +25,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use super::hub::{Hub, RingRead};
-use super::{decode_stored, outage, Control, Item, Matcher, Shared, StoredEvent, Window};
+use super::{
+    decode_stored, lost, outage, Control, Item, Matcher, Shared, Stop, StoredEvent, Window,
+};
 use crate::error::Error;
 use crate::store::{Reader, StartAt, StoreError};
 
@@ -43,14 +45,6 @@ pub(super) struct Params {
     pub(super) tx: mpsc::Sender<Result<Item, Error>>,
     pub(super) control: mpsc::Receiver<Control>,
     pub(super) window: Window,
-}
-
-/// Why the loop stopped.
-enum Stop {
-    /// The client went away or the gateway is shutting down: nothing more to say.
-    Quiet,
-    /// End the stream with this error.
-    Fail(Error),
 }
 
 /// Starts the task.
@@ -344,21 +338,6 @@ impl Task {
             () = self.shared.shutdown.cancelled() => Err(Stop::Quiet),
         }
     }
-}
-
-impl From<super::Interrupt> for Stop {
-    fn from(i: super::Interrupt) -> Stop {
-        match i {
-            super::Interrupt::Lost => lost(),
-            super::Interrupt::Quiet => Stop::Quiet,
-        }
-    }
-}
-
-fn lost() -> Stop {
-    Stop::Fail(Error::Unavailable {
-        reason: "the NATS connection was lost for longer than the outage grace period".into(),
-    })
 }
 
 /// Waits for the next tick, or forever without a ticker.
