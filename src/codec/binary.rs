@@ -27,11 +27,7 @@ pub(crate) fn encode(event: &Event) -> Result<Encoded, CodecError> {
         headers.insert(HeaderName::from_static(header), value_of(value));
     }
     for (name, value) in &event.attributes {
-        names::check(name).map_err(|reason| CodecError::InvalidAttributeName {
-            name: name.clone(),
-            reason: reason.to_owned(),
-        })?;
-        types::check_writable(name, value)?;
+        names::check_attribute(name, value)?;
         let header = HeaderName::try_from(format!("{CE_PREFIX}{name}")).map_err(|_| {
             CodecError::InvalidAttributeName {
                 name: name.clone(),
@@ -40,12 +36,7 @@ pub(crate) fn encode(event: &Event) -> Result<Encoded, CodecError> {
         })?;
         headers.insert(header, value_of(&types::canonical(value)));
     }
-    let content_type = event
-        .attributes
-        .get("datacontenttype")
-        .map(types::canonical);
-    let attrs = event.attributes.iter().map(|(k, v)| (k.as_str(), v));
-    if let Some(types) = types::write(attrs, content_type.as_deref(), event.data.as_ref()) {
+    if let Some(types) = types_header(event) {
         headers.insert(
             HeaderName::from_static(TYPES_HEADER),
             HeaderValue::from(types),
@@ -102,12 +93,7 @@ pub(crate) fn encoded_size(event: &Event) -> (usize, &str) {
             largest = (name, len);
         }
     }
-    let content_type = event
-        .attributes
-        .get("datacontenttype")
-        .map(types::canonical);
-    let attrs = event.attributes.iter().map(|(k, v)| (k.as_str(), v));
-    if let Some(types) = types::write(attrs, content_type.as_deref(), event.data.as_ref()) {
+    if let Some(types) = types_header(event) {
         total += TYPES_HEADER.len() + LINE + types.len();
     }
     (total, largest.0)
@@ -263,10 +249,7 @@ fn decode_binary(
             }
             continue;
         }
-        names::check(&attr).map_err(|reason| CodecError::InvalidAttributeName {
-            name: attr.to_string(),
-            reason: reason.to_owned(),
-        })?;
+        names::checked(&attr)?;
         let value = ty.read(&attr, text)?;
         if attributes.insert(attr.into_owned(), value).is_some() {
             return Err(CodecError::DuplicateAttribute {
@@ -320,4 +303,14 @@ fn decode_binary(
     };
     event.attributes = attributes;
     Ok(event)
+}
+
+/// The `Jetwatch-Ce-Types` value for `event`, when its string form loses anything.
+fn types_header(event: &Event) -> Option<String> {
+    let content_type = event
+        .attributes
+        .get("datacontenttype")
+        .map(types::canonical);
+    let attrs = event.attributes.iter().map(|(k, v)| (k.as_str(), v));
+    types::write(attrs, content_type.as_deref(), event.data.as_ref())
 }

@@ -122,10 +122,7 @@ fn check_members(map: &Map<String, Value>) -> Result<(), CodecError> {
                 }
             },
             _ => {
-                names::check(name).map_err(|reason| CodecError::InvalidAttributeName {
-                    name: name.clone(),
-                    reason: reason.to_owned(),
-                })?;
+                names::checked(name)?;
                 match value {
                     Value::String(_) | Value::Bool(_) => {}
                     Value::Number(n) => {
@@ -194,11 +191,7 @@ pub(crate) fn event_to_json(event: &Event) -> Result<Value, CodecError> {
     let mut dataschema = None;
     let mut time = None;
     for (name, value) in &event.attributes {
-        names::check(name).map_err(|reason| CodecError::InvalidAttributeName {
-            name: name.clone(),
-            reason: reason.to_owned(),
-        })?;
-        types::check_writable(name, value)?;
+        names::check_attribute(name, value)?;
         let text = types::canonical(value);
         match (name.as_str(), value) {
             ("datacontenttype", _) => {

@@ -203,6 +203,23 @@ pub fn event_to_json(event: &Event) -> Result<serde_json::Value, CodecError> {
 
 /// Attribute-name rules shared by the codec and validation.
 mod names {
+    use super::error::CodecError;
+    use crate::event::AttributeValue;
+
+    /// [`check`] as a codec error naming the attribute.
+    pub(crate) fn checked(name: &str) -> Result<(), CodecError> {
+        check(name).map_err(|reason| CodecError::InvalidAttributeName {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        })
+    }
+
+    /// Checks that an attribute of the map can be written: its name and its value.
+    pub(crate) fn check_attribute(name: &str, value: &AttributeValue) -> Result<(), CodecError> {
+        checked(name)?;
+        super::types::check_writable(name, value)
+    }
+
     /// Checks a name for the attribute map (optional attributes and extensions).
     pub(crate) fn check(name: &str) -> Result<(), &'static str> {
         if name.is_empty() {
