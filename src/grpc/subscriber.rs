@@ -115,11 +115,11 @@ fn respond(
                     }
                 }
                 st.window.sent(&item);
-                if let (Item::Delivery { event, .. }, Some(sent)) = (&item, &st.sent) {
-                    // Capacity is the window: this never fails while the task lives.
-                    let _ = sent.try_send(event.sequence);
-                }
-                if matches!(item, Item::Delivery { .. }) {
+                if let Item::Delivery { event, .. } = &item {
+                    if let Some(sent) = &st.sent {
+                        // Capacity is the window: this never fails while the task lives.
+                        let _ = sent.try_send(event.sequence);
+                    }
                     crate::telemetry::COUNTERS
                         .deliveries
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
