@@ -8,7 +8,7 @@
 //!
 //! Environment:
 //! - `JETWATCH_BENCH`: comma-separated scenarios to run (default: all of them): `publish`,
-//!   `watch`, `fanout`, `latency`, `memory`, `snapshot`.
+//!   `watch`, `fanout`, `latency`, `memory`, `snapshot`, `pushdown`, `burst`.
 //! - `JETWATCH_BENCH_SCALE`: a multiplier for event and subscriber counts (default 1.0); `0.1`
 //!   gives a quick run.
 //!
@@ -69,7 +69,7 @@ const WATCH_WINDOW: u32 = 1024;
 /// Subscribers sharing one gRPC channel (HTTP/2 connection) or one NATS connection.
 const SUBSCRIBERS_PER_CONNECTION: usize = 100;
 /// The longest any step may take: a hang becomes an error, never an endless wait.
-const DEADLINE: Duration = Duration::from_secs(180);
+const DEADLINE: Duration = Duration::from_secs(600);
 /// Data bytes of the events of the throughput scenarios.
 const EVENT_BYTES: usize = 512;
 /// Data bytes of the events flowing past a stalled subscriber.
@@ -200,10 +200,12 @@ enum Scenario {
     Snapshot,
     /// Finding one resource in a stream of many subjects, with and without subject pushdown.
     Pushdown,
+    /// A burst larger than the history to many live watchers: no gap, bounded consumers.
+    Burst,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::Publish,
         Scenario::Watch,
         Scenario::Fanout,
@@ -211,6 +213,7 @@ impl Scenario {
         Scenario::Memory,
         Scenario::Snapshot,
         Scenario::Pushdown,
+        Scenario::Burst,
     ];
 
     fn name(self) -> &'static str {
@@ -222,6 +225,7 @@ impl Scenario {
             Scenario::Memory => "memory",
             Scenario::Snapshot => "snapshot",
             Scenario::Pushdown => "pushdown",
+            Scenario::Burst => "burst",
         }
     }
 
@@ -238,6 +242,7 @@ impl Scenario {
             Scenario::Memory => memory(o).await,
             Scenario::Snapshot => snapshot(o).await,
             Scenario::Pushdown => pushdown(o).await,
+            Scenario::Burst => burst(o).await,
         }
     }
 }
@@ -424,6 +429,139 @@ async fn fanout(o: &Options) -> Result<Vec<Row>> {
             // The shared reader, plus a catch-up reader should a subscriber fall behind.
             .goal(Goal::AtMost(Figure::Count(2.0))),
         );
+    }
+    Ok(rows)
+}
+
+/// `burst`: a burst of events larger than the shared history, published straight to JetStream
+/// while N watchers (opened at `new`, default window, over one HTTP/2 connection per 100) read
+/// it, next to N raw live consumers on the same server. Each watcher checks that sequences
+/// arrive contiguously and counts the ones it missed. Run with `fanout.history_bytes` of 1 MiB,
+/// 32 MiB (the default) and 512 MiB; everything else is the default configuration.
+async fn burst(o: &Options) -> Result<Vec<Row>> {
+    const MIB: usize = 1024 * 1024;
+    let mut rows = Vec::new();
+    for (subscribers, events) in [(256, 100_000), (1_000, 20_000)] {
+        let n = o.scaled(subscribers, 1);
+        let m = o.scaled(events, 100);
+        let data = payload(EVENT_BYTES);
+
+        let env = Env::start().await?;
+        let label = format!("burst-raw-{n}");
+        let tasks = open_raw_readers(&env, n)
+            .await?
+            .into_iter()
+            .map(|mut r| {
+                tokio::spawn(async move {
+                    r.drain(m as u64, |_| {}).await?;
+                    let done = Instant::now();
+                    r.close().await?;
+                    Ok(done)
+                })
+            })
+            .collect();
+        let publisher = RawPublisher::new(&env.js, RAW_STREAM)?;
+        let (raw_time, raw_consumers) = deliver_to_all(
+            &env.js,
+            RAW_STREAM,
+            tasks,
+            publisher.publish(m, None, |i| BenchEvent::new(&label, i, 1_000, &data)),
+        )
+        .await
+        .with_context(|| format!("raw burst to {n}"))?;
+        let raw = rate(n * m, raw_time);
+        drop(env);
+        println!(
+            "N={n:<5} M={m:<6} raw        {:>11} deliveries/s, {raw_consumers} consumers",
+            thousands(raw)
+        );
+
+        for history in [MIB, 32 * MIB, 512 * MIB] {
+            let env = Env::start_with(&format!("history_bytes = {history}\n")).await?;
+            let before = env.gateway.settled_rss_kib().await?;
+            let peak = Arc::new(AtomicU64::new(before));
+            let stop = CancellationToken::new();
+            let sampler = tokio::spawn(sample_rss(env.gateway.pid(), peak.clone(), stop.clone()));
+            let gaps = Arc::new(AtomicU64::new(0));
+            let tasks = open_watches(&env.gateway, n, 0)
+                .await?
+                .into_iter()
+                .map(|mut w| {
+                    let gaps = gaps.clone();
+                    tokio::spawn(async move {
+                        let mut expected = 1u64;
+                        let mut disorder = 0u64;
+                        drain_watch(&mut w, Until::Deliveries(m as u64), |d| {
+                            if d.sequence > expected {
+                                gaps.fetch_add(d.sequence - expected, Ordering::Relaxed);
+                            } else if d.sequence < expected {
+                                disorder += 1;
+                            }
+                            expected = d.sequence + 1;
+                        })
+                        .await?;
+                        ensure!(disorder == 0, "{disorder} deliveries out of order");
+                        Ok(Instant::now())
+                    })
+                })
+                .collect();
+            let label = format!("burst-{n}-{history}");
+            let publisher = RawPublisher::new(&env.js, GATEWAY_STREAM)?;
+            let result = deliver_to_all(
+                &env.js,
+                GATEWAY_STREAM,
+                tasks,
+                publisher.publish(m, None, |i| BenchEvent::new(&label, i, 1_000, &data)),
+            )
+            .await;
+            stop.cancel();
+            sampler.await?;
+            let (time, consumers) = result
+                .with_context(|| format!("gateway burst to {n} with history_bytes = {history}"))?;
+            let gateway = rate(n * m, time);
+            let gaps = gaps.load(Ordering::Relaxed);
+            let peak = peak.load(Ordering::Relaxed);
+            let reads = env.gateway.metric("jetwatch_history_reads_total").await?;
+            let interrupted = env
+                .gateway
+                .metric("jetwatch_reads_interrupted_total")
+                .await?;
+            println!(
+                "N={n:<5} M={m:<6} history {:>3} MiB: gateway {:>11} deliveries/s (ratio {:.2}), \
+                 gaps {gaps}, peak {consumers} JetStream consumers, RSS {before} KiB → peak \
+                 {peak} KiB, {reads} history reads, {interrupted} interrupted reads",
+                history / MIB,
+                thousands(gateway),
+                gateway / raw
+            );
+            let name = format!("burst N={n} M={m} history {} MiB", history / MIB);
+            let default = history == 32 * MIB;
+            rows.push(
+                Row::new(name.clone(), Figure::Rate(gateway))
+                    .raw(Figure::Rate(raw))
+                    .goal(if default && subscribers == 256 {
+                        Goal::RatioAtLeast(2.0)
+                    } else {
+                        Goal::None
+                    }),
+            );
+            rows.push(
+                Row::new(format!("{name} gaps"), Figure::Count(gaps as f64))
+                    .goal(Goal::AtMost(Figure::Count(0.0))),
+            );
+            rows.push(
+                Row::new(
+                    format!("{name} JS consumers"),
+                    Figure::Count(consumers as f64),
+                )
+                .raw(Figure::Count(raw_consumers as f64))
+                .goal(Goal::AtMost(Figure::Count(1.0))),
+            );
+            rows.push(Row::new(
+                format!("{name} peak RSS"),
+                Figure::MiB(peak as f64 / 1024.0),
+            ));
+        }
     }
     Ok(rows)
 }
@@ -796,11 +934,16 @@ impl Env {
     /// Starts nats-server, then the gateway, waits for the gateway's health check, and creates
     /// the raw stream with the gateway stream's configuration.
     async fn start() -> Result<Env> {
+        Env::start_with("").await
+    }
+
+    /// Like [`Env::start`], with `fanout` appended to the gateway's `[fanout]` section.
+    async fn start_with(fanout: &str) -> Result<Env> {
         let dir = tempfile::tempdir()?;
         let store = dir.path().join("nats");
         let nats = tokio::task::block_in_place(|| NatsServer::start(&store, 0))
             .context("cannot start nats-server")?;
-        let mut gateway = Gateway::spawn(&nats.url(), dir.path())?;
+        let mut gateway = Gateway::spawn(&nats.url(), dir.path(), fanout)?;
         gateway.wait_ready().await?;
         let js = jetstream::new(async_nats::connect(nats.url()).await?);
         create_raw_stream(&js).await?;
@@ -832,10 +975,10 @@ struct Gateway {
 
 impl Gateway {
     /// Spawns `jetwatch serve` against `nats_url`, with its configuration and log in `dir`.
-    fn spawn(nats_url: &str, dir: &Path) -> Result<Gateway> {
+    fn spawn(nats_url: &str, dir: &Path, fanout: &str) -> Result<Gateway> {
         let binary = gateway_binary()?;
         let config = dir.join("gateway.toml");
-        std::fs::write(&config, gateway_config())?;
+        std::fs::write(&config, gateway_config() + fanout)?;
         let log = dir.join("gateway.log");
         let out = std::fs::File::create(&log)?;
         let (addr, metrics) = (free_address()?, free_address()?);

@@ -130,9 +130,24 @@ pub struct FanoutSettings {
     /// that start a little in the past or fall a little behind; counts content plus per-entry
     /// overhead, so it bounds real memory. Default 33554432 (32 MiB).
     pub history_bytes: usize,
-    /// Events a subscriber takes from the shared history per step, and messages a catch-up
-    /// reader asks JetStream for per pull. Default 256.
+    /// Events a subscriber takes from the shared history per step, and messages one history
+    /// read asks JetStream for. Default 256.
     pub batch: usize,
+    /// History reads (batched direct gets, no JetStream consumer) the gateway runs at once, for
+    /// all subscribers behind the shared history together; further reads wait their turn in
+    /// arrival order. Default 8.
+    pub catchup_reads: usize,
+    /// Largest answer of one read from JetStream (a shared reader's pull, a snapshot's pull, a
+    /// history read), in bytes; with `catchup_reads` it bounds the history bytes in flight on
+    /// the NATS connection. Default 1048576 (1 MiB).
+    pub read_bytes: usize,
+    /// Bytes of history blocks each stream keeps in memory after reading them, so subscribers
+    /// catching up over the same range share one read. Counted like `history_bytes`. Default
+    /// 33554432 (32 MiB).
+    pub catchup_cache_bytes: usize,
+    /// Snapshot reads (each a short-lived JetStream consumer) the gateway runs at once; further
+    /// snapshots wait their turn. Bounds the consumers the gateway holds for watchers. Default 4.
+    pub snapshot_reads: usize,
 }
 
 /// `[[streams]]`: one JetStream stream the gateway declares.
@@ -318,8 +333,15 @@ impl Settings {
                 "must be between 1 and subscribe.max_in_flight_limit".into(),
             );
         }
-        if self.fanout.batch == 0 {
-            return invalid("fanout.batch".into(), "must be at least 1".into());
+        for (key, value) in [
+            ("fanout.batch", self.fanout.batch),
+            ("fanout.catchup_reads", self.fanout.catchup_reads),
+            ("fanout.read_bytes", self.fanout.read_bytes),
+            ("fanout.snapshot_reads", self.fanout.snapshot_reads),
+        ] {
+            if value == 0 {
+                return invalid(key.into(), "must be at least 1".into());
+            }
         }
         Ok(())
     }

@@ -73,19 +73,39 @@ pub struct NatsServer {
     bin: PathBuf,
     port: u16,
     store_dir: PathBuf,
+    /// A configuration file passed with `-c` (command-line flags still win).
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
     /// Starts a server storing JetStream data in `store_dir`, on `port` (0: a free port chosen
     /// by the server), listening on 127.0.0.1 only.
     pub fn start(store_dir: &Path, port: u16) -> Result<NatsServer, DevNatsError> {
+        NatsServer::start_with_config(store_dir, port, "")
+    }
+
+    /// Like [`NatsServer::start`], with `config` (nats-server configuration syntax, e.g.
+    /// `max_pending: 1MB`) written to a file in `store_dir` and passed with `-c`.
+    pub fn start_with_config(
+        store_dir: &Path,
+        port: u16,
+        config: &str,
+    ) -> Result<NatsServer, DevNatsError> {
         let bin = find_binary()?;
         std::fs::create_dir_all(store_dir)?;
+        let config = if config.trim().is_empty() {
+            None
+        } else {
+            let path = store_dir.join("nats-server.conf");
+            std::fs::write(&path, config)?;
+            Some(path)
+        };
         let mut server = NatsServer {
             child: None,
             bin,
             port,
             store_dir: store_dir.to_path_buf(),
+            config,
         };
         server.spawn()?;
         Ok(server)
@@ -101,7 +121,11 @@ impl NatsServer {
         } else {
             self.port.to_string()
         };
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
             .arg(&self.store_dir)
             .arg("--ports_file_dir")

@@ -25,6 +25,11 @@ pub struct Counters {
     pub deliveries: AtomicU64,
     /// Subscriptions opened.
     pub subscriptions_opened: AtomicU64,
+    /// History reads (batched direct gets) for subscribers behind the shared history.
+    pub history_reads: AtomicU64,
+    /// Reads that lost messages on the way (slow-consumer drops, reconnects) and were
+    /// re-issued from the last message received.
+    pub reads_interrupted: AtomicU64,
 }
 
 /// The counters.
@@ -34,6 +39,8 @@ pub static COUNTERS: Counters = Counters {
     publish_errors: AtomicU64::new(0),
     deliveries: AtomicU64::new(0),
     subscriptions_opened: AtomicU64::new(0),
+    history_reads: AtomicU64::new(0),
+    reads_interrupted: AtomicU64::new(0),
 };
 
 /// Installs the tracing subscriber: `RUST_LOG` filters (default `default_level`, e.g.
@@ -112,6 +119,16 @@ async fn render(engine: &Engine, store: &Store) -> String {
         "Subscriptions opened.",
         c.subscriptions_opened.load(Ordering::Relaxed),
     );
+    counter(
+        "jetwatch_history_reads_total",
+        "History reads (batched direct gets) for subscribers behind the shared history.",
+        c.history_reads.load(Ordering::Relaxed),
+    );
+    counter(
+        "jetwatch_reads_interrupted_total",
+        "Reads that lost messages on the way from NATS and were re-issued from the last message received.",
+        c.reads_interrupted.load(Ordering::Relaxed),
+    );
     let _ = writeln!(
         out,
         "# HELP jetwatch_nats_connected 1 when the NATS connection is up.\n\
@@ -124,7 +141,7 @@ async fn render(engine: &Engine, store: &Store) -> String {
         "# HELP jetwatch_live_subscribers Live subscribers served by a stream's shared reader.\n\
          # TYPE jetwatch_live_subscribers gauge"
     );
-    for (stream, subs, _) in &hubs {
+    for (stream, subs, ..) in &hubs {
         let _ = writeln!(
             out,
             "jetwatch_live_subscribers{{stream=\"{stream}\"}} {subs}"
@@ -135,8 +152,19 @@ async fn render(engine: &Engine, store: &Store) -> String {
         "# HELP jetwatch_history_bytes Bytes of recent events held for a stream.\n\
          # TYPE jetwatch_history_bytes gauge"
     );
-    for (stream, _, bytes) in &hubs {
+    for (stream, _, bytes, _) in &hubs {
         let _ = writeln!(out, "jetwatch_history_bytes{{stream=\"{stream}\"}} {bytes}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP jetwatch_catchup_cache_bytes Bytes of history blocks kept for subscribers catching up on a stream.\n\
+         # TYPE jetwatch_catchup_cache_bytes gauge"
+    );
+    for (stream, _, _, bytes) in &hubs {
+        let _ = writeln!(
+            out,
+            "jetwatch_catchup_cache_bytes{{stream=\"{stream}\"}} {bytes}"
+        );
     }
     out
 }

@@ -180,3 +180,148 @@ async fn random_starts_and_speeds_each_see_exactly_their_contiguous_sequence() {
         t.await.unwrap();
     }
 }
+
+/// Reads `total` events from sequence 1 as a client that resumes after any error from the
+/// `last_delivered_sequence` the error carries. Returns how many times it had to resume.
+/// Fails on a gap, a duplicate, or an error that does not say where the stream got to.
+async fn watch_every_event(channel: tonic::transport::Channel, total: u64, n: usize) -> usize {
+    let mut client = SubscriberClient::new(channel);
+    let mut expected = 1u64;
+    let mut resumed = 0;
+    let mut start = Position::New(());
+    'open: while expected <= total {
+        let mut s = loop {
+            match client
+                .watch(api::Open {
+                    start: start_at(start.clone()),
+                    heartbeat: millis(0),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(s) => break s.into_inner(),
+                // The gateway may refuse while NATS is away; a client retries.
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(status) => panic!("watcher {n}: open refused: {status:?}"),
+            }
+        };
+        match next(&mut s).await {
+            Ok(api::subscribe_response::Response::Opened(_)) => {}
+            Ok(other) => panic!("watcher {n}: expected Opened, got {other:?}"),
+            Err(status) => panic!("watcher {n}: open failed: {status:?}"),
+        }
+        while expected <= total {
+            match next(&mut s).await {
+                Ok(api::subscribe_response::Response::Delivery(d)) => {
+                    assert_eq!(d.sequence, expected, "watcher {n}: no gap, no duplicate");
+                    expected += 1;
+                }
+                Ok(_) => {}
+                Err(status) => {
+                    let (_, meta) = error_info(&status);
+                    let last: u64 = meta
+                        .get("last_delivered_sequence")
+                        .unwrap_or_else(|| {
+                            panic!("watcher {n}: an error without its last sequence: {status:?}")
+                        })
+                        .parse()
+                        .unwrap();
+                    assert_eq!(
+                        last,
+                        expected - 1,
+                        "watcher {n}: the error names the last delivered sequence"
+                    );
+                    resumed += 1;
+                    start = Position::Sequence(expected);
+                    continue 'open;
+                }
+            }
+        }
+    }
+    resumed
+}
+
+/// Samples the stream's JetStream consumer count until `stop`, returning the most seen.
+fn sample_consumers(
+    js: async_nats::jetstream::Context,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut most = 0;
+        while !stop.is_cancelled() {
+            if let Ok(mut s) = js.get_stream("events").await {
+                if let Ok(info) = s.info().await {
+                    most = most.max(info.state.consumer_count);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        most
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_to_hundreds_of_watchers_behind_a_tiny_history_skips_nothing_when_nats_drops_the_gateway(
+) {
+    // A history of a few events puts nearly every watcher on the catch-up path, and a small
+    // max_pending makes the server cut the gateway's connections as slow consumers in the
+    // middle of reads.
+    let env = TestEnv::with_nats_config("max_pending: 256KB\nmax_payload: 64KB\n", |s| {
+        s.fanout.history_bytes = 64 * 1024;
+        s.fanout.read_bytes = 64 * 1024;
+        s.fanout.catchup_cache_bytes = 512 * 1024;
+    })
+    .await;
+    let watchers = 200;
+    let total = 2_000u64;
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(env.channel().await);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sampler = sample_consumers(env.jetstream().await, stop.clone());
+    let tasks: Vec<_> = (0..watchers)
+        .map(|n| tokio::spawn(watch_every_event(channels[n % 4].clone(), total, n)))
+        .collect();
+    // Let every watcher open at the stream's end before the burst.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.publish_raw_burst(total as usize, 1024).await, total);
+    let mut resumed = 0;
+    for t in tasks {
+        resumed += t.await.unwrap();
+    }
+    stop.cancel();
+    let most = sampler.await.unwrap();
+    assert!(
+        most <= 1 + env.settings.fanout.snapshot_reads,
+        "the gateway held {most} JetStream consumers; the budget is one shared reader plus \
+         fanout.snapshot_reads"
+    );
+    eprintln!("{watchers} watchers received {total} events each; {resumed} resumed after an error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_catching_up_ride_through_a_nats_restart_without_a_gap() {
+    let mut env = TestEnv::with(|s| {
+        s.fanout.history_bytes = 64 * 1024;
+        s.fanout.read_bytes = 64 * 1024;
+    })
+    .await;
+    let watchers = 60;
+    let total = 1_500u64;
+    let channel = env.channel().await;
+    let tasks: Vec<_> = (0..watchers)
+        .map(|n| tokio::spawn(watch_every_event(channel.clone(), total, n)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.publish_raw_burst(total as usize, 1024).await, total);
+    // Restart NATS while the watchers are still reading the burst's history.
+    env.nats.restart().unwrap();
+    let mut resumed = 0;
+    for t in tasks {
+        resumed += t.await.unwrap();
+    }
+    eprintln!("{watchers} watchers received {total} events each; {resumed} resumed after an error");
+}

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::catchup::{Catchup, Limits};
 use super::StoredEvent;
 use crate::store::{StartAt, Store};
 
@@ -133,6 +134,8 @@ pub(crate) struct Hub {
     tail: watch::Sender<u64>,
     /// Live subscribers (for metrics).
     pub(crate) subscribers: AtomicUsize,
+    /// History reads for subscribers behind the ring.
+    pub(crate) catchup: Arc<Catchup>,
 }
 
 impl Hub {
@@ -142,19 +145,21 @@ impl Hub {
         stream: String,
         next: u64,
         max_bytes: usize,
-        batch: usize,
+        limits: Limits,
         store: Store,
         shutdown: CancellationToken,
     ) -> Arc<Hub> {
         let (tail, _) = watch::channel(next);
+        let (batch, read_bytes) = (limits.batch, limits.read_bytes);
         let hub = Arc::new(Hub {
+            catchup: Catchup::new(stream.clone(), store.clone(), limits),
             stream,
             ring: RwLock::new(Ring::new(next, max_bytes)),
             tail,
             subscribers: AtomicUsize::new(0),
         });
         let span = tracing::info_span!("shared_reader", stream = %hub.stream);
-        tokio::spawn(run_reader(hub.clone(), store, batch, shutdown).instrument(span));
+        tokio::spawn(run_reader(hub.clone(), store, batch, read_bytes, shutdown).instrument(span));
         hub
     }
 
@@ -182,12 +187,18 @@ impl Drop for HubGuard {
 
 /// The shared reader: appends every message of the stream to the ring, in order, forever.
 /// On any error it re-opens its JetStream read at the ring's end, so nothing is skipped.
-async fn run_reader(hub: Arc<Hub>, store: Store, batch: usize, shutdown: CancellationToken) {
+async fn run_reader(
+    hub: Arc<Hub>,
+    store: Store,
+    batch: usize,
+    read_bytes: usize,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let next = hub.ring.read().next();
         let reader = tokio::select! {
-            r = store.read(&hub.stream, StartAt::Sequence(next), &[], batch) => r,
+            r = store.read(&hub.stream, StartAt::Sequence(next), &[], batch, read_bytes) => r,
             () = shutdown.cancelled() => return,
         };
         let mut reader = match reader {

@@ -18,6 +18,7 @@
 //! The engine speaks domain types only: it receives an [`OpenRequest`] and hands back a
 //! [`Subscription`] whose bounded channel yields [`Item`]s; the gRPC layer converts them.
 
+mod catchup;
 mod consumer;
 mod hub;
 mod subscription;
@@ -34,7 +35,7 @@ use crate::config::Settings;
 use crate::error::Error;
 use crate::event::Event;
 use crate::filter::Filter;
-use crate::store::{StartAt, Store};
+use crate::store::Store;
 
 use hub::Hub;
 
@@ -280,6 +281,10 @@ struct Inner {
     outage: watch::Receiver<bool>,
     /// Each stream's compiled tombstone predicate.
     tombstones: HashMap<String, Filter>,
+    /// Permits for history reads in flight (`fanout.catchup_reads`), for every stream.
+    history_reads: Arc<Semaphore>,
+    /// Permits for snapshot reads (`fanout.snapshot_reads`), for every stream.
+    snapshot_reads: Arc<Semaphore>,
 }
 
 /// What every subscription task shares with the engine.
@@ -288,6 +293,10 @@ pub(crate) struct Shared {
     pub(crate) store: Store,
     pub(crate) shutdown: CancellationToken,
     pub(crate) outage: watch::Receiver<bool>,
+    /// Permits for snapshot reads: a snapshot holds one while its reader lives.
+    pub(crate) snapshot_reads: Arc<Semaphore>,
+    /// Largest answer of one read (`fanout.read_bytes`).
+    pub(crate) read_bytes: usize,
 }
 
 impl Engine {
@@ -303,6 +312,8 @@ impl Engine {
         Engine {
             inner: Arc::new(Inner {
                 store,
+                history_reads: Arc::new(Semaphore::new(settings.fanout.catchup_reads)),
+                snapshot_reads: Arc::new(Semaphore::new(settings.fanout.snapshot_reads)),
                 settings,
                 hubs: Mutex::new(HashMap::new()),
                 shutdown,
@@ -317,6 +328,8 @@ impl Engine {
             store: self.inner.store.clone(),
             shutdown: self.inner.shutdown.clone(),
             outage: self.inner.outage.clone(),
+            snapshot_reads: self.inner.snapshot_reads.clone(),
+            read_bytes: self.inner.settings.fanout.read_bytes,
         }
     }
 
@@ -440,19 +453,8 @@ impl Engine {
 
     /// The first sequence stored at or after `t` (or `last + 1` when there is none).
     async fn resolve_time(&self, stream: &str, t: DateTime<Utc>, last: u64) -> Result<u64, Error> {
-        let mut reader = self
-            .inner
-            .store
-            .read(stream, StartAt::Time(t), &[], 1)
-            .await?;
-        if reader.initial_pending() == 0 {
-            return Ok(last + 1);
-        }
-        match reader.next().await {
-            Some(Ok(raw)) => Ok(raw.sequence),
-            Some(Err(e)) => Err(e.into()),
-            None => Ok(last + 1),
-        }
+        let first = self.inner.store.first_sequence_at(stream, t).await?;
+        Ok(first.unwrap_or(last + 1))
     }
 
     /// The hub of `stream`, started on first use at the stream's current end.
@@ -462,11 +464,17 @@ impl Engine {
             return Ok(h.clone());
         }
         let state = self.inner.store.stream_state(stream).await?;
+        let fanout = &self.inner.settings.fanout;
         let hub = Hub::start(
             stream.to_owned(),
             state.last_sequence + 1,
-            self.inner.settings.fanout.history_bytes,
-            self.inner.settings.fanout.batch,
+            fanout.history_bytes,
+            catchup::Limits {
+                reads: self.inner.history_reads.clone(),
+                batch: fanout.batch,
+                read_bytes: fanout.read_bytes,
+                cache_bytes: fanout.catchup_cache_bytes,
+            },
             self.inner.store.clone(),
             self.inner.shutdown.clone(),
         );
@@ -474,8 +482,9 @@ impl Engine {
         Ok(hub)
     }
 
-    /// Per stream with a shared reader: live subscribers and history bytes, for metrics.
-    pub async fn hub_stats(&self) -> Vec<(String, usize, usize)> {
+    /// Per stream with a shared reader: live subscribers, history bytes and catch-up cache
+    /// bytes, for metrics.
+    pub async fn hub_stats(&self) -> Vec<(String, usize, usize, usize)> {
         let hubs = self.inner.hubs.lock().await;
         hubs.values()
             .map(|h| {
@@ -483,6 +492,7 @@ impl Engine {
                     h.stream.clone(),
                     h.subscribers.load(std::sync::atomic::Ordering::Relaxed),
                     h.ring.read().bytes(),
+                    h.catchup.cached_bytes(),
                 )
             })
             .collect()

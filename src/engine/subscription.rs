@@ -16,6 +16,7 @@
 //! behind the ring simply catches up later.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use super::{
     decode_stored, lost, outage, Control, Item, Matcher, Shared, Stop, StoredEvent, Window,
 };
 use crate::error::Error;
-use crate::store::{Reader, StartAt, StoreError};
+use crate::store::{StartAt, StoreError};
 
 /// Everything a subscription task needs.
 pub(super) struct Params {
@@ -157,45 +158,14 @@ impl Task {
         }
     }
 
-    /// Opens a JetStream read, retrying while NATS is briefly away.
-    async fn open_reader(&mut self, start: StartAt) -> Result<Reader, Stop> {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let stream = self.hub.stream.clone();
-            match self
-                .shared
-                .store
-                .read(&stream, start, &self.matcher.subjects, self.batch)
-                .await
-            {
-                Ok(r) => return Ok(r),
-                Err(e @ StoreError::Unavailable(_)) => {
-                    tracing::debug!(error = %e, "cannot open a read; retrying");
-                    self.shared.pause(backoff, &self.tx).await?;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => return Err(Stop::Fail(e.into())),
-            }
-        }
-    }
-
-    /// The next message of `reader`, or why to stop.
-    async fn next_raw(
-        &mut self,
-        reader: &mut Reader,
-    ) -> Result<Option<crate::store::RawMessage>, Stop> {
+    /// Runs `work` while serving the client's control messages, unless NATS is lost for good,
+    /// the gateway shuts down or the client goes away.
+    async fn interruptible<T>(&mut self, work: impl Future<Output = T>) -> Result<T, Stop> {
+        let mut work = std::pin::pin!(work);
         let mut outage_rx = self.shared.outage.clone();
         loop {
             tokio::select! {
-                m = reader.next() => return match m {
-                    Some(Ok(raw)) => Ok(Some(raw)),
-                    // A broken read is re-opened by the caller from the cursor.
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "read interrupted");
-                        Ok(None)
-                    }
-                    None => Ok(None),
-                },
+                out = &mut work => return Ok(out),
                 Some(c) = self.control.recv() => self.on_control(c),
                 () = outage(&mut outage_rx) => return Err(lost()),
                 () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
@@ -204,43 +174,93 @@ impl Task {
         }
     }
 
-    /// Delivers everything matching in `[cursor, ring start)` from JetStream, then returns so
-    /// the loop continues from the ring.
-    async fn catch_up(&mut self) -> Result<(), Stop> {
-        let target = self.hub.ring.read().start();
-        tracing::debug!(cursor = self.cursor, target, "catching up from JetStream");
-        let mut reader = self.open_reader(StartAt::Sequence(self.cursor)).await?;
-        if reader.initial_pending() == 0 {
-            // Nothing matching exists from the cursor to the stream's end, which is at or
-            // past the ring's start: continue from the ring.
-            self.cursor = self.cursor.max(target);
-            return Ok(());
+    /// Handles a failed read: a transient one pauses (doubling `backoff`) so the caller can
+    /// retry; any other ends the subscription.
+    async fn retry_after(&mut self, e: StoreError, backoff: &mut Duration) -> Result<(), Stop> {
+        match e {
+            StoreError::Unavailable(why) => {
+                tracing::debug!(why, cursor = self.cursor, "read failed; retrying");
+                self.shared.pause(*backoff, &self.tx).await?;
+                *backoff = (*backoff * 2).min(Duration::from_secs(1));
+                Ok(())
+            }
+            e => Err(Stop::Fail(e.into())),
         }
+    }
+
+    /// The one subject pattern this subscription reads, when it has exactly one: catch-up reads
+    /// then ask JetStream for that pattern only.
+    fn pushdown(&self) -> Option<String> {
+        match self.matcher.subjects.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        }
+    }
+
+    /// Delivers everything matching in `[cursor, ring start)` from the stream's history, then
+    /// returns so the loop continues from the ring. The cursor only moves over sequences a
+    /// verified history read covered, or that the stream's leader says hold no message.
+    async fn catch_up(&mut self) -> Result<(), Stop> {
+        let catchup = self.hub.catchup.clone();
+        let pushdown = self.pushdown();
+        let mut backoff = Duration::from_millis(50);
         loop {
-            let Some(raw) = self.next_raw(&mut reader).await? else {
-                // Interrupted: the main loop re-opens from the cursor.
+            let target = self.hub.ring.read().start();
+            if self.cursor >= target {
                 return Ok(());
+            }
+            let cursor = self.cursor;
+            let read = match &pushdown {
+                Some(subject) => {
+                    self.interruptible(catchup.filtered(cursor, subject))
+                        .await?
+                }
+                None => self.interruptible(catchup.shared(cursor)).await?,
             };
-            if raw.sequence < self.cursor {
-                continue;
+            let block = match read {
+                Ok(block) => block,
+                Err(e) => {
+                    self.retry_after(e, &mut backoff).await?;
+                    continue;
+                }
+            };
+            for event in block.from(self.cursor) {
+                let sequence = event.sequence;
+                if self.matcher.matches(event) {
+                    self.deliver(event.clone()).await?;
+                }
+                self.cursor = sequence + 1;
             }
-            if raw.sequence >= self.hub.ring.read().start() {
-                // The ring holds this one and everything after it: hand off.
-                return Ok(());
-            }
-            let (sequence, pending) = (raw.sequence, raw.pending);
-            if let Some(event) = decode_stored(raw) {
-                if self.matcher.matches(&event) {
-                    self.deliver(event).await?;
+            self.cursor = self.cursor.max(block.end);
+            if block.exhausted && self.cursor < target {
+                // The replica that answered holds nothing more, yet the ring starts later: the
+                // messages in between were deleted, do not match, or that replica lags. Only
+                // the stream's leader may say which.
+                let store = self.shared.store.clone();
+                let stream = self.hub.stream.clone();
+                let next = self
+                    .interruptible(store.first_at_or_after(
+                        &stream,
+                        self.cursor,
+                        pushdown.as_deref(),
+                    ))
+                    .await?;
+                match next {
+                    Ok(None) => self.cursor = target,
+                    Ok(Some(n)) if n >= target => self.cursor = target,
+                    Ok(Some(_)) => {
+                        // A lagging replica: read again once it has caught up.
+                        self.shared.pause(backoff, &self.tx).await?;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                    Err(e) => {
+                        self.retry_after(e, &mut backoff).await?;
+                        continue;
+                    }
                 }
             }
-            self.cursor = sequence + 1;
-            if pending == 0 {
-                // Nothing more matched when this was sent, and the stream's end then was at
-                // or past `target` (the read was opened after `target` was taken).
-                self.cursor = self.cursor.max(target);
-                return Ok(());
-            }
+            backoff = Duration::from_millis(50);
             if self.next_bookmark.is_some_and(|at| Instant::now() >= at) {
                 self.bookmark().await?;
             }
@@ -257,20 +277,51 @@ impl Task {
     /// subject up to the snapshot's end, and the repeat is a live change, which the live path
     /// delivers after `SnapshotEnd`.
     async fn snapshot(&mut self, last: u64) -> Result<(), Stop> {
+        // A snapshot reads through a JetStream consumer: wait for one of the gateway's few.
+        let permits = self.shared.snapshot_reads.clone();
+        let Ok(_permit) = self.interruptible(permits.acquire_owned()).await? else {
+            return Err(Stop::Quiet);
+        };
         let mut end = last;
+        let mut backoff = Duration::from_millis(50);
         'read: loop {
-            let mut reader = self.open_reader(StartAt::LastPerSubject).await?;
+            let store = self.shared.store.clone();
+            let stream = self.hub.stream.clone();
+            let subjects = self.matcher.subjects.clone();
+            let opened = self
+                .interruptible(store.read(
+                    &stream,
+                    StartAt::LastPerSubject,
+                    &subjects,
+                    self.batch,
+                    self.shared.read_bytes,
+                ))
+                .await?;
+            let mut reader = match opened {
+                Ok(r) => r,
+                Err(e) => {
+                    self.retry_after(e, &mut backoff).await?;
+                    continue;
+                }
+            };
             let mut remaining = reader.initial_pending();
             let mut seen: HashSet<String> = HashSet::new();
             while remaining > 0 {
-                let Some(raw) = self.next_raw(&mut reader).await? else {
-                    if seen.is_empty() {
-                        // Interrupted before anything was read: start again.
-                        continue 'read;
+                let raw = match self.interruptible(reader.next()).await? {
+                    Some(Ok(raw)) => raw,
+                    failed => {
+                        tracing::debug!(?failed, "snapshot read interrupted");
+                        if seen.is_empty() {
+                            // Interrupted before anything was read: start again.
+                            continue 'read;
+                        }
+                        // Everything delivered so far is the last event of its subject, in
+                        // sequence order: resuming after the last delivered sequence misses
+                        // nothing, so say so rather than skip the rest.
+                        return Err(Stop::Fail(Error::Unavailable {
+                            reason: "the snapshot read was interrupted".into(),
+                        }));
                     }
-                    return Err(Stop::Fail(Error::Unavailable {
-                        reason: "the snapshot read was interrupted".into(),
-                    }));
                 };
                 remaining -= 1;
                 if !seen.insert(raw.subject.clone()) {
@@ -299,16 +350,8 @@ impl Task {
     /// Sends one delivery, waiting for a window permit first.
     async fn deliver(&mut self, event: Arc<StoredEvent>) -> Result<(), Stop> {
         if self.window.available() == 0 {
-            let mut outage_rx = self.shared.outage.clone();
-            loop {
-                tokio::select! {
-                    () = self.window.acquire() => break,
-                    Some(c) = self.control.recv() => self.on_control(c),
-                    () = outage(&mut outage_rx) => return Err(lost()),
-                    () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
-                    () = self.tx.closed() => return Err(Stop::Quiet),
-                }
-            }
+            let window = self.window.clone();
+            self.interruptible(window.acquire()).await?;
         } else {
             self.window.acquire().await;
         }

@@ -128,9 +128,9 @@ fn respond(
             }
             Err(e) => {
                 st.done = true;
-                let last = matches!(e, Error::ShuttingDown | Error::Unavailable { .. })
-                    .then_some(st.last_delivered);
-                Some((Err(to_status(e, last)), st))
+                // Whatever ends an open subscription says where it got to, so the client can
+                // resume without a gap.
+                Some((Err(to_status(e, Some(st.last_delivered))), st))
             }
         }
     }))

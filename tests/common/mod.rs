@@ -53,11 +53,23 @@ impl TestEnv {
 
     /// NATS and a gateway whose settings `customize` adjusts.
     pub async fn with(customize: impl FnOnce(&mut Settings)) -> TestEnv {
+        TestEnv::with_nats_config("", customize).await
+    }
+
+    /// Like [`TestEnv::with`], with a nats-server started with `nats_config` (nats-server
+    /// configuration syntax, e.g. `max_pending: 512KB`).
+    pub async fn with_nats_config(
+        nats_config: &str,
+        customize: impl FnOnce(&mut Settings),
+    ) -> TestEnv {
         if std::env::var_os("RUST_LOG").is_some() {
             jetwatch::telemetry::init_tracing("info");
         }
         let dir = tempfile::tempdir().unwrap();
-        let nats = start_nats(dir.path());
+        let nats = match NatsServer::start_with_config(&dir.path().join("nats"), 0, nats_config) {
+            Ok(n) => n,
+            Err(e) => panic!("cannot start nats-server for tests: {e}"),
+        };
         let mut settings = test_settings();
         settings.nats.url = nats.url();
         customize(&mut settings);
@@ -106,6 +118,42 @@ impl TestEnv {
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         let client = async_nats::connect(self.nats.url()).await.unwrap();
         async_nats::jetstream::new(client)
+    }
+
+    /// Publishes `n` widget events (`data_bytes` of data each) straight to JetStream in binary
+    /// content mode, pipelined like a fast producer (a burst no gateway publish path slows
+    /// down). Returns the last sequence.
+    pub async fn publish_raw_burst(&self, n: usize, data_bytes: usize) -> u64 {
+        let js = self.jetstream().await;
+        let data = bytes::Bytes::from(vec![b'x'; data_bytes]);
+        let mut acks = std::collections::VecDeque::new();
+        let mut last = 0;
+        for i in 0..n {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("ce-specversion", "1.0");
+            h.insert("ce-id", format!("burst-{i}").as_str());
+            h.insert("ce-source", "/widgets");
+            h.insert("ce-type", "com.example.widget.modified");
+            h.insert("ce-subject", format!("w{}", i % 50).as_str());
+            let subject = format!("events._widgets.w{}", i % 50);
+            acks.push_back(
+                js.publish_with_headers(subject, h, data.clone())
+                    .await
+                    .expect("publish sent"),
+            );
+            if acks.len() >= 256 {
+                last = acks
+                    .pop_front()
+                    .unwrap()
+                    .await
+                    .expect("publish acked")
+                    .sequence;
+            }
+        }
+        for ack in acks {
+            last = ack.await.expect("publish acked").sequence;
+        }
+        last
     }
 
     /// Messages stored in `stream`, read straight from JetStream.

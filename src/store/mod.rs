@@ -15,7 +15,11 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use crate::codec::Encoded;
+
+mod direct;
+
 use crate::config::{NatsSettings, Storage, StreamSettings};
+pub use direct::Range;
 
 /// How long an abandoned ephemeral reader lingers on the server before NATS removes it
 /// (covers a gateway that dies without cleaning up).
@@ -143,6 +147,11 @@ pub struct Store {
     client: async_nats::Client,
     /// The JetStream API.
     js: jetstream::Context,
+    /// A second connection for history reads, so bulk transfers never delay live reads,
+    /// acknowledgements and publishes (and a slow-consumer cut of one leaves the other alone).
+    bulk: async_nats::Client,
+    /// How long a request (or a history read) may stay unanswered.
+    request_timeout: Duration,
 }
 
 impl fmt::Debug for Store {
@@ -154,44 +163,27 @@ impl fmt::Debug for Store {
 }
 
 impl Store {
-    /// Connects to NATS, waiting up to `connect_timeout` for the first connection.
+    /// Connects to NATS (the main connection and the bulk-read connection), waiting up to
+    /// `connect_timeout` for each.
     pub async fn connect(settings: &NatsSettings) -> Result<Store, StoreError> {
-        let options = async_nats::ConnectOptions::new()
-            .name(&settings.connection_name)
-            .connection_timeout(settings.connect_timeout)
-            .request_timeout(Some(settings.request_timeout))
-            .retry_on_initial_connect()
-            .event_callback(|event| async move {
-                tracing::info!(%event, "nats connection event");
-            });
-        let connect = async_nats::connect_with_options(settings.url.as_str(), options);
-        let client = match tokio::time::timeout(settings.connect_timeout, connect).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
-            Err(_) => {
-                return Err(StoreError::Unavailable(format!(
-                    "no connection to {} within {:?}",
-                    settings.url, settings.connect_timeout
-                )))
-            }
-        };
-        // `retry_on_initial_connect` returns before the handshake: wait until it completes.
-        let flush = tokio::time::timeout(settings.connect_timeout, client.flush()).await;
-        if !matches!(flush, Ok(Ok(()))) {
-            return Err(StoreError::Unavailable(format!(
-                "no connection to {} within {:?}",
-                settings.url, settings.connect_timeout
-            )));
-        }
+        let client = connect_one(settings, &settings.connection_name).await?;
+        let bulk = connect_one(settings, &format!("{}-history", settings.connection_name)).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(settings.request_timeout)
             .build(client.clone());
-        Ok(Store { client, js })
+        Ok(Store {
+            client,
+            js,
+            bulk,
+            request_timeout: settings.request_timeout,
+        })
     }
 
     /// Whether the connection to NATS is up right now.
     pub fn is_connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+        use async_nats::connection::State;
+        self.client.connection_state() == State::Connected
+            && self.bulk.connection_state() == State::Connected
     }
 
     /// The server's `max_payload` in bytes.
@@ -300,13 +292,15 @@ impl Store {
     }
 
     /// Opens a reader on `stream` from `start`, restricted to `filter_subjects` (all subjects
-    /// when empty). The reader pulls at most `batch` messages ahead of its caller.
+    /// when empty). The reader pulls at most `batch` messages and about `max_bytes` ahead of
+    /// its caller.
     pub async fn read(
         &self,
         stream: &str,
         start: StartAt,
         filter_subjects: &[String],
         batch: usize,
+        max_bytes: usize,
     ) -> Result<Reader, StoreError> {
         let handle = self.js.get_stream_no_info(stream).await.map_err(api)?;
         let mut filter_subjects = filter_subjects.to_vec();
@@ -339,6 +333,7 @@ impl Store {
         let messages = consumer
             .stream()
             .max_messages_per_batch(batch.max(1))
+            .max_bytes_per_batch(max_bytes.max(1))
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
@@ -349,8 +344,56 @@ impl Store {
             name,
             messages,
             initial_pending,
+            consumer_sequence: 0,
         })
     }
+}
+
+/// Opens one connection named `name` to the servers of `settings.url` (comma-separated).
+async fn connect_one(
+    settings: &NatsSettings,
+    name: &str,
+) -> Result<async_nats::Client, StoreError> {
+    let servers = settings
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| StoreError::Unavailable(format!("invalid NATS URL `{u}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(settings.connect_timeout)
+        .request_timeout(Some(settings.request_timeout))
+        .retry_on_initial_connect()
+        .event_callback(|event| async move {
+            tracing::info!(%event, "nats connection event");
+        });
+    let unreachable = || {
+        StoreError::Unavailable(format!(
+            "no connection to {} within {:?}",
+            settings.url, settings.connect_timeout
+        ))
+    };
+    let client = match tokio::time::timeout(
+        settings.connect_timeout,
+        async_nats::connect_with_options(servers, options),
+    )
+    .await
+    {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
+        Err(_) => return Err(unreachable()),
+    };
+    // `retry_on_initial_connect` returns before the handshake: wait until it completes.
+    let flush = tokio::time::timeout(settings.connect_timeout, client.flush()).await;
+    if !matches!(flush, Ok(Ok(()))) {
+        return Err(unreachable());
+    }
+    Ok(client)
 }
 
 /// Where a new consumer starts.
@@ -782,6 +825,9 @@ pub struct Reader {
     messages: consumer::pull::Stream,
     /// Matching messages pending when the reader was created.
     initial_pending: u64,
+    /// The consumer sequence of the last message received: each delivery's must be one more,
+    /// or a message was lost on the way (such a consumer never redelivers).
+    consumer_sequence: u64,
 }
 
 impl fmt::Debug for Reader {
@@ -799,22 +845,36 @@ impl Reader {
         self.initial_pending
     }
 
-    /// The next message; `None` only if the underlying subscription ended.
+    /// The next message; `None` only if the underlying subscription ended. A message lost
+    /// between the server and the gateway (a slow-consumer drop, a reconnect) ends the read
+    /// with [`StoreError::Unavailable`] instead of passing over it: the caller re-opens from
+    /// the last sequence it received.
     pub async fn next(&mut self) -> Option<Result<RawMessage, StoreError>> {
         let msg = match self.messages.next().await? {
             Ok(m) => m,
             Err(e) => return Some(Err(StoreError::Unavailable(e.to_string()))),
         };
         let info = match msg.info() {
-            Ok(i) => (i.stream_sequence, i.pending, i.published),
+            Ok(i) => i,
             Err(e) => return Some(Err(StoreError::Api(e.to_string()))),
         };
+        if info.consumer_sequence != self.consumer_sequence + 1 {
+            crate::telemetry::COUNTERS
+                .reads_interrupted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Some(Err(StoreError::Unavailable(format!(
+                "messages were lost on the way from the server (delivery {} after {})",
+                info.consumer_sequence, self.consumer_sequence
+            ))));
+        }
+        self.consumer_sequence = info.consumer_sequence;
+        let (sequence, pending, stored_at) = (info.stream_sequence, info.pending, info.published);
         let msg = msg.message;
         Some(Ok(RawMessage {
-            sequence: info.0,
+            sequence,
             subject: msg.subject.to_string(),
-            stored_at: info.2,
-            pending: info.1,
+            stored_at,
+            pending,
             headers: msg.headers,
             payload: msg.payload,
         }))
