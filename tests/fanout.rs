@@ -193,7 +193,7 @@ async fn watch_every_event(channel: tonic::transport::Channel, total: u64, n: us
         let mut s = loop {
             match client
                 .watch(api::Open {
-                    start: start_at(start.clone()),
+                    start: start_at(start),
                     heartbeat: millis(0),
                     ..Default::default()
                 })
