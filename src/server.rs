@@ -13,17 +13,15 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::grpc::admin::AdminService;
-use crate::grpc::pb::jetwatch::v1::{
-    admin_server::AdminServer, publisher_server::PublisherServer,
-    subscriber_server::SubscriberServer,
-};
+use crate::grpc::frame::SubscriberServer;
+use crate::grpc::pb::jetwatch::v1::{admin_server::AdminServer, publisher_server::PublisherServer};
 use crate::grpc::publisher::PublisherService;
 use crate::grpc::subscriber::SubscriberService;
 use crate::publish::Publisher;
@@ -192,7 +190,6 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         }
     };
     let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -201,7 +198,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         .add_service(SubscriberServer::new(subscriber))
         .add_service(AdminServer::new(admin));
     let task =
-        tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal));
+        // Accepted sockets get TCP_NODELAY here: the builder's `tcp_nodelay` applies only to
+        // listeners tonic binds itself, and Nagle's algorithm would hold small responses back.
+        tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            signal,
+        ));
     tracing::info!(%grpc_addr, %metrics_addr, "jetwatch gateway serving");
     Ok(Gateway {
         grpc_addr,

@@ -277,6 +277,7 @@ mod tests {
             stored_at: chrono::Utc::now(),
             event: Event::default(),
             size,
+            wire: Default::default(),
         })
     }
 

@@ -58,8 +58,12 @@ pub struct StoredEvent {
     pub stored_at: DateTime<Utc>,
     /// The decoded CloudEvent.
     pub event: Event,
-    /// Approximate bytes held in memory (headers plus payload), for the history bound.
+    /// Approximate bytes held in memory (the message, the decoded event, the transport's
+    /// encoding and overhead), for the history bound.
     pub size: usize,
+    /// The transport's encoding of this event, made once on first delivery and shared by every
+    /// subscriber it is delivered to. Opaque to the engine.
+    pub wire: std::sync::OnceLock<bytes::Bytes>,
 }
 
 /// Where a subscription starts (DESIGN §3 `StartPosition`).
@@ -611,9 +615,11 @@ pub(crate) fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredE
             subject: raw.subject,
             stored_at: raw.stored_at,
             // What the entry really holds: the message as received (its header map lives on
-            // until the entry is dropped), the decoded event, and the allocations around them
-            // (map nodes, strings, the Arc).
-            size: raw_bytes + event.approximate_size() + ENTRY_OVERHEAD,
+            // until the entry is dropped), the decoded event, the transport's encoding once it
+            // is made (about the message's size), and the allocations around them (map nodes,
+            // strings, the Arc).
+            size: 2 * raw_bytes + event.approximate_size() + ENTRY_OVERHEAD,
+            wire: std::sync::OnceLock::new(),
             event,
         })),
         Err(e) => {

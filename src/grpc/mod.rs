@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod client;
 pub mod convert;
+pub mod frame;
 pub mod publisher;
 pub mod status;
 pub mod subscriber;

@@ -8,7 +8,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{item_to_pb, open_from_pb};
+use super::convert::open_from_pb;
+use super::frame::Frame;
 use super::pb::jetwatch::v1 as api;
 use super::status::to_status;
 use crate::config::SubscribeSettings;
@@ -42,11 +43,12 @@ impl SubscriberService {
     }
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<api::SubscribeResponse, Status>> + Send>>;
+/// A subscription's responses, ready for the wire.
+pub(crate) type ResponseStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
 
 /// State of one response stream.
 struct Out {
-    opened: Option<api::SubscribeResponse>,
+    opened: Option<Frame>,
     items: mpsc::Receiver<Result<Item, Error>>,
     /// The subscription's window, told about each item sent.
     window: Window,
@@ -70,13 +72,13 @@ fn respond(
     control: Option<mpsc::Receiver<Error>>,
     shutdown: CancellationToken,
 ) -> ResponseStream {
-    let opened = api::SubscribeResponse {
+    let opened = Frame::Message(Box::new(api::SubscribeResponse {
         response: Some(api::subscribe_response::Response::Opened(api::Opened {
             subscription_id: sub.id,
             start_sequence: sub.start_sequence,
             last_sequence: sub.last_sequence,
         })),
-    };
+    }));
     let state = Out {
         opened: Some(opened),
         items: sub.items,
@@ -124,7 +126,7 @@ fn respond(
                         .deliveries
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                Some((Ok(item_to_pb(&item)), st))
+                Some((Ok(Frame::of(&item)), st))
             }
             Err(e) => {
                 st.done = true;
@@ -168,14 +170,12 @@ async fn recv_control(control: &mut Option<mpsc::Receiver<Error>>) -> Option<Err
     }
 }
 
-#[tonic::async_trait]
-impl api::subscriber_server::Subscriber for SubscriberService {
-    type SubscribeStream = ResponseStream;
-
-    async fn subscribe(
+/// The methods of `jetwatch.v1.Subscriber`, served by [`super::frame::SubscriberServer`].
+impl SubscriberService {
+    pub(crate) async fn subscribe(
         &self,
         request: Request<Streaming<api::SubscribeRequest>>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
+    ) -> Result<Response<ResponseStream>, Status> {
         use api::subscribe_request::Request as R;
         let mut inbound = request.into_inner();
         let open = match inbound.next().await {
@@ -216,12 +216,10 @@ impl api::subscriber_server::Subscriber for SubscriberService {
         )))
     }
 
-    type WatchStream = ResponseStream;
-
-    async fn watch(
+    pub(crate) async fn watch(
         &self,
         request: Request<api::Open>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    ) -> Result<Response<ResponseStream>, Status> {
         let req = open_from_pb(
             request.into_inner(),
             &self.default_stream,

@@ -1,0 +1,288 @@
+//! Subscription responses encoded once per event, not once per subscriber.
+//!
+//! A stored event's `Delivery` is the same for every subscriber except `delivery_count`. So
+//! its protobuf encoding without that field (fields 1, 2, 3 and 5 of `Delivery`) is made once,
+//! on its first delivery, and kept with the event ([`StoredEvent::wire`]); each delivery is then
+//! a few header bytes, a copy of those shared bytes and the count. Protobuf readers accept
+//! fields in any order, so the bytes on the wire decode to exactly the `SubscribeResponse` the
+//! generated code would have written: clients cannot tell the difference.
+//!
+//! tonic's generated server fixes a method's response type to the message type and encodes
+//! each response itself, so the `Subscriber` service is served by [`SubscriberServer`] below,
+//! written in the generated code's shape with a codec whose encoder takes [`Frame`]s.
+
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use prost::Message;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{http, Body, BoxFuture, StdError};
+use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService};
+use tonic::Status;
+
+use super::convert::{delivery_to_pb, item_to_pb};
+use super::pb::jetwatch::v1 as api;
+use super::subscriber::{ResponseStream, SubscriberService};
+use crate::engine::{Item, StoredEvent};
+
+/// `SubscribeResponse.delivery`.
+const RESPONSE_DELIVERY: u32 = 2;
+/// `Delivery.delivery_count`.
+const DELIVERY_COUNT: u32 = 4;
+
+/// One response of a subscription stream, ready for the wire.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// A delivery: the event's shared encoding plus this delivery's count.
+    Delivery {
+        /// `Delivery` without `delivery_count`, shared by every subscriber.
+        body: Bytes,
+        /// 1 on first delivery.
+        delivery_count: u32,
+    },
+    /// Any other response (rare: opened, bookmarks, snapshot end), encoded as usual.
+    Message(Box<api::SubscribeResponse>),
+}
+
+impl Frame {
+    /// The frame of an engine item.
+    pub fn of(item: &Item) -> Frame {
+        match item {
+            Item::Delivery {
+                event,
+                delivery_count,
+            } => Frame::Delivery {
+                body: delivery_body(event),
+                delivery_count: *delivery_count,
+            },
+            other => Frame::Message(Box::new(item_to_pb(other))),
+        }
+    }
+
+    /// Writes the `SubscribeResponse` encoding.
+    fn encode(&self, dst: &mut impl BufMut) -> Result<(), prost::EncodeError> {
+        match self {
+            Frame::Delivery {
+                body,
+                delivery_count,
+            } => {
+                let count = u64::from(*delivery_count);
+                let count_len = if count == 0 {
+                    0
+                } else {
+                    1 + encoded_len_varint(count)
+                };
+                encode_key(RESPONSE_DELIVERY, WireType::LengthDelimited, dst);
+                encode_varint((body.len() + count_len) as u64, dst);
+                dst.put_slice(body);
+                if count != 0 {
+                    encode_key(DELIVERY_COUNT, WireType::Varint, dst);
+                    encode_varint(count, dst);
+                }
+                Ok(())
+            }
+            Frame::Message(m) => m.encode(dst),
+        }
+    }
+}
+
+/// The event's `Delivery` encoding without `delivery_count`, made on first use and shared.
+pub fn delivery_body(event: &StoredEvent) -> Bytes {
+    event
+        .wire
+        .get_or_init(|| Bytes::from(delivery_to_pb(event, 0).encode_to_vec()))
+        .clone()
+}
+
+/// A codec that writes [`Frame`]s and reads requests of type `D` like prost.
+#[derive(Debug)]
+pub struct FrameCodec<D>(PhantomData<D>);
+
+impl<D> Default for FrameCodec<D> {
+    fn default() -> Self {
+        FrameCodec(PhantomData)
+    }
+}
+
+impl<D: Message + Default + Send + 'static> Codec for FrameCodec<D> {
+    type Encode = Frame;
+    type Decode = D;
+    type Encoder = FrameEncoder;
+    type Decoder = ProstDecoder<D>;
+
+    fn encoder(&mut self) -> FrameEncoder {
+        FrameEncoder
+    }
+
+    fn decoder(&mut self) -> ProstDecoder<D> {
+        ProstDecoder(PhantomData)
+    }
+}
+
+/// Writes frames.
+#[derive(Debug)]
+pub struct FrameEncoder;
+
+impl Encoder for FrameEncoder {
+    type Item = Frame;
+    type Error = Status;
+
+    fn encode(&mut self, item: Frame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("cannot encode a response: {e}")))
+    }
+}
+
+/// Reads prost messages.
+#[derive(Debug)]
+pub struct ProstDecoder<D>(PhantomData<D>);
+
+impl<D: Message + Default> Decoder for ProstDecoder<D> {
+    type Item = D;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
+        D::decode(src)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("cannot decode the request: {e}")))
+    }
+}
+
+/// The `jetwatch.v1.Subscriber` service, answering with [`Frame`]s.
+#[derive(Debug, Clone)]
+pub struct SubscriberServer {
+    inner: Arc<SubscriberService>,
+}
+
+impl SubscriberServer {
+    /// Serves `service`.
+    pub fn new(service: SubscriberService) -> SubscriberServer {
+        SubscriberServer {
+            inner: Arc::new(service),
+        }
+    }
+}
+
+impl NamedService for SubscriberServer {
+    const NAME: &'static str = "jetwatch.v1.Subscriber";
+}
+
+struct SubscribeMethod(Arc<SubscriberService>);
+
+impl StreamingService<api::SubscribeRequest> for SubscribeMethod {
+    type Response = Frame;
+    type ResponseStream = ResponseStream;
+    type Future = BoxFuture<tonic::Response<ResponseStream>, Status>;
+
+    fn call(
+        &mut self,
+        request: tonic::Request<tonic::Streaming<api::SubscribeRequest>>,
+    ) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.subscribe(request).await })
+    }
+}
+
+struct WatchMethod(Arc<SubscriberService>);
+
+impl ServerStreamingService<api::Open> for WatchMethod {
+    type Response = Frame;
+    type ResponseStream = ResponseStream;
+    type Future = BoxFuture<tonic::Response<ResponseStream>, Status>;
+
+    fn call(&mut self, request: tonic::Request<api::Open>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.watch(request).await })
+    }
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for SubscriberServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        match req.uri().path() {
+            "/jetwatch.v1.Subscriber/Subscribe" => Box::pin(async move {
+                let mut grpc = Grpc::new(FrameCodec::<api::SubscribeRequest>::default());
+                Ok(grpc.streaming(SubscribeMethod(inner), req).await)
+            }),
+            "/jetwatch.v1.Subscriber/Watch" => Box::pin(async move {
+                let mut grpc = Grpc::new(FrameCodec::<api::Open>::default());
+                Ok(grpc.server_streaming(WatchMethod(inner), req).await)
+            }),
+            _ => Box::pin(async move { Ok(Status::unimplemented("").into_http()) }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+
+    fn stored() -> Arc<StoredEvent> {
+        let mut event = Event {
+            id: "e1".into(),
+            source: "/widgets".into(),
+            spec_version: "1.0".into(),
+            ty: "com.example.widget.modified".into(),
+            ..Event::default()
+        };
+        event.data = Some(crate::event::Data::Text("{\"n\":1}".into()));
+        Arc::new(StoredEvent {
+            sequence: 300,
+            subject: "events._widgets.w1".into(),
+            stored_at: chrono::Utc::now(),
+            event,
+            size: 0,
+            wire: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_delivery_frame_decodes_to_the_message_the_generated_code_writes() {
+        let event = stored();
+        for delivery_count in [0, 1, 2, 300, u32::MAX] {
+            let item = Item::Delivery {
+                event: event.clone(),
+                delivery_count,
+            };
+            let mut bytes = Vec::new();
+            Frame::of(&item).encode(&mut bytes).unwrap();
+            let decoded = api::SubscribeResponse::decode(bytes.as_slice()).unwrap();
+            assert_eq!(
+                decoded,
+                item_to_pb(&item),
+                "delivery_count {delivery_count}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_responses_are_encoded_as_messages() {
+        let item = Item::Bookmark {
+            sequence: 7,
+            pending: 3,
+        };
+        let mut bytes = Vec::new();
+        Frame::of(&item).encode(&mut bytes).unwrap();
+        assert_eq!(
+            api::SubscribeResponse::decode(bytes.as_slice()).unwrap(),
+            item_to_pb(&item)
+        );
+    }
+}
