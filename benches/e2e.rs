@@ -426,8 +426,9 @@ async fn fanout(o: &Options) -> Result<Vec<Row>> {
                 Figure::Count(gateway_consumers as f64),
             )
             .raw(Figure::Count(raw_consumers as f64))
-            // The shared reader, plus a catch-up reader should a subscriber fall behind.
-            .goal(Goal::AtMost(Figure::Count(2.0))),
+            // The shared reader, plus the default `fanout.catchup_consumers` (4) should
+            // subscribers fall behind.
+            .goal(Goal::AtMost(Figure::Count(5.0))),
         );
     }
     Ok(rows)
@@ -555,7 +556,8 @@ async fn burst(o: &Options) -> Result<Vec<Row>> {
                     Figure::Count(consumers as f64),
                 )
                 .raw(Figure::Count(raw_consumers as f64))
-                .goal(Goal::AtMost(Figure::Count(1.0))),
+                // One shared reader plus the default `fanout.catchup_consumers` (4).
+                .goal(Goal::AtMost(Figure::Count(5.0))),
             );
             rows.push(Row::new(
                 format!("{name} peak RSS"),

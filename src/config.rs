@@ -148,6 +148,10 @@ pub struct FanoutSettings {
     /// Snapshot reads (each a short-lived JetStream consumer) the gateway runs at once; further
     /// snapshots wait their turn. Bounds the consumers the gateway holds for watchers. Default 4.
     pub snapshot_reads: usize,
+    /// JetStream consumers the gateway may hold for history reads of shared blocks (each kept
+    /// while it reads on sequentially, let go after 5 s idle); past it, history reads use
+    /// direct gets. 0: direct gets only. Default 4.
+    pub catchup_consumers: usize,
 }
 
 /// `[[streams]]`: one JetStream stream the gateway declares.

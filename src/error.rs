@@ -96,22 +96,37 @@ impl Error {
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
         match e {
-            StoreError::Unavailable(reason) => Error::Unavailable { reason },
-            StoreError::StreamNotFound(s) => Error::StreamNotFound(s),
+            e @ (StoreError::Unavailable { .. } | StoreError::LimitReached { .. }) => {
+                Error::Unavailable {
+                    reason: error_chain(&e),
+                }
+            }
+            StoreError::StreamNotFound { stream } => Error::StreamNotFound(stream),
             StoreError::ConsumerNotFound { stream, durable } => {
                 Error::DurableNotFound { stream, durable }
             }
             e @ StoreError::ConsumerConflict { .. } => {
                 Error::invalid("open.durable", e.to_string())
             }
-            StoreError::WrongLastSequence { current } => Error::SequenceMismatch {
-                expected: 0,
-                current,
-            },
-            StoreError::TooLarge => Error::EventTooLarge { size: 0, limit: 0 },
-            other @ (StoreError::StreamConflict { .. } | StoreError::Api(_)) => {
-                Error::Internal(other.to_string())
+            StoreError::WrongLastSequence { expected, current } => {
+                Error::SequenceMismatch { expected, current }
+            }
+            StoreError::TooLarge { size, limit } => Error::EventTooLarge { size, limit },
+            e @ (StoreError::StreamConflict { .. } | StoreError::Api { .. }) => {
+                Error::Internal(error_chain(&e))
             }
         }
     }
+}
+
+/// An error and its causes, as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -4,6 +4,12 @@ use clap::Parser;
 use jetwatch::cli::{self, Cli, Command};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of the system allocator: the gateway allocates per event from several
+/// threads at once (decoding, encoding, channels), where glibc's malloc spent about a third of
+/// a replay's CPU time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

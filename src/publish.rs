@@ -12,7 +12,7 @@ use crate::codec;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::event::Event;
-use crate::store::{PendingAck, Store, StoreError};
+use crate::store::{PendingAck, Store};
 use crate::subject::SubjectTemplate;
 
 /// One publish, in domain terms.
@@ -44,7 +44,6 @@ pub struct Published {
 pub struct InFlight {
     stream: String,
     subject: String,
-    expected: Option<u64>,
     ack: PendingAck,
 }
 
@@ -57,19 +56,13 @@ impl InFlight {
     }
 
     async fn wait_inner(self) -> Result<Published, Error> {
-        match self.ack.ack().await {
-            Ok(ack) => Ok(Published {
-                stream: self.stream,
-                subject: self.subject,
-                sequence: ack.sequence,
-                duplicate: ack.duplicate,
-            }),
-            Err(StoreError::WrongLastSequence { current }) => Err(Error::SequenceMismatch {
-                expected: self.expected.unwrap_or(0),
-                current,
-            }),
-            Err(e) => Err(e.into()),
-        }
+        let ack = self.ack.ack().await?;
+        Ok(Published {
+            stream: self.stream,
+            subject: self.subject,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
     }
 }
 
@@ -157,18 +150,10 @@ impl Publisher {
                 &msg_id,
                 req.expected_subject_sequence,
             )
-            .await
-            .map_err(|e| match e {
-                StoreError::TooLarge => Error::EventTooLarge {
-                    size: event.approximate_size(),
-                    limit: inner.max_event_bytes,
-                },
-                other => other.into(),
-            })?;
+            .await?;
         Ok(InFlight {
             stream,
             subject,
-            expected: req.expected_subject_sequence,
             ack,
         })
     }

@@ -25,10 +25,12 @@ use std::sync::Arc;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{decode_stored, StoredEvent};
-use crate::store::{Store, StoreError};
+use crate::store::{Reader, StartAt, Store, StoreError};
 
 /// A verified run of a stream's history, decoded.
 #[derive(Debug)]
@@ -58,6 +60,9 @@ impl Block {
     }
 }
 
+/// Blocks read ahead of a subscriber catching up through shared blocks.
+const READ_AHEAD: usize = 2;
+
 /// What a shared read ends with, cloneable so every waiter gets it.
 type Loaded = Result<Arc<Block>, Arc<StoreError>>;
 
@@ -75,7 +80,32 @@ pub(crate) struct Catchup {
     /// Bound of the cache (0: no sharing).
     cache_bytes: usize,
     cache: Mutex<Cache>,
+    /// Gateway-wide permits for history-read consumers.
+    consumers: Arc<Semaphore>,
+    /// Consumers kept between blocks.
+    idle: Mutex<Vec<Idle>>,
+    /// How long a read may stay silent.
+    timeout: Duration,
 }
+
+/// A history-read consumer kept between blocks, positioned at `next`.
+struct Idle {
+    /// The first sequence it can deliver next: every message before it was read.
+    next: u64,
+    reader: Reader,
+    /// Its share of the consumer budget.
+    permit: OwnedSemaphorePermit,
+    used: std::time::Instant,
+}
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle").field("next", &self.next).finish()
+    }
+}
+
+/// How long a history-read consumer stays idle before it is let go.
+const IDLE_READER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
 struct Cache {
@@ -110,8 +140,13 @@ impl std::fmt::Debug for Slot {
 
 /// What the cache says about a cursor.
 enum Lookup {
+    /// A ready block covers it.
     Hit(Arc<Block>),
-    Wait(Shared<BoxFuture<'static, Loaded>>),
+    /// A read will: one already on its way, or (`started`) one started by this lookup.
+    Wait {
+        read: Shared<BoxFuture<'static, Loaded>>,
+        started: bool,
+    },
 }
 
 /// Limits of one stream's history reads.
@@ -125,6 +160,10 @@ pub(crate) struct Limits {
     pub(crate) read_bytes: usize,
     /// Bound of the shared block cache.
     pub(crate) cache_bytes: usize,
+    /// Gateway-wide permits for history-read consumers.
+    pub(crate) consumers: Arc<Semaphore>,
+    /// How long a read may stay silent.
+    pub(crate) timeout: Duration,
 }
 
 impl Catchup {
@@ -137,28 +176,51 @@ impl Catchup {
             read_bytes: limits.read_bytes,
             cache_bytes: limits.cache_bytes,
             cache: Mutex::new(Cache::default()),
+            consumers: limits.consumers,
+            idle: Mutex::new(Vec::new()),
+            timeout: limits.timeout,
         })
     }
 
-    /// A block of every subject that covers `cursor`, shared with other subscribers.
-    pub(crate) async fn shared(self: &Arc<Self>, cursor: u64) -> Result<Arc<Block>, StoreError> {
+    /// A block of every subject that covers `cursor`, shared with other subscribers. The
+    /// blocks after it, up to [`READ_AHEAD`] of them and not past `until` (where the shared
+    /// history starts), are read in the background meanwhile, so a subscriber catching up alone
+    /// never waits for a round trip per block.
+    pub(crate) async fn shared(
+        self: &Arc<Self>,
+        cursor: u64,
+        until: u64,
+    ) -> Result<Arc<Block>, StoreError> {
         if self.cache_bytes == 0 {
             return self.read(cursor, None).await.map(Arc::new);
         }
         loop {
             let wait = match self.lookup(cursor) {
-                Lookup::Hit(block) => return Ok(block),
-                Lookup::Wait(read) => read,
+                Lookup::Hit(block) => {
+                    self.read_ahead(block.end, until);
+                    return Ok(block);
+                }
+                Lookup::Wait { read, .. } => read,
             };
             match wait.await {
-                Ok(block) if block.covers(cursor) || block.exhausted => return Ok(block),
+                Ok(block) if block.covers(cursor) || block.exhausted => {
+                    if !block.exhausted {
+                        self.read_ahead(block.end, until);
+                    }
+                    return Ok(block);
+                }
                 // A short block (bounded by bytes) that ends before the cursor: look again.
                 Ok(_) => {}
                 Err(e) => {
-                    return Err(match &*e {
-                        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
-                        other => StoreError::Api(other.to_string()),
-                    })
+                    // Every waiter gets its own copy of the shared read's failure.
+                    return Err(if e.is_transient() {
+                        StoreError::unavailable(e.to_string())
+                    } else {
+                        StoreError::Api {
+                            context: "a shared history read".into(),
+                            source: e.to_string().into(),
+                        }
+                    });
                 }
             }
         }
@@ -195,6 +257,27 @@ impl Catchup {
         }
     }
 
+    /// Starts background reads of the blocks from `from` on, up to [`READ_AHEAD`] blocks and
+    /// not past `until`. Each counts against the read budget like any other.
+    fn read_ahead(self: &Arc<Self>, mut from: u64, until: u64) {
+        for _ in 0..READ_AHEAD {
+            if from >= until {
+                return;
+            }
+            match self.lookup(from) {
+                Lookup::Hit(block) => from = block.end,
+                Lookup::Wait { read, started } => {
+                    if started {
+                        // Nobody awaits it yet: a task drives it.
+                        tokio::spawn(read);
+                    }
+                    // The block's end is unknown until it is read: assume a full one.
+                    from = from - from % self.batch + self.batch;
+                }
+            }
+        }
+    }
+
     /// Finds the block covering `cursor`, or the read that will, starting one if needed.
     fn lookup(self: &Arc<Self>, cursor: u64) -> Lookup {
         let mut cache = self.cache.lock();
@@ -212,23 +295,32 @@ impl Catchup {
                 Slot::Ready { block, .. } => start = start.max(block.end),
                 // A read of this range is on its way.
                 Slot::Loading(read) if cursor < key + self.batch => {
-                    return Lookup::Wait(read.clone())
+                    return Lookup::Wait {
+                        read: read.clone(),
+                        started: false,
+                    }
                 }
                 Slot::Loading(_) => {}
             }
         }
         if let Some(Slot::Loading(read)) = cache.slots.get(&start) {
-            return Lookup::Wait(read.clone());
+            return Lookup::Wait {
+                read: read.clone(),
+                started: false,
+            };
         }
         let this = self.clone();
         let read = async move { this.load(start).await }.boxed().shared();
         cache.put(start, Some(Slot::Loading(read.clone())));
-        Lookup::Wait(read)
+        Lookup::Wait {
+            read,
+            started: true,
+        }
     }
 
     /// Reads the shared block at `start` and files it in the cache.
     async fn load(self: Arc<Self>, start: u64) -> Loaded {
-        let result = self.read(start, None).await;
+        let result = self.read_block(start).await;
         let mut cache = self.cache.lock();
         match result {
             // Nothing stored from `start`: nothing worth keeping.
@@ -257,13 +349,128 @@ impl Catchup {
         }
     }
 
+    /// Reads the shared block at `start`: with a consumer already positioned there, else with
+    /// a new one while the consumer budget allows (taking over the least recently used idle
+    /// one if it must), else with a direct get.
+    ///
+    /// Sequential reads are what catching up is, and a consumer serves them at a fraction of
+    /// a direct get's server cost (a direct get rewrites each message's headers); a consumer
+    /// kept between blocks also reads ahead. Direct gets remain for when the budget is spent.
+    async fn read_block(self: &Arc<Self>, start: u64) -> Result<Block, StoreError> {
+        let (reader, permit) = match self.positioned_reader(start) {
+            Some(idle) => (idle.reader, idle.permit),
+            None => {
+                let permit = match self.consumers.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => self.least_recent_reader().map(|idle| idle.permit),
+                };
+                let Some(permit) = permit else {
+                    return self.read(start, None).await;
+                };
+                let reader = self
+                    .store
+                    .read(
+                        &self.stream,
+                        StartAt::Sequence(start),
+                        &[],
+                        self.batch as usize,
+                        self.read_bytes,
+                    )
+                    .await?;
+                (reader, permit)
+            }
+        };
+        self.read_with(start, reader, permit).await
+    }
+
+    /// Reads one block from `reader`, which delivers the first message at or after `start`
+    /// next, and keeps the reader for the following block when it can go on.
+    async fn read_with(
+        self: &Arc<Self>,
+        start: u64,
+        mut reader: Reader,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Block, StoreError> {
+        let _read = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| StoreError::unavailable("the gateway is shutting down"))?;
+        let mut raws = Vec::new();
+        let mut bytes = 0;
+        let mut pending = reader.pending();
+        let mut healthy = true;
+        while raws.len() < self.batch as usize && bytes < self.read_bytes && pending > 0 {
+            match tokio::time::timeout(self.timeout, reader.next()).await {
+                Ok(Some(Ok(raw))) => {
+                    pending = raw.pending;
+                    bytes += raw.payload.len();
+                    raws.push(raw);
+                }
+                failed => {
+                    healthy = false;
+                    if raws.is_empty() {
+                        return Err(match failed {
+                            Ok(Some(Err(e))) => e,
+                            _ => StoreError::unavailable("a history reader stopped answering"),
+                        });
+                    }
+                    break;
+                }
+            }
+        }
+        let end = raws.last().map_or(start, |m| m.sequence + 1);
+        let exhausted = healthy && pending == 0;
+        if healthy && !exhausted {
+            self.idle.lock().push(Idle {
+                next: end,
+                reader,
+                permit,
+                used: std::time::Instant::now(),
+            });
+            // Let it go if nobody reads on within the idle time.
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(IDLE_READER).await;
+                this.idle.lock().retain(|r| r.used.elapsed() < IDLE_READER);
+            });
+        }
+        let events: Vec<Arc<StoredEvent>> = raws.into_iter().filter_map(decode_stored).collect();
+        Ok(Block {
+            bytes: events.iter().map(|e| e.size).sum(),
+            events,
+            start,
+            end,
+            exhausted,
+        })
+    }
+
+    /// The idle reader positioned at `start`, if any (readers idle too long are let go).
+    fn positioned_reader(&self, start: u64) -> Option<Idle> {
+        let mut idle = self.idle.lock();
+        idle.retain(|r| r.used.elapsed() < IDLE_READER);
+        let at = idle.iter().position(|r| r.next == start)?;
+        Some(idle.swap_remove(at))
+    }
+
+    /// The least recently used idle reader, to be replaced.
+    fn least_recent_reader(&self) -> Option<Idle> {
+        let mut idle = self.idle.lock();
+        let at = idle
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, r)| r.used)
+            .map(|(i, _)| i)?;
+        Some(idle.swap_remove(at))
+    }
+
     /// One history read within the budget, decoded.
     async fn read(&self, from: u64, subject: Option<&str>) -> Result<Block, StoreError> {
         let _permit = self
             .reads
             .acquire()
             .await
-            .map_err(|_| StoreError::Unavailable("the gateway is shutting down".into()))?;
+            .map_err(|_| StoreError::unavailable("the gateway is shutting down"))?;
         let range = self
             .store
             .read_range(

@@ -289,6 +289,8 @@ struct Inner {
     history_reads: Arc<Semaphore>,
     /// Permits for snapshot reads (`fanout.snapshot_reads`), for every stream.
     snapshot_reads: Arc<Semaphore>,
+    /// Permits for history-read consumers (`fanout.catchup_consumers`), for every stream.
+    history_consumers: Arc<Semaphore>,
 }
 
 /// What every subscription task shares with the engine.
@@ -318,6 +320,7 @@ impl Engine {
                 store,
                 history_reads: Arc::new(Semaphore::new(settings.fanout.catchup_reads)),
                 snapshot_reads: Arc::new(Semaphore::new(settings.fanout.snapshot_reads)),
+                history_consumers: Arc::new(Semaphore::new(settings.fanout.catchup_consumers)),
                 settings,
                 hubs: Mutex::new(HashMap::new()),
                 shutdown,
@@ -478,6 +481,8 @@ impl Engine {
                 batch: fanout.batch,
                 read_bytes: fanout.read_bytes,
                 cache_bytes: fanout.catchup_cache_bytes,
+                consumers: self.inner.history_consumers.clone(),
+                timeout: self.inner.settings.nats.request_timeout,
             },
             self.inner.store.clone(),
             self.inner.shutdown.clone(),

@@ -178,8 +178,8 @@ impl Task {
     /// retry; any other ends the subscription.
     async fn retry_after(&mut self, e: StoreError, backoff: &mut Duration) -> Result<(), Stop> {
         match e {
-            StoreError::Unavailable(why) => {
-                tracing::debug!(why, cursor = self.cursor, "read failed; retrying");
+            e if e.is_transient() => {
+                tracing::debug!(error = %e, cursor = self.cursor, "read failed; retrying");
                 self.shared.pause(*backoff, &self.tx).await?;
                 *backoff = (*backoff * 2).min(Duration::from_secs(1));
                 Ok(())
@@ -215,7 +215,7 @@ impl Task {
                     self.interruptible(catchup.filtered(cursor, subject))
                         .await?
                 }
-                None => self.interruptible(catchup.shared(cursor)).await?,
+                None => self.interruptible(catchup.shared(cursor, target)).await?,
             };
             let block = match read {
                 Ok(block) => block,

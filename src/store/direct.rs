@@ -21,6 +21,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::error::{store_error, Cause, Classify};
 use super::{RawMessage, Store, StoreError};
 
 /// A verified run of a stream's messages.
@@ -110,19 +111,19 @@ impl Store {
         from: u64,
         subject: Option<&str>,
     ) -> Result<Option<u64>, StoreError> {
-        use async_nats::jetstream::stream::RawMessageErrorKind;
+        let context = "asking the stream's leader for the next message";
         let handle = self
             .js
             .get_stream_no_info(stream)
             .await
-            .map_err(super::api)?;
+            .map_err(|e| store_error(stream, context, e))?;
         match handle
             .get_first_raw_message_by_subject(subject.unwrap_or(">"), from.max(1))
             .await
         {
             Ok(m) => Ok(Some(m.sequence)),
-            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(super::api(e)),
+            Err(e) if e.classify() == Cause::NoMessage => Ok(None),
+            Err(e) => Err(store_error(stream, context, e)),
         }
     }
 
@@ -134,18 +135,26 @@ impl Store {
         request: &BatchRequest<'_>,
         from: u64,
     ) -> Result<Range, StoreError> {
-        let body = serde_json::to_vec(request)
-            .map_err(|e| StoreError::Api(format!("cannot encode a direct get: {e}")))?;
+        let body = serde_json::to_vec(request).map_err(|e| StoreError::Api {
+            context: "encoding a direct get".into(),
+            source: Box::new(e),
+        })?;
         let inbox = self.bulk.new_inbox();
-        let mut answers = self
-            .bulk
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut answers =
+            self.bulk
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| StoreError::Unavailable {
+                    context: "subscribing for a history read".into(),
+                    source: Some(Box::new(e)),
+                })?;
         self.bulk
             .publish_with_reply(format!("$JS.API.DIRECT.GET.{stream}"), inbox, body.into())
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| StoreError::Unavailable {
+                context: "sending a history read".into(),
+                source: Some(Box::new(e)),
+            })?;
         let mut messages: Vec<RawMessage> = Vec::new();
         crate::telemetry::COUNTERS
             .history_reads
@@ -161,7 +170,7 @@ impl Store {
                     messages,
                     exhausted: false,
                 }),
-                None => Err(StoreError::Unavailable(format!(
+                None => Err(StoreError::unavailable(format!(
                     "a history read of stream `{stream}` was interrupted: {why}"
                 ))),
             }
@@ -220,15 +229,15 @@ impl Store {
                     });
                 }
                 Some(code) if code == StatusCode::NO_RESPONDERS.as_u16() => {
-                    return Err(StoreError::Unavailable(format!(
+                    return Err(StoreError::unavailable(format!(
                         "no server answers direct reads of stream `{stream}`"
                     )))
                 }
                 Some(code) => {
-                    return Err(StoreError::Api(format!(
-                        "direct read of stream `{stream}` refused: {code} {}",
-                        answer.description.unwrap_or_default()
-                    )))
+                    return Err(StoreError::Api {
+                        context: format!("a history read of stream `{stream}`"),
+                        source: format!("{code} {}", answer.description.unwrap_or_default()).into(),
+                    })
                 }
             }
         }

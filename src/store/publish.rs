@@ -1,0 +1,122 @@
+//! Publishing: pipelined publishes and dead-letter copies.
+
+use async_nats::{jetstream, HeaderMap};
+
+use super::error::publish_error;
+use super::{Store, StoreError};
+use crate::codec::Encoded;
+
+/// The outcome of an acknowledged publish.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishAck {
+    /// Stream sequence of the stored (or, for a duplicate, the original) event.
+    pub sequence: u64,
+    /// Whether the event repeated one in the duplicate window.
+    pub duplicate: bool,
+}
+
+impl Store {
+    /// Sends one publish and returns a future for its acknowledgement, so callers can pipeline.
+    pub async fn publish(
+        &self,
+        subject: String,
+        encoded: Encoded,
+        msg_id: &str,
+        expected_subject_sequence: Option<u64>,
+    ) -> Result<PendingAck, StoreError> {
+        let expected = expected_subject_sequence;
+        let size = message_size(&encoded.headers, encoded.payload.len())
+            + header_size(MSG_ID, msg_id.len())
+            + expected.map_or(0, |e| {
+                header_size(EXPECTED_LAST_SUBJECT_SEQUENCE, digits(e))
+            });
+        let limit = self.max_payload();
+        let mut msg = jetstream::message::PublishMessage::build()
+            .payload(encoded.payload)
+            .headers(encoded.headers)
+            .message_id(msg_id);
+        if let Some(expected) = expected {
+            msg = msg.expected_last_subject_sequence(expected);
+        }
+        let fut = self
+            .js
+            .send_publish(subject, msg)
+            .await
+            .map_err(|e| publish_error(e, expected, size, limit))?;
+        Ok(PendingAck {
+            fut,
+            expected,
+            size,
+            limit,
+        })
+    }
+
+    /// Publishes `encoded` on `subject` (for dead-lettering), awaiting the acknowledgement.
+    pub async fn publish_copy(&self, subject: String, encoded: Encoded) -> Result<u64, StoreError> {
+        let size = message_size(&encoded.headers, encoded.payload.len());
+        let limit = self.max_payload();
+        let msg = jetstream::message::PublishMessage::build()
+            .payload(encoded.payload)
+            .headers(encoded.headers);
+        let ack = self
+            .js
+            .send_publish(subject, msg)
+            .await
+            .map_err(|e| publish_error(e, None, size, limit))?;
+        let ack = ack.await.map_err(|e| publish_error(e, None, size, limit))?;
+        Ok(ack.sequence)
+    }
+}
+
+/// A publish sent and awaiting its acknowledgement.
+#[derive(Debug)]
+pub struct PendingAck {
+    /// The acknowledgement from JetStream.
+    fut: jetstream::context::PublishAckFuture,
+    /// What the publish expected, its size and the limit, to explain a refusal.
+    expected: Option<u64>,
+    size: usize,
+    limit: usize,
+}
+
+impl PendingAck {
+    /// Waits for JetStream's acknowledgement.
+    pub async fn ack(self) -> Result<PublishAck, StoreError> {
+        let ack = self
+            .fut
+            .await
+            .map_err(|e| publish_error(e, self.expected, self.size, self.limit))?;
+        Ok(PublishAck {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+}
+
+const MSG_ID: &str = "Nats-Msg-Id";
+const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+
+/// The size NATS counts against `max_payload` for a message with `headers` and a payload of
+/// `payload` bytes: the header block as sent (`NATS/1.0`, one `Name: value` line per value, a
+/// blank line) plus the payload.
+pub fn message_size(headers: &HeaderMap, payload: usize) -> usize {
+    let fields: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            values
+                .iter()
+                .map(|v| header_size(name.as_ref(), v.as_str().len()))
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + fields + "\r\n".len() + payload
+}
+
+/// One header line: `name: value\r\n`.
+fn header_size(name: &str, value: usize) -> usize {
+    name.len() + 2 + value + 2
+}
+
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}

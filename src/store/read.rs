@@ -1,0 +1,153 @@
+//! Readers: short-lived, unacknowledged consumers (the shared reader, snapshots).
+
+use std::fmt;
+use std::time::Duration;
+
+use async_nats::jetstream::{consumer, stream};
+use futures::StreamExt;
+
+use super::error::store_error;
+use super::{deliver_policy, unpack, RawMessage, StartAt, Store, StoreError, INACTIVE_THRESHOLD};
+
+impl Store {
+    /// Opens a reader on `stream` from `start`, restricted to `filter_subjects` (all subjects
+    /// when empty). The reader pulls at most `batch` messages and about `max_bytes` ahead of
+    /// its caller.
+    pub async fn read(
+        &self,
+        stream: &str,
+        start: StartAt,
+        filter_subjects: &[String],
+        batch: usize,
+        max_bytes: usize,
+    ) -> Result<Reader, StoreError> {
+        let context = "opening a reader";
+        let handle = self.stream_handle(stream).await?;
+        let mut filter_subjects = filter_subjects.to_vec();
+        if start == StartAt::LastPerSubject && filter_subjects.is_empty() {
+            // JetStream wants an explicit filter for last-per-subject delivery.
+            filter_subjects = self.stream_state(stream).await?.subjects;
+        }
+        let config = consumer::pull::Config {
+            deliver_policy: deliver_policy(start),
+            ack_policy: consumer::AckPolicy::None,
+            filter_subjects,
+            inactive_threshold: INACTIVE_THRESHOLD,
+            memory_storage: true,
+            num_replicas: 1,
+            ..Default::default()
+        };
+        let mut consumer: consumer::PullConsumer = handle
+            .create_consumer(config)
+            .await
+            .map_err(|e| store_error(stream, context, e))?;
+        let initial_pending = consumer
+            .info()
+            .await
+            .map_err(|e| store_error(stream, context, e))?
+            .num_pending;
+        let name = consumer.cached_info().name.clone();
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch.max(1))
+            .max_bytes_per_batch(max_bytes.max(1))
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| store_error(stream, context, e))?;
+        Ok(Reader {
+            stream: handle,
+            name,
+            messages,
+            initial_pending,
+            consumer_sequence: 0,
+            pending: initial_pending,
+        })
+    }
+}
+
+/// An ephemeral, unacknowledged reader of a stream (a JetStream pull consumer). Deleted when
+/// dropped; NATS also removes it after [`INACTIVE_THRESHOLD`] should the gateway die.
+pub struct Reader {
+    /// The stream, to delete the consumer on drop.
+    stream: stream::Stream<()>,
+    /// The consumer's name.
+    name: String,
+    /// The pulled messages.
+    messages: consumer::pull::Stream,
+    /// Matching messages pending when the reader was created.
+    initial_pending: u64,
+    /// The consumer sequence of the last message received: each delivery's must be one more,
+    /// or a message was lost on the way (such a consumer never redelivers).
+    consumer_sequence: u64,
+    /// Messages still to come after the last one received.
+    pending: u64,
+}
+
+impl fmt::Debug for Reader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reader")
+            .field("consumer", &self.name)
+            .finish()
+    }
+}
+
+impl Reader {
+    /// Matching messages pending when the reader was created: 0 means there was nothing to
+    /// read at that moment.
+    pub fn initial_pending(&self) -> u64 {
+        self.initial_pending
+    }
+
+    /// Matching messages still to come after the last one received (when nothing was received
+    /// yet: pending when the reader was created).
+    pub fn pending(&self) -> u64 {
+        self.pending
+    }
+
+    /// The next message; `None` only if the underlying subscription ended. A message lost
+    /// between the server and the gateway (a slow-consumer drop, a reconnect) ends the read
+    /// with [`StoreError::Unavailable`] instead of passing over it: the caller re-opens from
+    /// the last sequence it received.
+    pub async fn next(&mut self) -> Option<Result<RawMessage, StoreError>> {
+        let msg = match self.messages.next().await? {
+            Ok(m) => m,
+            Err(e) => {
+                return Some(Err(StoreError::Unavailable {
+                    context: "reading".into(),
+                    source: Some(Box::new(e)),
+                }))
+            }
+        };
+        let (raw, consumer_sequence, _) = match unpack(msg) {
+            Ok(unpacked) => unpacked,
+            Err(e) => return Some(Err(e)),
+        };
+        if consumer_sequence != self.consumer_sequence + 1 {
+            crate::telemetry::COUNTERS
+                .reads_interrupted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Some(Err(StoreError::unavailable(format!(
+                "messages were lost on the way from the server (delivery {consumer_sequence} \
+                 after {})",
+                self.consumer_sequence
+            ))));
+        }
+        self.consumer_sequence = consumer_sequence;
+        self.pending = raw.pending;
+        Some(Ok(raw))
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let stream = self.stream.clone();
+        let name = std::mem::take(&mut self.name);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = stream.delete_consumer(&name).await;
+            });
+        }
+    }
+}
