@@ -21,6 +21,7 @@
 //! - [`devnats`]: a local nats-server process for `jetwatch dev`, tests and benchmarks.
 //! - [`cli`]: the `jetwatch` command's sub-commands.
 
+pub mod admin;
 pub mod cli;
 pub mod codec;
 pub mod config;

@@ -149,25 +149,22 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
 
     // Health follows the NATS connection.
     {
-        let (health, store, shutdown) = (health.clone(), store.clone(), shutdown.clone());
+        let (health, shutdown) = (health.clone(), shutdown.clone());
+        let mut connected = store.connection();
         tokio::spawn(async move {
-            let mut serving = true;
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    r = connected.changed() => if r.is_err() { return },
                     () = shutdown.cancelled() => return,
                 }
-                let connected = store.is_connected();
-                if connected != serving {
-                    serving = connected;
-                    tracing::warn!(connected, "NATS connection state changed");
-                    let status = if connected {
-                        ServingStatus::Serving
-                    } else {
-                        ServingStatus::NotServing
-                    };
-                    set_health(&health, status).await;
-                }
+                let connected = *connected.borrow_and_update();
+                tracing::warn!(connected, "NATS connection state changed");
+                let status = if connected {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                set_health(&health, status).await;
             }
         });
     }
@@ -179,7 +176,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         shutdown.clone(),
     );
     let publisher = PublisherService::new(publisher, settings.publish.max_pending_acks);
-    let admin = AdminService::new(store, settings.clone());
+    let admin = AdminService::new(crate::admin::Admin::new(store, settings.clone()));
 
     let signal = {
         let shutdown = shutdown.clone();

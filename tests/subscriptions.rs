@@ -264,6 +264,7 @@ async fn a_stalled_client_holds_at_most_its_window_and_others_keep_receiving() {
             ack_mode: api::AckMode::Explicit as i32,
             max_in_flight: 10,
             start: start_at(Position::Earliest(())),
+            heartbeat: millis(200),
             ..Default::default()
         },
     )
@@ -291,9 +292,14 @@ async fn a_stalled_client_holds_at_most_its_window_and_others_keep_receiving() {
     for expected in 1..=last {
         assert_eq!(next_delivery(&mut fast).await.sequence, expected);
     }
-    // The slow client reads its window and then nothing more arrives for it.
+    // The slow client reads its window and then nothing more arrives for it: the next
+    // response is a bookmark, not an 11th delivery.
     for expected in 1..=10 {
         assert_eq!(next_delivery(&mut slow.responses).await.sequence, expected);
+    }
+    match next(&mut slow.responses).await.expect("no error") {
+        api::subscribe_response::Response::Bookmark(b) => assert_eq!(b.sequence, 10),
+        other => panic!("nothing beyond the window before a Credit, got {other:?}"),
     }
     let js = env.jetstream().await;
     let stream = js.get_stream("events").await.unwrap();
@@ -313,6 +319,13 @@ async fn a_stalled_client_holds_at_most_its_window_and_others_keep_receiving() {
     .await;
     for expected in 11..=15 {
         assert_eq!(next_delivery(&mut slow.responses).await.sequence, expected);
+    }
+    loop {
+        match next(&mut slow.responses).await.expect("no error") {
+            api::subscribe_response::Response::Bookmark(b) if b.sequence == 15 => break,
+            api::subscribe_response::Response::Bookmark(_) => continue,
+            other => panic!("nothing beyond the widened window, got {other:?}"),
+        }
     }
     let info = eventually("ack pending to reach 15", || {
         let stream = stream.clone();

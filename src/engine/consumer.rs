@@ -60,30 +60,14 @@ pub(super) async fn open(p: Params<'_>) -> Result<Opened, Error> {
     let req = &p.req;
     let store = &p.shared.store;
     let state = store.stream_state(&req.stream).await?;
-    let (start, mut snapshot) = match req.start {
-        None | Some(Start::Resume) => (ConsumerStart::New, false),
-        Some(Start::New) => (ConsumerStart::New, false),
-        Some(Start::Earliest) => (ConsumerStart::All, false),
-        Some(Start::Sequence(0)) => {
-            return Err(Error::invalid(
-                "open.start.sequence",
-                "stream sequences start at 1",
-            ))
+    let resolved = match req.start {
+        None | Some(Start::Resume) => Start::Resume,
+        Some(start) => {
+            super::start::resolve(start, req.on_expired, state.first_sequence, "open.start")?
         }
-        Some(Start::Sequence(s)) if s < state.first_sequence => match req.on_expired {
-            super::OnExpired::Fail => {
-                return Err(Error::HistoryExpired {
-                    requested: s,
-                    first_sequence: state.first_sequence,
-                })
-            }
-            super::OnExpired::FromEarliest => (ConsumerStart::All, false),
-            super::OnExpired::FromSnapshot => (ConsumerStart::At(StartAt::LastPerSubject), true),
-        },
-        Some(Start::Sequence(s)) => (ConsumerStart::At(StartAt::Sequence(s)), false),
-        Some(Start::Time(t)) => (ConsumerStart::At(StartAt::Time(t)), false),
-        Some(Start::Snapshot) => (ConsumerStart::At(StartAt::LastPerSubject), true),
     };
+    let mut snapshot = resolved == Start::Snapshot;
+    let start = super::start::consumer_start(resolved);
     if req.start == Some(Start::Resume) && req.durable.is_none() {
         return Err(Error::invalid(
             "open.start.resume",
@@ -223,14 +207,23 @@ impl Task {
         let mut backoff = Duration::from_millis(50);
         loop {
             self.expire_in_flight();
+            // Bookmarks keep coming whatever the window, so a client can tell a full window
+            // from a dead stream.
+            if let (Some(h), Some(at)) = (self.heartbeat, next_bookmark) {
+                if Instant::now() >= at {
+                    next_bookmark = Some(Instant::now() + h);
+                    self.bookmark().await?;
+                }
+            }
             let credit = self.window.available().min(self.batch);
             let wait = self.heartbeat.unwrap_or(MAX_PULL_WAIT).min(MAX_PULL_WAIT);
             if credit == 0 {
-                // Window full: wait for acks, credit or a deadline.
+                // Window full: wait for acks, credit, a deadline or the next bookmark.
                 let until = self
                     .in_flight
                     .values()
                     .map(|p| p.deadline)
+                    .chain(next_bookmark)
                     .min()
                     .unwrap_or_else(|| Instant::now() + wait);
                 tokio::select! {
@@ -273,12 +266,6 @@ impl Task {
                     () = outage(&mut outage_rx) => return Err(lost()),
                     () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
                     () = self.tx.closed() => return Err(Stop::Quiet),
-                }
-            }
-            if let (Some(h), Some(at)) = (self.heartbeat, next_bookmark) {
-                if Instant::now() >= at {
-                    next_bookmark = Some(Instant::now() + h);
-                    self.bookmark().await?;
                 }
             }
         }
@@ -361,7 +348,7 @@ impl Task {
 
     async fn on_control(&mut self, c: Control) -> Result<(), Stop> {
         match c {
-            Control::Credit(n) => self.window.release(n as usize),
+            Control::Credit(n) => self.window.credit(n),
             Control::Ack(seqs) => {
                 for s in seqs {
                     if let Some(p) = self.take(s) {

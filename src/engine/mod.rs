@@ -21,11 +21,14 @@
 mod catchup;
 mod consumer;
 mod hub;
+mod lifecycle;
+mod start;
 mod subscription;
+mod types;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch, Mutex, Semaphore};
@@ -33,216 +36,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::error::Error;
-use crate::event::Event;
 use crate::filter::Filter;
 use crate::store::Store;
 
 use hub::Hub;
-
-/// Heap bytes an entry of the shared history costs beyond its content (allocator and
-/// collection overhead), so that `fanout.history_bytes` bounds real memory. Measured: a
-/// 64-byte event costs about 1.9 KiB of resident memory in the ring.
-const ENTRY_OVERHEAD: usize = 1024;
+pub(crate) use lifecycle::{lost, outage, Shared, Stop};
+pub(crate) use start::{consumer_start, resolve as resolve_start};
+pub(crate) use types::decode_stored;
+pub use types::{AckMode, Control, Item, OnExpired, OpenRequest, Start, StoredEvent};
+pub(crate) use window::Matcher;
+pub use window::Window;
 
 /// Items queued beyond the window (bookmarks, snapshot end, the final error).
 const CONTROL_SLACK: usize = 8;
-
-/// An event as stored in a stream, decoded once and shared by every subscriber.
-#[derive(Debug)]
-pub struct StoredEvent {
-    /// Stream sequence.
-    pub sequence: u64,
-    /// The NATS subject it is stored on.
-    pub subject: String,
-    /// When JetStream stored it.
-    pub stored_at: DateTime<Utc>,
-    /// The decoded CloudEvent.
-    pub event: Event,
-    /// Approximate bytes held in memory (the message, the decoded event, the transport's
-    /// encoding and overhead), for the history bound.
-    pub size: usize,
-    /// The transport's encoding of this event, made once on first delivery and shared by every
-    /// subscriber it is delivered to. Opaque to the engine.
-    pub wire: std::sync::OnceLock<bytes::Bytes>,
-}
-
-/// Where a subscription starts (DESIGN §3 `StartPosition`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// Only events published from now on.
-    New,
-    /// Every retained event.
-    Earliest,
-    /// From this sequence, inclusive.
-    Sequence(u64),
-    /// From the first event stored at or after this time.
-    Time(DateTime<Utc>),
-    /// The last event of every matching subject, then `SnapshotEnd`, then live.
-    Snapshot,
-    /// A durable's stored position.
-    Resume,
-}
-
-/// What to do when the start is older than the retained history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnExpired {
-    /// Fail with `HistoryExpired`.
-    #[default]
-    Fail,
-    /// Start at the first retained event.
-    FromEarliest,
-    /// Start with a snapshot.
-    FromSnapshot,
-}
-
-/// How deliveries are acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckMode {
-    /// Acknowledged as sent.
-    Auto,
-    /// The client acknowledges each sequence.
-    Explicit,
-}
-
-/// A validated request to open a subscription.
-#[derive(Debug, Clone)]
-pub struct OpenRequest {
-    /// The stream.
-    pub stream: String,
-    /// NATS subject patterns (empty: all).
-    pub subjects: Vec<String>,
-    /// Attribute filter (`None`: everything).
-    pub filter: Option<Filter>,
-    /// Where to start (`None`: `New`, or `Resume` for an existing durable).
-    pub start: Option<Start>,
-    /// Durable name, if any.
-    pub durable: Option<String>,
-    /// Acknowledgement mode.
-    pub ack_mode: AckMode,
-    /// The window, in deliveries.
-    pub max_in_flight: u32,
-    /// Bookmark interval (`None`: no bookmarks).
-    pub heartbeat: Option<Duration>,
-    /// Recovery when history expired.
-    pub on_expired: OnExpired,
-    /// Redelivery deadline (EXPLICIT).
-    pub ack_wait: Duration,
-}
-
-/// What a subscription yields, in order.
-#[derive(Debug, Clone)]
-pub enum Item {
-    /// One event.
-    Delivery {
-        /// The event, shared with other subscribers.
-        event: Arc<StoredEvent>,
-        /// 1 on first delivery.
-        delivery_count: u32,
-    },
-    /// Every matching event up to `sequence` has been delivered.
-    Bookmark {
-        /// The sequence.
-        sequence: u64,
-        /// Events stored after it not yet examined.
-        pending: u64,
-    },
-    /// The snapshot is complete as of `sequence`.
-    SnapshotEnd {
-        /// The sequence.
-        sequence: u64,
-    },
-}
-
-/// What a client says after `Open`.
-#[derive(Debug, Clone)]
-pub enum Control {
-    /// Acknowledge these sequences.
-    Ack(Vec<u64>),
-    /// Redeliver these sequences after the delay.
-    Nack(Vec<u64>, Duration),
-    /// Give up on these sequences (dead-letter them with the reason).
-    Term(Vec<u64>, String),
-    /// Widen the window by this many deliveries.
-    Credit(u32),
-}
-
-/// What a subscription delivers: its subject patterns and attribute filter, and the stream's
-/// tombstone predicate (for snapshots).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Matcher {
-    /// NATS subject patterns; empty matches every subject.
-    pub(crate) subjects: Vec<String>,
-    /// The attribute filter.
-    pub(crate) filter: Option<Filter>,
-    /// Marks deletion events, left out of snapshots.
-    pub(crate) tombstone: Option<Filter>,
-}
-
-impl Matcher {
-    /// Whether the subscription delivers `event` (subjects first: they are cheapest).
-    pub(crate) fn matches(&self, event: &StoredEvent) -> bool {
-        (self.subjects.is_empty()
-            || self
-                .subjects
-                .iter()
-                .any(|p| crate::wildcard::matches(p, &event.subject)))
-            && self.filter.as_ref().is_none_or(|f| f.matches(&event.event))
-    }
-
-    /// Whether `event` is a tombstone (a deletion) of its stream.
-    pub(crate) fn is_tombstone(&self, event: &StoredEvent) -> bool {
-        self.tombstone
-            .as_ref()
-            .is_some_and(|f| f.matches(&event.event))
-    }
-}
-
-/// A subscription's window: permits for deliveries not yet sent (AUTO) or not yet
-/// acknowledged (EXPLICIT).
-#[derive(Debug, Clone)]
-pub struct Window {
-    permits: Arc<Semaphore>,
-    /// Whether a permit returns when the delivery is sent (AUTO) rather than acknowledged.
-    release_on_send: bool,
-}
-
-impl Window {
-    fn new(size: u32, mode: AckMode) -> Window {
-        Window {
-            permits: Arc::new(Semaphore::new(size as usize)),
-            release_on_send: mode == AckMode::Auto,
-        }
-    }
-
-    /// Takes one permit, waiting until one is free.
-    async fn acquire(&self) {
-        if let Ok(p) = self.permits.acquire().await {
-            p.forget();
-        }
-    }
-
-    /// Waits until at least one permit is free, without taking it.
-    async fn wait_available(&self) {
-        let _permit = self.permits.acquire().await;
-    }
-
-    /// Permits free now.
-    fn available(&self) -> usize {
-        self.permits.available_permits()
-    }
-
-    /// Returns `n` permits.
-    fn release(&self, n: usize) {
-        self.permits.add_permits(n);
-    }
-
-    /// Called by the transport once `item` has been handed to the client.
-    pub fn sent(&self, item: &Item) {
-        if self.release_on_send && matches!(item, Item::Delivery { .. }) {
-            self.release(1);
-        }
-    }
-}
 
 /// An open subscription: its identity, its bounded stream of items and its control channel.
 #[derive(Debug)]
@@ -260,8 +66,8 @@ pub struct Subscription {
     /// The window; the transport reports sent items to it.
     pub window: Window,
     /// For subscriptions that acknowledge as sent through JetStream (durables in AUTO mode):
-    /// the transport reports each sent delivery's sequence here. Its capacity is the window,
-    /// so reporting never waits.
+    /// the transport reports each sent delivery's sequence here. Its capacity is the widest
+    /// window `Credit` can open, so reporting never waits.
     pub sent: Option<mpsc::Sender<u64>>,
 }
 
@@ -293,23 +99,14 @@ struct Inner {
     history_consumers: Arc<Semaphore>,
 }
 
-/// What every subscription task shares with the engine.
-#[derive(Debug, Clone)]
-pub(crate) struct Shared {
-    pub(crate) store: Store,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) outage: watch::Receiver<bool>,
-    /// Permits for snapshot reads: a snapshot holds one while its reader lives.
-    pub(crate) snapshot_reads: Arc<Semaphore>,
-    /// Largest answer of one read (`fanout.read_bytes`).
-    pub(crate) read_bytes: usize,
-}
-
 impl Engine {
     /// Creates the engine; everything it spawns stops when `shutdown` is cancelled.
     pub fn new(store: Store, settings: Settings, shutdown: CancellationToken) -> Engine {
-        let outage =
-            spawn_outage_monitor(store.clone(), settings.nats.outage_grace, shutdown.clone());
+        let outage = lifecycle::spawn_outage_monitor(
+            store.clone(),
+            settings.nats.outage_grace,
+            shutdown.clone(),
+        );
         let tombstones = settings
             .streams
             .iter()
@@ -353,7 +150,8 @@ impl Engine {
         }
         let (tx, rx) = mpsc::channel(req.max_in_flight as usize + CONTROL_SLACK);
         let (control_tx, control_rx) = mpsc::channel(64);
-        let window = Window::new(req.max_in_flight, req.ack_mode);
+        let limit = inner.settings.subscribe.max_in_flight_limit;
+        let window = Window::new(req.max_in_flight, limit, req.ack_mode);
         let id = uuid::Uuid::new_v4().to_string();
         let matcher = Matcher {
             subjects: req.subjects.clone(),
@@ -365,7 +163,9 @@ impl Engine {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if req.durable.is_some() || req.ack_mode == AckMode::Explicit {
             let (sent_tx, sent_rx) = if req.ack_mode == AckMode::Auto {
-                let (tx, rx) = mpsc::channel(req.max_in_flight as usize + CONTROL_SLACK);
+                // Holds every delivery the widest window can have in flight, so reporting a
+                // sent delivery never waits and is never dropped.
+                let (tx, rx) = mpsc::channel(limit as usize + CONTROL_SLACK);
                 (Some(tx), Some(rx))
             } else {
                 (None, None)
@@ -394,43 +194,28 @@ impl Engine {
             });
         }
         let state = inner.store.stream_state(&req.stream).await?;
-        let mut snapshot = false;
-        let cursor = match req.start.unwrap_or(Start::New) {
-            Start::New => state.last_sequence + 1,
-            Start::Earliest => state.first_sequence.max(1),
-            Start::Sequence(0) => {
-                return Err(Error::invalid(
-                    "open.start.sequence",
-                    "stream sequences start at 1",
-                ))
-            }
-            Start::Sequence(s) if s < state.first_sequence => match req.on_expired {
-                OnExpired::Fail => {
-                    return Err(Error::HistoryExpired {
-                        requested: s,
-                        first_sequence: state.first_sequence,
-                    })
-                }
-                OnExpired::FromEarliest => state.first_sequence,
-                OnExpired::FromSnapshot => {
-                    snapshot = true;
-                    state.first_sequence
-                }
-            },
-            Start::Sequence(s) => s,
-            Start::Time(t) => {
-                self.resolve_time(&req.stream, t, state.last_sequence)
-                    .await?
-            }
-            Start::Snapshot => {
-                snapshot = true;
-                state.first_sequence.max(1)
-            }
+        let start = match req.start.unwrap_or(Start::New) {
             Start::Resume => {
                 return Err(Error::invalid(
                     "open.start.resume",
                     "resume needs a durable name",
                 ))
+            }
+            requested => start::resolve(
+                requested,
+                req.on_expired,
+                state.first_sequence,
+                "open.start",
+            )?,
+        };
+        let snapshot = start == Start::Snapshot;
+        let cursor = match start {
+            Start::New | Start::Resume => state.last_sequence + 1,
+            Start::Earliest | Start::Snapshot => state.first_sequence.max(1),
+            Start::Sequence(s) => s,
+            Start::Time(t) => {
+                self.resolve_time(&req.stream, t, state.last_sequence)
+                    .await?
             }
         };
         let hub = self.hub(&req.stream).await?;
@@ -505,132 +290,5 @@ impl Engine {
                 )
             })
             .collect()
-    }
-}
-
-/// Watches the NATS connection: the returned flag turns true once it has been down for longer
-/// than `grace`, and false again when it returns.
-fn spawn_outage_monitor(
-    store: Store,
-    grace: Duration,
-    shutdown: CancellationToken,
-) -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let mut down_since: Option<tokio::time::Instant> = None;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                () = shutdown.cancelled() => return,
-            }
-            if store.is_connected() {
-                down_since = None;
-                tx.send_if_modified(|v| std::mem::replace(v, false));
-            } else {
-                let since = *down_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= grace && tx.send_if_modified(|v| !std::mem::replace(v, true))
-                {
-                    {
-                        tracing::warn!(?grace, "NATS lost for longer than the outage grace period; ending subscriptions");
-                    }
-                }
-            }
-        }
-    });
-    rx
-}
-
-/// Why a subscription task stopped.
-#[derive(Debug)]
-pub(crate) enum Stop {
-    /// The client went away or the gateway is shutting down: nothing more to say.
-    Quiet,
-    /// End the stream with this error.
-    Fail(Error),
-}
-
-impl From<Interrupt> for Stop {
-    fn from(i: Interrupt) -> Stop {
-        match i {
-            Interrupt::Lost => lost(),
-            Interrupt::Quiet => Stop::Quiet,
-        }
-    }
-}
-
-/// The end of a subscription whose NATS connection stayed away too long.
-pub(crate) fn lost() -> Stop {
-    Stop::Fail(Error::Unavailable {
-        reason: "the NATS connection was lost for longer than the outage grace period".into(),
-    })
-}
-
-/// Why a wait was cut short.
-#[derive(Debug)]
-pub(crate) enum Interrupt {
-    /// NATS has been lost for longer than the outage grace period.
-    Lost,
-    /// The gateway is shutting down or the client went away.
-    Quiet,
-}
-
-impl Shared {
-    /// Sleeps `backoff` before a retry, unless NATS is lost for good, the gateway shuts down
-    /// or the client (whose channel is `tx`) goes away.
-    pub(crate) async fn pause<T>(
-        &self,
-        backoff: Duration,
-        tx: &mpsc::Sender<T>,
-    ) -> Result<(), Interrupt> {
-        let mut outage_rx = self.outage.clone();
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => Ok(()),
-            () = outage(&mut outage_rx) => Err(Interrupt::Lost),
-            () = self.shutdown.cancelled() => Err(Interrupt::Quiet),
-            () = tx.closed() => Err(Interrupt::Quiet),
-        }
-    }
-}
-
-/// Waits until the outage flag is set.
-pub(crate) async fn outage(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|down| *down).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Decodes a stored message once; messages that are not CloudEvents are skipped (and logged).
-pub(crate) fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredEvent>> {
-    let header_bytes: usize = raw
-        .headers
-        .as_ref()
-        .map(|h| {
-            h.iter()
-                .map(|(k, v)| {
-                    AsRef::<str>::as_ref(k).len()
-                        + v.iter().map(|x| x.as_str().len()).sum::<usize>()
-                })
-                .sum()
-        })
-        .unwrap_or(0);
-    let raw_bytes = raw.payload.len() + header_bytes + raw.subject.len();
-    match crate::codec::decode(raw.headers.as_ref(), raw.payload) {
-        Ok(event) => Some(Arc::new(StoredEvent {
-            sequence: raw.sequence,
-            subject: raw.subject,
-            stored_at: raw.stored_at,
-            // What the entry really holds: the message as received (its header map lives on
-            // until the entry is dropped), the decoded event, the transport's encoding once it
-            // is made (about the message's size), and the allocations around them (map nodes,
-            // strings, the Arc).
-            size: 2 * raw_bytes + event.approximate_size() + ENTRY_OVERHEAD,
-            wire: std::sync::OnceLock::new(),
-            event,
-        })),
-        Err(e) => {
-            tracing::warn!(sequence = raw.sequence, subject = %raw.subject, error = %e,
-                "skipping a stored message that is not a CloudEvent");
-            None
-        }
     }
 }

@@ -343,7 +343,7 @@ impl Task {
     fn on_control(&mut self, c: Control) {
         // Shared-path subscriptions acknowledge as sent; only credit matters.
         if let Control::Credit(n) = c {
-            self.window.release(n as usize);
+            self.window.credit(n);
         }
     }
 

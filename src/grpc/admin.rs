@@ -1,32 +1,22 @@
-//! `jetwatch.v1.Admin`: streams and durable subscriptions.
+//! `jetwatch.v1.Admin`: streams and durable subscriptions. Converts and delegates to the
+//! admin domain ([`crate::admin`]).
 
 use tonic::{Request, Response, Status};
 
 use super::convert::{durable_to_pb, start_from_pb, stream_to_pb};
 use super::pb::jetwatch::v1 as api;
-use crate::config::Settings;
-use crate::engine::Start;
-use crate::error::Error;
-use crate::store::{ConsumerStart, StartAt, Store};
+use crate::admin::Admin;
 
 /// The Admin service.
 #[derive(Debug, Clone)]
 pub struct AdminService {
-    store: Store,
-    settings: Settings,
+    admin: Admin,
 }
 
 impl AdminService {
-    /// Serves the admin API for the declared streams.
-    pub fn new(store: Store, settings: Settings) -> AdminService {
-        AdminService { store, settings }
-    }
-
-    fn declared(&self, stream: &str) -> Result<(), Error> {
-        match self.settings.stream(stream) {
-            Some(_) => Ok(()),
-            None => Err(Error::StreamNotFound(stream.to_owned())),
-        }
+    /// Serves `admin`.
+    pub fn new(admin: Admin) -> AdminService {
+        AdminService { admin }
     }
 }
 
@@ -36,25 +26,17 @@ impl api::admin_server::Admin for AdminService {
         &self,
         _request: Request<api::ListStreamsRequest>,
     ) -> Result<Response<api::ListStreamsResponse>, Status> {
-        let mut streams = Vec::new();
-        for s in &self.settings.streams {
-            let state = self
-                .store
-                .stream_state(&s.name)
-                .await
-                .map_err(Error::from)?;
-            streams.push(stream_to_pb(&state));
-        }
-        Ok(Response::new(api::ListStreamsResponse { streams }))
+        let streams = self.admin.streams().await?;
+        Ok(Response::new(api::ListStreamsResponse {
+            streams: streams.iter().map(stream_to_pb).collect(),
+        }))
     }
 
     async fn get_stream(
         &self,
         request: Request<api::GetStreamRequest>,
     ) -> Result<Response<api::StreamInfo>, Status> {
-        let name = request.into_inner().stream;
-        self.declared(&name)?;
-        let state = self.store.stream_state(&name).await.map_err(Error::from)?;
+        let state = self.admin.stream(&request.into_inner().stream).await?;
         Ok(Response::new(stream_to_pb(&state)))
     }
 
@@ -63,24 +45,12 @@ impl api::admin_server::Admin for AdminService {
         request: Request<api::ListSubscriptionsRequest>,
     ) -> Result<Response<api::ListSubscriptionsResponse>, Status> {
         let stream = request.into_inner().stream;
-        let streams: Vec<String> = if stream.is_empty() {
-            self.settings
-                .streams
-                .iter()
-                .map(|s| s.name.clone())
-                .collect()
-        } else {
-            self.declared(&stream)?;
-            vec![stream]
-        };
-        let mut subscriptions = Vec::new();
-        for s in streams {
-            for d in self.store.durables(&s).await.map_err(Error::from)? {
-                subscriptions.push(durable_to_pb(&d));
-            }
-        }
+        let durables = self
+            .admin
+            .durables(Some(stream.as_str()).filter(|s| !s.is_empty()))
+            .await?;
         Ok(Response::new(api::ListSubscriptionsResponse {
-            subscriptions,
+            subscriptions: durables.iter().map(durable_to_pb).collect(),
         }))
     }
 
@@ -89,12 +59,7 @@ impl api::admin_server::Admin for AdminService {
         request: Request<api::GetSubscriptionRequest>,
     ) -> Result<Response<api::SubscriptionInfo>, Status> {
         let r = request.into_inner();
-        self.declared(&r.stream)?;
-        let d = self
-            .store
-            .durable(&r.stream, &r.durable)
-            .await
-            .map_err(Error::from)?;
+        let d = self.admin.durable(&r.stream, &r.durable).await?;
         Ok(Response::new(durable_to_pb(&d)))
     }
 
@@ -103,11 +68,7 @@ impl api::admin_server::Admin for AdminService {
         request: Request<api::DeleteSubscriptionRequest>,
     ) -> Result<Response<api::DeleteSubscriptionResponse>, Status> {
         let r = request.into_inner();
-        self.declared(&r.stream)?;
-        self.store
-            .delete_durable(&r.stream, &r.durable)
-            .await
-            .map_err(Error::from)?;
+        self.admin.delete_durable(&r.stream, &r.durable).await?;
         Ok(Response::new(api::DeleteSubscriptionResponse {}))
     }
 
@@ -116,34 +77,11 @@ impl api::admin_server::Admin for AdminService {
         request: Request<api::SeekSubscriptionRequest>,
     ) -> Result<Response<api::SubscriptionInfo>, Status> {
         let r = request.into_inner();
-        self.declared(&r.stream)?;
-        let state = self
-            .store
-            .stream_state(&r.stream)
-            .await
-            .map_err(Error::from)?;
-        let start = match start_from_pb(r.start, "start")? {
-            Start::New => ConsumerStart::New,
-            Start::Earliest => ConsumerStart::All,
-            Start::Sequence(s) if s < state.first_sequence => {
-                return Err(Error::HistoryExpired {
-                    requested: s,
-                    first_sequence: state.first_sequence,
-                }
-                .into())
-            }
-            Start::Sequence(s) => ConsumerStart::At(StartAt::Sequence(s)),
-            Start::Time(t) => ConsumerStart::At(StartAt::Time(t)),
-            Start::Snapshot => ConsumerStart::At(StartAt::LastPerSubject),
-            Start::Resume => {
-                return Err(Error::invalid("start", "seek to a position other than resume").into())
-            }
-        };
+        let start = start_from_pb(r.start, "start")?;
         let d = self
-            .store
+            .admin
             .seek_durable(&r.stream, &r.durable, start)
-            .await
-            .map_err(Error::from)?;
+            .await?;
         Ok(Response::new(durable_to_pb(&d)))
     }
 }

@@ -10,12 +10,12 @@ use chrono::{DateTime, Utc};
 
 use super::pb::io::cloudevents::v1 as ce;
 use super::pb::jetwatch::v1 as api;
+use crate::admin::{DurableState as ConsumerState, StreamState};
 use crate::config::SubscribeSettings;
 use crate::engine::{AckMode, Item, OnExpired, OpenRequest, Start, StoredEvent};
 use crate::error::Error;
 use crate::event::{AttributeValue, Data, Event};
 use crate::filter::{Filter, FilterSpec};
-use crate::store::{ConsumerState, StreamState};
 
 use ce::cloud_event::cloud_event_attribute_value::Attr;
 

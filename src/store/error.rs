@@ -157,8 +157,9 @@ impl Classify for RequestError {
     fn classify(&self) -> Cause {
         match self.kind() {
             RequestErrorKind::TimedOut | RequestErrorKind::NoResponders => Cause::Unavailable,
-            // Sending the request failed: the connection is gone.
-            RequestErrorKind::Other => Cause::Unavailable,
+            // An API error answered by the server, or else a request that could not be sent:
+            // the connection is gone.
+            RequestErrorKind::Other => cause_of_source(self).unwrap_or(Cause::Unavailable),
             RequestErrorKind::InvalidSubject => Cause::Other,
         }
     }

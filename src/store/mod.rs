@@ -78,6 +78,26 @@ pub struct Store {
     bulk: async_nats::Client,
     /// How long a request (or a history read) may stay unanswered.
     request_timeout: Duration,
+    /// Whether both connections are up, fed by the clients' connection events.
+    connected: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The state of the two connections, updated from their event callbacks.
+#[derive(Debug)]
+struct Links {
+    /// Main and bulk connection up.
+    up: [std::sync::atomic::AtomicBool; 2],
+    state: tokio::sync::watch::Sender<bool>,
+}
+
+impl Links {
+    fn set(&self, link: usize, up: bool) {
+        use std::sync::atomic::Ordering;
+        self.up[link].store(up, Ordering::SeqCst);
+        let all = self.up.iter().all(|u| u.load(Ordering::SeqCst));
+        self.state
+            .send_if_modified(|s| std::mem::replace(s, all) != all);
+    }
 }
 
 impl fmt::Debug for Store {
@@ -92,8 +112,14 @@ impl Store {
     /// Connects to NATS (the main connection and the bulk-read connection), waiting up to
     /// `connect_timeout` for each.
     pub async fn connect(settings: &NatsSettings) -> Result<Store, StoreError> {
-        let client = connect_one(settings, &settings.connection_name).await?;
-        let bulk = connect_one(settings, &format!("{}-history", settings.connection_name)).await?;
+        let (state, connected) = tokio::sync::watch::channel(false);
+        let links = std::sync::Arc::new(Links {
+            up: Default::default(),
+            state,
+        });
+        let client = connect_one(settings, &settings.connection_name, links.clone(), 0).await?;
+        let bulk_name = format!("{}-history", settings.connection_name);
+        let bulk = connect_one(settings, &bulk_name, links.clone(), 1).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(settings.request_timeout)
             .build(client.clone());
@@ -102,14 +128,18 @@ impl Store {
             js,
             bulk,
             request_timeout: settings.request_timeout,
+            connected,
         })
     }
 
     /// Whether both connections to NATS are up right now.
     pub fn is_connected(&self) -> bool {
-        use async_nats::connection::State;
-        self.client.connection_state() == State::Connected
-            && self.bulk.connection_state() == State::Connected
+        *self.connected.borrow()
+    }
+
+    /// Follows [`Store::is_connected`]: changes whenever a connection goes or comes back.
+    pub fn connection(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.connected.clone()
     }
 
     /// The server's `max_payload` in bytes.
@@ -122,6 +152,8 @@ impl Store {
 async fn connect_one(
     settings: &NatsSettings,
     name: &str,
+    links: std::sync::Arc<Links>,
+    link: usize,
 ) -> Result<async_nats::Client, StoreError> {
     let servers = settings
         .url
@@ -141,8 +173,21 @@ async fn connect_one(
         .connection_timeout(settings.connect_timeout)
         .request_timeout(Some(settings.request_timeout))
         .retry_on_initial_connect()
-        .event_callback(|event| async move {
-            tracing::info!(%event, "nats connection event");
+        .event_callback({
+            let (links, name) = (links.clone(), name.to_owned());
+            move |event| {
+                let (links, name) = (links.clone(), name.clone());
+                async move {
+                    match event {
+                        async_nats::Event::Connected => links.set(link, true),
+                        async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                            links.set(link, false)
+                        }
+                        _ => {}
+                    }
+                    tracing::info!(%event, connection = name, "nats connection event");
+                }
+            }
         });
     let unreachable = || {
         StoreError::unavailable(format!(
@@ -170,6 +215,7 @@ async fn connect_one(
     if !matches!(flush, Ok(Ok(()))) {
         return Err(unreachable());
     }
+    links.set(link, true);
     Ok(client)
 }
 

@@ -1,0 +1,169 @@
+//! The engine's domain types: what a subscription is asked for and what it yields.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::event::Event;
+use crate::filter::Filter;
+
+/// Heap bytes an entry of the shared history costs beyond its content (allocator and
+/// collection overhead), so that `fanout.history_bytes` bounds real memory. Measured: a
+/// 64-byte event costs about 1.9 KiB of resident memory in the ring.
+const ENTRY_OVERHEAD: usize = 1024;
+
+/// An event as stored in a stream, decoded once and shared by every subscriber.
+#[derive(Debug)]
+pub struct StoredEvent {
+    /// Stream sequence.
+    pub sequence: u64,
+    /// The NATS subject it is stored on.
+    pub subject: String,
+    /// When JetStream stored it.
+    pub stored_at: DateTime<Utc>,
+    /// The decoded CloudEvent.
+    pub event: Event,
+    /// Approximate bytes held in memory (the message, the decoded event, the transport's
+    /// encoding and overhead), for the history bound.
+    pub size: usize,
+    /// The transport's encoding of this event, made once on first delivery and shared by every
+    /// subscriber it is delivered to. Opaque to the engine.
+    pub wire: std::sync::OnceLock<bytes::Bytes>,
+}
+
+/// Where a subscription starts (DESIGN §3 `StartPosition`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Only events published from now on.
+    New,
+    /// Every retained event.
+    Earliest,
+    /// From this sequence, inclusive.
+    Sequence(u64),
+    /// From the first event stored at or after this time.
+    Time(DateTime<Utc>),
+    /// The last event of every matching subject, then `SnapshotEnd`, then live.
+    Snapshot,
+    /// A durable's stored position.
+    Resume,
+}
+
+/// What to do when the start is older than the retained history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnExpired {
+    /// Fail with `HistoryExpired`.
+    #[default]
+    Fail,
+    /// Start at the first retained event.
+    FromEarliest,
+    /// Start with a snapshot.
+    FromSnapshot,
+}
+
+/// How deliveries are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// Acknowledged as sent.
+    Auto,
+    /// The client acknowledges each sequence.
+    Explicit,
+}
+
+/// A validated request to open a subscription.
+#[derive(Debug, Clone)]
+pub struct OpenRequest {
+    /// The stream.
+    pub stream: String,
+    /// NATS subject patterns (empty: all).
+    pub subjects: Vec<String>,
+    /// Attribute filter (`None`: everything).
+    pub filter: Option<Filter>,
+    /// Where to start (`None`: `New`, or `Resume` for an existing durable).
+    pub start: Option<Start>,
+    /// Durable name, if any.
+    pub durable: Option<String>,
+    /// Acknowledgement mode.
+    pub ack_mode: AckMode,
+    /// The window, in deliveries.
+    pub max_in_flight: u32,
+    /// Bookmark interval (`None`: no bookmarks).
+    pub heartbeat: Option<Duration>,
+    /// Recovery when history expired.
+    pub on_expired: OnExpired,
+    /// Redelivery deadline (EXPLICIT).
+    pub ack_wait: Duration,
+}
+
+/// What a subscription yields, in order.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// One event.
+    Delivery {
+        /// The event, shared with other subscribers.
+        event: Arc<StoredEvent>,
+        /// 1 on first delivery.
+        delivery_count: u32,
+    },
+    /// Every matching event up to `sequence` has been delivered.
+    Bookmark {
+        /// The sequence.
+        sequence: u64,
+        /// Events stored after it not yet examined.
+        pending: u64,
+    },
+    /// The snapshot is complete as of `sequence`.
+    SnapshotEnd {
+        /// The sequence.
+        sequence: u64,
+    },
+}
+
+/// What a client says after `Open`.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Acknowledge these sequences.
+    Ack(Vec<u64>),
+    /// Redeliver these sequences after the delay.
+    Nack(Vec<u64>, Duration),
+    /// Give up on these sequences (dead-letter them with the reason).
+    Term(Vec<u64>, String),
+    /// Widen the window by this many deliveries.
+    Credit(u32),
+}
+
+/// Decodes a stored message once; messages that are not CloudEvents are skipped (and logged).
+pub(crate) fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredEvent>> {
+    let header_bytes: usize = raw
+        .headers
+        .as_ref()
+        .map(|h| {
+            h.iter()
+                .map(|(k, v)| {
+                    AsRef::<str>::as_ref(k).len()
+                        + v.iter().map(|x| x.as_str().len()).sum::<usize>()
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    let raw_bytes = raw.payload.len() + header_bytes + raw.subject.len();
+    match crate::codec::decode(raw.headers.as_ref(), raw.payload) {
+        Ok(event) => Some(Arc::new(StoredEvent {
+            sequence: raw.sequence,
+            subject: raw.subject,
+            stored_at: raw.stored_at,
+            // What the entry really holds: the message as received (its header map lives on
+            // until the entry is dropped), the decoded event, the transport's encoding once it
+            // is made (about the message's size), and the allocations around them (map nodes,
+            // strings, the Arc).
+            size: 2 * raw_bytes + event.approximate_size() + ENTRY_OVERHEAD,
+            wire: std::sync::OnceLock::new(),
+            event,
+        })),
+        Err(e) => {
+            tracing::warn!(sequence = raw.sequence, subject = %raw.subject, error = %e,
+                "skipping a stored message that is not a CloudEvent");
+            None
+        }
+    }
+}
