@@ -380,28 +380,7 @@ async fn fanout(o: &Options) -> Result<Vec<Row>> {
         .with_context(|| format!("gateway fan-out to {n}"))?;
         let gateway = rate(n * m, gateway);
 
-        let tasks = open_raw_readers(&env, n)
-            .await?
-            .into_iter()
-            .map(|mut r| {
-                tokio::spawn(async move {
-                    r.drain(m as u64, |_| {}).await?;
-                    let done = Instant::now();
-                    r.close().await?;
-                    Ok(done)
-                })
-            })
-            .collect();
-        let publisher = RawPublisher::new(&env.js, RAW_STREAM)?;
-        let (raw, raw_consumers) = deliver_to_all(
-            &env.js,
-            RAW_STREAM,
-            tasks,
-            publisher.publish(m, None, |i| BenchEvent::new(&label, i, 1_000, &data)),
-        )
-        .await
-        .with_context(|| format!("raw fan-out to {n}"))?;
-        let raw = rate(n * m, raw);
+        let (raw, raw_consumers) = raw_fan_out(&env, n, m, &label, &data).await?;
 
         println!(
             "N={n:<5} M={m:<6} gateway {:>11} ev/s ({gateway_consumers} JetStream consumers)   \
@@ -448,29 +427,8 @@ async fn burst(o: &Options) -> Result<Vec<Row>> {
         let data = payload(EVENT_BYTES);
 
         let env = Env::start().await?;
-        let label = format!("burst-raw-{n}");
-        let tasks = open_raw_readers(&env, n)
-            .await?
-            .into_iter()
-            .map(|mut r| {
-                tokio::spawn(async move {
-                    r.drain(m as u64, |_| {}).await?;
-                    let done = Instant::now();
-                    r.close().await?;
-                    Ok(done)
-                })
-            })
-            .collect();
-        let publisher = RawPublisher::new(&env.js, RAW_STREAM)?;
-        let (raw_time, raw_consumers) = deliver_to_all(
-            &env.js,
-            RAW_STREAM,
-            tasks,
-            publisher.publish(m, None, |i| BenchEvent::new(&label, i, 1_000, &data)),
-        )
-        .await
-        .with_context(|| format!("raw burst to {n}"))?;
-        let raw = rate(n * m, raw_time);
+        let (raw, raw_consumers) =
+            raw_fan_out(&env, n, m, &format!("burst-raw-{n}"), &data).await?;
         drop(env);
         println!(
             "N={n:<5} M={m:<6} raw        {:>11} deliveries/s, {raw_consumers} consumers",
@@ -566,6 +524,39 @@ async fn burst(o: &Options) -> Result<Vec<Row>> {
         }
     }
     Ok(rows)
+}
+
+/// `m` events published raw to [`RAW_STREAM`] while `n` raw live consumers read them all:
+/// the aggregate deliveries per second and the most JetStream consumers seen.
+async fn raw_fan_out(
+    env: &Env,
+    n: usize,
+    m: usize,
+    label: &str,
+    data: &Bytes,
+) -> Result<(f64, usize)> {
+    let tasks = open_raw_readers(env, n)
+        .await?
+        .into_iter()
+        .map(|mut r| {
+            tokio::spawn(async move {
+                r.drain(m as u64, |_| {}).await?;
+                let done = Instant::now();
+                r.close().await?;
+                Ok(done)
+            })
+        })
+        .collect();
+    let publisher = RawPublisher::new(&env.js, RAW_STREAM)?;
+    let (time, consumers) = deliver_to_all(
+        &env.js,
+        RAW_STREAM,
+        tasks,
+        publisher.publish(m, None, |i| BenchEvent::new(label, i, 1_000, data)),
+    )
+    .await
+    .with_context(|| format!("raw fan-out to {n}"))?;
+    Ok((rate(n * m, time), consumers))
 }
 
 /// `latency`: publish → delivery latency at a fixed publish rate with 100 live subscribers,

@@ -88,47 +88,47 @@ pub async fn serve_metrics(
 async fn render(engine: &Engine, store: &Store) -> String {
     let c = &COUNTERS;
     let mut out = String::new();
-    let mut counter = |name: &str, help: &str, v: u64| {
+    let counters: [(&str, &str, &AtomicU64); 7] = [
+        ("jetwatch_published_total", "Events stored.", &c.published),
+        (
+            "jetwatch_publish_duplicates_total",
+            "Publishes acknowledged as duplicates.",
+            &c.duplicates,
+        ),
+        (
+            "jetwatch_publish_errors_total",
+            "Publishes refused or failed.",
+            &c.publish_errors,
+        ),
+        (
+            "jetwatch_deliveries_total",
+            "Deliveries sent to subscribers.",
+            &c.deliveries,
+        ),
+        (
+            "jetwatch_subscriptions_opened_total",
+            "Subscriptions opened.",
+            &c.subscriptions_opened,
+        ),
+        (
+            "jetwatch_history_reads_total",
+            "History reads (batched direct gets) for subscribers behind the shared history.",
+            &c.history_reads,
+        ),
+        (
+            "jetwatch_reads_interrupted_total",
+            "Reads that lost messages on the way from NATS and were re-issued from the last \
+             message received.",
+            &c.reads_interrupted,
+        ),
+    ];
+    for (name, help, value) in counters {
         let _ = writeln!(
             out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(Ordering::Relaxed)
         );
-    };
-    counter(
-        "jetwatch_published_total",
-        "Events stored.",
-        c.published.load(Ordering::Relaxed),
-    );
-    counter(
-        "jetwatch_publish_duplicates_total",
-        "Publishes acknowledged as duplicates.",
-        c.duplicates.load(Ordering::Relaxed),
-    );
-    counter(
-        "jetwatch_publish_errors_total",
-        "Publishes refused or failed.",
-        c.publish_errors.load(Ordering::Relaxed),
-    );
-    counter(
-        "jetwatch_deliveries_total",
-        "Deliveries sent to subscribers.",
-        c.deliveries.load(Ordering::Relaxed),
-    );
-    counter(
-        "jetwatch_subscriptions_opened_total",
-        "Subscriptions opened.",
-        c.subscriptions_opened.load(Ordering::Relaxed),
-    );
-    counter(
-        "jetwatch_history_reads_total",
-        "History reads (batched direct gets) for subscribers behind the shared history.",
-        c.history_reads.load(Ordering::Relaxed),
-    );
-    counter(
-        "jetwatch_reads_interrupted_total",
-        "Reads that lost messages on the way from NATS and were re-issued from the last message received.",
-        c.reads_interrupted.load(Ordering::Relaxed),
-    );
+    }
     let _ = writeln!(
         out,
         "# HELP jetwatch_nats_connected 1 when the NATS connection is up.\n\

@@ -96,19 +96,20 @@ pub struct Acker {
 }
 
 impl Acker {
-    async fn send(&self, body: &'static [u8]) -> Result<(), StoreError> {
+    async fn send(&self, body: Bytes, what: &str) -> Result<(), StoreError> {
         self.client
-            .publish(self.reply.clone(), Bytes::from_static(body))
+            .publish(self.reply.clone(), body)
             .await
             .map_err(|e| StoreError::Unavailable {
-                context: "acknowledging a delivery".into(),
+                context: what.to_owned(),
                 source: Some(Box::new(e)),
             })
     }
 
     /// Acknowledges: never redelivered.
     pub async fn ack(&self) -> Result<(), StoreError> {
-        self.send(b"+ACK").await
+        self.send(Bytes::from_static(b"+ACK"), "acknowledging a delivery")
+            .await
     }
 
     /// Asks for redelivery after `delay` (at once when zero).
@@ -118,18 +119,13 @@ impl Acker {
         } else {
             Bytes::from(format!("-NAK {{\"delay\": {}}}", delay.as_nanos()))
         };
-        self.client
-            .publish(self.reply.clone(), body)
-            .await
-            .map_err(|e| StoreError::Unavailable {
-                context: "asking for a redelivery".into(),
-                source: Some(Box::new(e)),
-            })
+        self.send(body, "asking for a redelivery").await
     }
 
     /// Gives up: never redelivered.
     pub async fn term(&self) -> Result<(), StoreError> {
-        self.send(b"+TERM").await
+        self.send(Bytes::from_static(b"+TERM"), "terminating a delivery")
+            .await
     }
 }
 
