@@ -2,7 +2,7 @@
 //!
 //! Each layer has its own error enum (`StoreError`, `CodecError`/`InvalidEvent`,
 //! `FilterError`, `ConfigError`); this one is what the engine and the publish path return to
-//! the gRPC layer, which turns it into a `tonic::Status` in exactly one place
+//! the gRPC layer, which turns it into a gRPC status in exactly one place
 //! (`grpc::status`). Messages say what was wrong and what to do, never internal secrets.
 
 use crate::codec::InvalidEvent;
