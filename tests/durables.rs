@@ -35,17 +35,11 @@ fn with_dead_letters(s: &mut jetwatch::config::Settings) {
 async fn acknowledged_events_never_return_across_a_restart_and_another_gateway() {
     let mut env = TestEnv::start().await;
     let mut publisher = env.publisher().await;
-    for i in 1..=5 {
-        publish(&mut publisher, widget(&format!("e{i}"), "w", "modified")).await;
-    }
+    publish_n(&mut publisher, "e", 5).await;
     let mut client = env.subscriber().await;
     let mut first = subscribe(
         &mut client,
-        api::Open {
-            start: start_at(Position::Earliest(())),
-            max_in_flight: 3,
-            ..durable("d1")
-        },
+        open().durable("d1").explicit().earliest().window(3).build(),
     )
     .await;
     assert_eq!(opened(&mut first.responses).await.start_sequence, 1);
@@ -54,22 +48,7 @@ async fn acknowledged_events_never_return_across_a_restart_and_another_gateway()
     }
     first.ack(vec![1, 2]).await;
     // Let the acks reach JetStream before the client goes.
-    let js = env.jetstream().await;
-    let stream = js.get_stream("events").await.unwrap();
-    eventually("the acks to be recorded", || {
-        let stream = stream.clone();
-        async move {
-            (stream
-                .consumer_info("d1")
-                .await
-                .ok()?
-                .ack_floor
-                .stream_sequence
-                == 2)
-                .then_some(())
-        }
-    })
-    .await;
+    env.wait_ack_floor("d1", 2).await;
     drop(first);
     drop(client);
 
@@ -110,20 +89,7 @@ async fn acknowledged_events_never_return_across_a_restart_and_another_gateway()
     got.sort_unstable();
     assert_eq!(got, [3, 4, 5]);
     resumed.ack(vec![3, 4, 5]).await;
-    eventually("the acks to be recorded", || {
-        let stream = stream.clone();
-        async move {
-            (stream
-                .consumer_info("d1")
-                .await
-                .ok()?
-                .ack_floor
-                .stream_sequence
-                == 5)
-                .then_some(())
-        }
-    })
-    .await;
+    env.wait_ack_floor("d1", 5).await;
     drop(resumed);
 
     // A third gateway instance on the same NATS continues after 5.

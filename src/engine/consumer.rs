@@ -15,7 +15,7 @@
 //! dead-letter subject (when configured) with the reason as extension attributes, and
 //! terminated in JetStream so they are not redelivered.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::snapshot::SnapshotBoundary;
 use super::{
     decode_stored, lost, outage, AckMode, Control, Item, Matcher, OpenRequest, Shared, Start, Stop,
     StoredEvent, Window,
@@ -66,7 +67,7 @@ pub(super) async fn open(p: Params<'_>) -> Result<Opened, Error> {
             super::start::resolve(start, req.on_expired, state.first_sequence, "open.start")?
         }
     };
-    let mut snapshot = resolved == Start::Snapshot;
+    let snapshot = resolved == Start::Snapshot;
     let start = super::start::consumer_start(resolved);
     if req.start == Some(Start::Resume) && req.durable.is_none() {
         return Err(Error::invalid(
@@ -89,12 +90,8 @@ pub(super) async fn open(p: Params<'_>) -> Result<Opened, Error> {
     let (consumer, created) = store.open_consumer(&req.stream, &spec).await?;
     let cached = consumer.cached_state();
     // Only the client that created the consumer sees the snapshot boundary.
-    let snapshot_remaining = if created && snapshot {
-        Some(cached.pending)
-    } else {
-        snapshot = false;
-        None
-    };
+    let snapshot =
+        (created && snapshot).then(|| SnapshotBoundary::new(cached.pending, state.last_sequence));
     let start_sequence = if created {
         match start {
             ConsumerStart::All => state.first_sequence,
@@ -127,12 +124,9 @@ pub(super) async fn open(p: Params<'_>) -> Result<Opened, Error> {
         sent: p.sent,
         window: p.window,
         in_flight: BTreeMap::new(),
-        snapshot_remaining,
-        snapshot_end: state.last_sequence,
-        snapshot_subjects: HashSet::new(),
+        snapshot,
         last_delivered: start_sequence.saturating_sub(1),
     };
-    let _ = snapshot;
     tokio::spawn(task.run().instrument(span));
     Ok(Opened {
         start_sequence,
@@ -168,12 +162,8 @@ struct Task {
     /// Deliveries not yet acknowledged, by stream sequence (ordered, so releases
     /// go back in stream order).
     in_flight: BTreeMap<u64, Pending>,
-    /// Snapshot deliveries still to come before `SnapshotEnd`.
-    snapshot_remaining: Option<u64>,
-    /// The largest sequence the snapshot covers.
-    snapshot_end: u64,
-    /// Subjects delivered during the snapshot phase.
-    snapshot_subjects: HashSet<String>,
+    /// The snapshot under way, until `SnapshotEnd` is sent.
+    snapshot: Option<SnapshotBoundary>,
     /// The last sequence delivered (for bookmarks).
     last_delivered: u64,
 }
@@ -199,7 +189,7 @@ impl Task {
     }
 
     async fn run_loop(&mut self) -> Result<(), Stop> {
-        if self.snapshot_remaining == Some(0) {
+        if self.snapshot_complete() {
             self.finish_snapshot().await?;
         }
         let mut next_bookmark = self.heartbeat.map(|h| Instant::now() + h);
@@ -289,25 +279,24 @@ impl Task {
             let _ = acker.term().await;
             return Ok(());
         }
-        // The snapshot phase ends after the consumer's initial pending count or at the first
-        // subject seen twice (a live change; see the shared path's snapshot for why).
-        if self.snapshot_remaining.is_some()
-            && delivery_count == 1
-            && !self.snapshot_subjects.insert(event.subject.clone())
-        {
-            self.finish_snapshot().await?;
-        }
-        let in_snapshot = if let Some(remaining) = self.snapshot_remaining.as_mut() {
-            *remaining = remaining.saturating_sub(1);
-            self.snapshot_end = self.snapshot_end.max(sequence);
-            true
-        } else {
-            false
+        let in_snapshot = match self.snapshot.as_mut() {
+            Some(boundary) if delivery_count > 1 => {
+                boundary.count(sequence);
+                true
+            }
+            Some(boundary) => {
+                let admitted = boundary.admit(&event.subject, sequence);
+                if !admitted {
+                    self.finish_snapshot().await?;
+                }
+                admitted
+            }
+            None => false,
         };
         if !self.matcher.matches(&event) || (in_snapshot && self.matcher.is_tombstone(&event)) {
             // Not for this subscription: settle it without using the window.
             let _ = acker.ack().await;
-            if self.snapshot_remaining == Some(0) {
+            if self.snapshot_complete() {
                 self.finish_snapshot().await?;
             }
             return Ok(());
@@ -333,17 +322,25 @@ impl Task {
             delivery_count,
         })
         .await?;
-        if self.snapshot_remaining == Some(0) {
+        if self.snapshot_complete() {
             self.finish_snapshot().await?;
         }
         Ok(())
     }
 
+    /// Whether a snapshot is under way and every message of it has been taken.
+    fn snapshot_complete(&self) -> bool {
+        self.snapshot
+            .as_ref()
+            .is_some_and(SnapshotBoundary::complete)
+    }
+
     async fn finish_snapshot(&mut self) -> Result<(), Stop> {
-        self.snapshot_remaining = None;
-        self.snapshot_subjects = HashSet::new();
-        let sequence = self.snapshot_end;
-        self.send(Item::SnapshotEnd { sequence }).await
+        if let Some(boundary) = self.snapshot.take() {
+            let sequence = boundary.end();
+            self.send(Item::SnapshotEnd { sequence }).await?;
+        }
+        Ok(())
     }
 
     async fn on_control(&mut self, c: Control) -> Result<(), Stop> {

@@ -25,12 +25,11 @@ pub(crate) struct Shared {
 /// Follows the NATS connection: the returned flag turns true once it has been down for longer
 /// than `grace`, and false again when it returns.
 pub(super) fn spawn_outage_monitor(
-    store: Store,
+    mut connected: watch::Receiver<bool>,
     grace: Duration,
     shutdown: CancellationToken,
 ) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
-    let mut connected = store.connection();
     tokio::spawn(async move {
         loop {
             // Up: wait for it to go.
@@ -120,5 +119,45 @@ impl Shared {
 pub(crate) async fn outage(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|down| *down).await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lets the monitor task run until it waits again.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_counts_only_once_it_outlasts_the_grace_period() {
+        let (connection, connected) = watch::channel(true);
+        let shutdown = CancellationToken::new();
+        let outage = spawn_outage_monitor(connected, Duration::from_secs(30), shutdown.clone());
+        connection.send_replace(false);
+        settle().await;
+        tokio::time::advance(Duration::from_secs(29)).await;
+        settle().await;
+        assert!(!*outage.borrow(), "within the grace period");
+        // Back in time: the outage never counts.
+        connection.send_replace(true);
+        settle().await;
+        tokio::time::advance(Duration::from_secs(60)).await;
+        settle().await;
+        assert!(!*outage.borrow());
+        // Gone for longer than the grace period.
+        connection.send_replace(false);
+        settle().await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        settle().await;
+        assert!(*outage.borrow(), "past the grace period");
+        connection.send_replace(true);
+        settle().await;
+        assert!(!*outage.borrow(), "cleared when NATS returns");
+        shutdown.cancel();
     }
 }

@@ -22,6 +22,7 @@ mod catchup;
 mod consumer;
 mod hub;
 mod lifecycle;
+mod snapshot;
 mod start;
 mod subscription;
 mod types;
@@ -103,7 +104,7 @@ impl Engine {
     /// Creates the engine; everything it spawns stops when `shutdown` is cancelled.
     pub fn new(store: Store, settings: Settings, shutdown: CancellationToken) -> Engine {
         let outage = lifecycle::spawn_outage_monitor(
-            store.clone(),
+            store.connection(),
             settings.nats.outage_grace,
             shutdown.clone(),
         );

@@ -15,7 +15,6 @@
 //! beyond its window) while the shared reader and other subscribers go on; a task that falls
 //! behind the ring simply catches up later.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +25,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use super::hub::{Hub, RingRead};
+use super::snapshot::SnapshotBoundary;
 use super::{
     decode_stored, lost, outage, Control, Item, Matcher, Shared, Stop, StoredEvent, Window,
 };
@@ -282,7 +282,7 @@ impl Task {
         let Ok(_permit) = self.interruptible(permits.acquire_owned()).await? else {
             return Err(Stop::Quiet);
         };
-        let mut end = last;
+        let end;
         let mut backoff = Duration::from_millis(50);
         'read: loop {
             let store = self.shared.store.clone();
@@ -304,14 +304,14 @@ impl Task {
                     continue;
                 }
             };
-            let mut remaining = reader.initial_pending();
-            let mut seen: HashSet<String> = HashSet::new();
-            while remaining > 0 {
+            let mut boundary = SnapshotBoundary::new(reader.initial_pending(), last);
+            let mut taken = false;
+            while !boundary.complete() {
                 let raw = match self.interruptible(reader.next()).await? {
                     Some(Ok(raw)) => raw,
                     failed => {
                         tracing::debug!(?failed, "snapshot read interrupted");
-                        if seen.is_empty() {
+                        if !taken {
                             // Interrupted before anything was read: start again.
                             continue 'read;
                         }
@@ -323,17 +323,17 @@ impl Task {
                         }));
                     }
                 };
-                remaining -= 1;
-                if !seen.insert(raw.subject.clone()) {
+                taken = true;
+                if !boundary.admit(&raw.subject, raw.sequence) {
                     break;
                 }
-                end = end.max(raw.sequence);
                 if let Some(event) = decode_stored(raw) {
                     if self.matcher.matches(&event) && !self.matcher.is_tombstone(&event) {
                         self.deliver(event).await?;
                     }
                 }
             }
+            end = boundary.end();
             break;
         }
         self.cursor = end + 1;

@@ -343,3 +343,111 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An `Open`, built field by field: `open().earliest().window(10).durable("d").build()`.
+#[derive(Debug, Clone, Default)]
+pub struct OpenBuilder(api::Open);
+
+/// Starts an [`OpenBuilder`] for the default stream (start `new`, server defaults).
+pub fn open() -> OpenBuilder {
+    OpenBuilder::default()
+}
+
+impl OpenBuilder {
+    pub fn stream(mut self, stream: &str) -> Self {
+        self.0.stream = stream.into();
+        self
+    }
+
+    pub fn subjects(mut self, subjects: &[&str]) -> Self {
+        self.0.subjects = subjects.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn sql(mut self, expression: &str) -> Self {
+        self.0.filter = Some(api::Filter {
+            filter: Some(api::filter::Filter::Sql(expression.into())),
+        });
+        self
+    }
+
+    pub fn start(mut self, position: api::start_position::Position) -> Self {
+        self.0.start = start_at(position);
+        self
+    }
+
+    pub fn earliest(self) -> Self {
+        self.start(api::start_position::Position::Earliest(()))
+    }
+
+    pub fn from_sequence(self, sequence: u64) -> Self {
+        self.start(api::start_position::Position::Sequence(sequence))
+    }
+
+    pub fn snapshot(self) -> Self {
+        self.start(api::start_position::Position::Snapshot(()))
+    }
+
+    pub fn durable(mut self, name: &str) -> Self {
+        self.0.durable = name.into();
+        self
+    }
+
+    pub fn explicit(mut self) -> Self {
+        self.0.ack_mode = api::AckMode::Explicit as i32;
+        self
+    }
+
+    pub fn window(mut self, max_in_flight: u32) -> Self {
+        self.0.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// Bookmarks every `ms` milliseconds; 0 turns them off.
+    pub fn bookmarks_ms(mut self, ms: u64) -> Self {
+        self.0.heartbeat = millis(ms);
+        self
+    }
+
+    pub fn build(self) -> api::Open {
+        self.0
+    }
+}
+
+/// Publishes `n` widget events (ids `<prefix>0`…, resources `w0`…`w9`, type `modified`) to the
+/// default stream and returns the last sequence.
+pub async fn publish_n(client: &mut PublisherClient<Channel>, prefix: &str, n: usize) -> u64 {
+    let mut last = 0;
+    for i in 0..n {
+        last = publish(
+            client,
+            widget(&format!("{prefix}{i}"), &format!("w{}", i % 10), "modified"),
+        )
+        .await;
+    }
+    last
+}
+
+impl TestEnv {
+    /// Waits until the durable `name` of the default stream has every delivery up to
+    /// `sequence` acknowledged, and returns its JetStream state then.
+    pub async fn wait_ack_floor(
+        &self,
+        name: &str,
+        sequence: u64,
+    ) -> async_nats::jetstream::consumer::Info {
+        let js = self.jetstream().await;
+        let stream = js.get_stream("events").await.unwrap();
+        eventually(
+            &format!("durable `{name}` acknowledged up to {sequence}"),
+            || {
+                let stream = stream.clone();
+                async move {
+                    let info = stream.consumer_info(name).await.ok()?;
+                    (info.ack_floor.stream_sequence >= sequence).then_some(info)
+                }
+            },
+        )
+        .await
+    }
+}
