@@ -380,7 +380,7 @@ impl OpenBuilder {
         self.start(api::start_position::Position::Earliest(()))
     }
 
-    pub fn from_sequence(self, sequence: u64) -> Self {
+    pub fn at_sequence(self, sequence: u64) -> Self {
         self.start(api::start_position::Position::Sequence(sequence))
     }
 
