@@ -48,11 +48,6 @@ impl AttrName {
         }
     }
 
-    /// The attribute's name.
-    pub(crate) fn as_str(&self) -> &str {
-        &self.name
-    }
-
     /// The attribute's value in `event`, if the event has it.
     #[inline]
     pub(crate) fn lookup<'e>(&self, event: &'e Event) -> Option<AttributeRef<'e>> {

@@ -19,7 +19,8 @@
 //! - Nesting is limited to [`MAX_DEPTH`] levels, for the dialect tree and inside CESQL alike.
 
 mod attr;
-pub mod cesql;
+/// CloudEvents SQL, from the `cesql` crate of this workspace.
+pub use ::cesql;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,6 +28,34 @@ use std::sync::Arc;
 
 use crate::event::Event;
 use attr::{is_valid_attribute_name, AttrName, Canonical};
+
+/// How CESQL sees an event: required attributes are strings, Boolean and Integer extensions
+/// keep their type, every other type is its canonical string.
+impl cesql::Event for Event {
+    fn attribute(&self, name: &str) -> Option<cesql::AttrValue<'_>> {
+        use crate::event::{AttributeRef, AttributeValue};
+        use cesql::AttrValue;
+        use std::borrow::Cow;
+        let found = match name {
+            "id" => AttributeRef::String(&self.id),
+            "source" => AttributeRef::String(&self.source),
+            "specversion" => AttributeRef::String(&self.spec_version),
+            "type" => AttributeRef::String(&self.ty),
+            _ => Event::attribute(self, name)?,
+        };
+        Some(match found {
+            AttributeRef::String(s) => AttrValue::String(Cow::Borrowed(s)),
+            AttributeRef::Typed(AttributeValue::Boolean(b)) => AttrValue::Boolean(*b),
+            AttributeRef::Typed(AttributeValue::Integer(i)) => AttrValue::Integer(*i),
+            AttributeRef::Typed(
+                AttributeValue::String(s) | AttributeValue::Uri(s) | AttributeValue::UriRef(s),
+            ) => AttrValue::String(Cow::Borrowed(s)),
+            AttributeRef::Typed(other) => {
+                AttrValue::String(Cow::Owned(other.to_canonical_string()))
+            }
+        })
+    }
+}
 
 /// The deepest nesting of `all`, `any` and `not` a filter may have (CESQL expressions have
 /// their own, equal limit: [`cesql::MAX_DEPTH`]).

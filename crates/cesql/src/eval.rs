@@ -15,8 +15,7 @@ use std::borrow::Cow;
 use super::ast::{BinOp, Chain, In, Link, Lit, Node, Type};
 use super::functions;
 use super::{CesqlError, ErrorKind, Position, Value};
-use crate::event::{AttributeRef, AttributeValue, Event};
-use crate::filter::attr::{bool_str, format_i32};
+use crate::{AttrValue, Event};
 
 /// A value during evaluation, borrowing where it can.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,17 +37,11 @@ impl<'a> Val<'a> {
 
     /// The value of an attribute: Boolean and Integer attributes keep their type; every other
     /// type is seen as its canonical string.
-    fn from_attr(attr: AttributeRef<'a>) -> Self {
+    fn from_attr(attr: AttrValue<'a>) -> Self {
         match attr {
-            AttributeRef::String(s) => Val::Str(Cow::Borrowed(s)),
-            AttributeRef::Typed(v) => match v {
-                AttributeValue::Boolean(b) => Val::Bool(*b),
-                AttributeValue::Integer(i) => Val::Int(*i),
-                AttributeValue::String(s) | AttributeValue::Uri(s) | AttributeValue::UriRef(s) => {
-                    Val::Str(Cow::Borrowed(s))
-                }
-                other => Val::Str(Cow::Owned(other.to_canonical_string())),
-            },
+            AttrValue::Boolean(b) => Val::Bool(b),
+            AttrValue::Integer(i) => Val::Int(i),
+            AttrValue::String(s) => Val::Str(s),
         }
     }
 
@@ -77,9 +70,8 @@ macro_rules! operand {
 pub(crate) use operand;
 
 /// The evaluation context: the event, and where errors go.
-#[derive(Debug)]
 pub(crate) struct Cx<'a, 'v> {
-    pub(crate) event: &'a Event,
+    pub(crate) event: &'a dyn Event,
     /// The expression text, to turn byte offsets into positions.
     source: &'a str,
     /// Where errors are collected; `None` when only their occurrence matters.
@@ -121,7 +113,7 @@ impl Cx<'_, '_> {
 /// Evaluates `root`; errors go to `errors` when given.
 pub(crate) fn evaluate<'a>(
     root: &'a Node,
-    event: &'a Event,
+    event: &'a dyn Event,
     source: &'a str,
     errors: Option<&mut Vec<CesqlError>>,
 ) -> Val<'a> {
@@ -137,7 +129,7 @@ pub(crate) fn evaluate<'a>(
 }
 
 /// Whether `root` yields Boolean TRUE without error.
-pub(crate) fn matches(root: &Node, event: &Event, source: &str) -> bool {
+pub(crate) fn matches(root: &Node, event: &dyn Event, source: &str) -> bool {
     let mut cx = Cx {
         event,
         source,
@@ -155,7 +147,7 @@ pub(crate) fn eval<'a>(node: &'a Node, cx: &mut Cx<'a, '_>) -> Out<'a> {
             Lit::Int(i) => Val::Int(*i),
             Lit::Str(s) => Val::Str(Cow::Borrowed(s)),
         }),
-        Node::Attr(name, pos) => match name.lookup(cx.event) {
+        Node::Attr(name, pos) => match cx.event.attribute(name.as_str()) {
             Some(attr) => Ok(Val::from_attr(attr)),
             None => {
                 cx.raise(ErrorKind::MissingAttribute, *pos, || {
@@ -164,7 +156,7 @@ pub(crate) fn eval<'a>(node: &'a Node, cx: &mut Cx<'a, '_>) -> Out<'a> {
                 Err(Val::Bool(false))
             }
         },
-        Node::Exists(name) => Ok(Val::Bool(name.lookup(cx.event).is_some())),
+        Node::Exists(name) => Ok(Val::Bool(cx.event.attribute(name.as_str()).is_some())),
         Node::Not(operand, pos) => {
             let v = operand!(eval(operand, cx), Type::Boolean);
             let mark = cx.mark();
@@ -319,7 +311,7 @@ pub(crate) fn with_str<R>(v: &Val<'_>, f: impl FnOnce(&str) -> R) -> R {
     match v {
         Val::Str(s) => f(s),
         Val::Bool(b) => f(bool_str(*b)),
-        Val::Int(i) => f(format_i32(*i).as_str()),
+        Val::Int(i) => f(&i.to_string()),
     }
 }
 
@@ -400,5 +392,13 @@ pub(crate) fn quote(s: &str) -> String {
     match s.char_indices().nth(MAX) {
         Some((cut, _)) => format!("'{}…'", &s[..cut]),
         None => format!("'{s}'"),
+    }
+}
+
+fn bool_str(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
     }
 }

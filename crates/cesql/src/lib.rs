@@ -1,5 +1,22 @@
 //! CloudEvents SQL (CESQL 1.0): parse an expression once, evaluate it against many events.
 //!
+//! ```
+//! use std::collections::BTreeMap;
+//! use cesql::Value;
+//!
+//! let filter = cesql::parse("type LIKE '%.created' AND count > 2").unwrap();
+//! filter.check_predicate().unwrap();
+//! let mut event = BTreeMap::new();
+//! event.insert("type".to_string(), Value::String("com.example.created".into()));
+//! event.insert("count".to_string(), Value::Integer(3));
+//! assert!(filter.matches(&event));
+//!
+//! // Complete evaluation: the value and every error raised on the way.
+//! let (value, errors) = cesql::parse("count / 0").unwrap().evaluate(&event);
+//! assert_eq!(value, Value::Integer(0));
+//! assert_eq!(errors[0].kind(), cesql::ErrorKind::Math);
+//! ```
+//!
 //! [`parse`] turns the text into an [`Expression`]; [`Expression::evaluate`] returns the value
 //! (Boolean, Integer or String) together with every error raised on the way, as the spec
 //! requires; [`Expression::matches`] is the filter form: `true` only for Boolean TRUE with no
@@ -50,9 +67,52 @@ mod parser;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::event::Event;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
 pub use ast::Type;
+
+/// An attribute's value as CESQL sees it: Boolean and Integer attributes keep their type;
+/// every other CloudEvents type (URI, timestamp, binary…) is seen as its canonical string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttrValue<'a> {
+    /// A Boolean attribute.
+    Boolean(bool),
+    /// An Integer attribute.
+    Integer(i32),
+    /// Any other attribute, as its canonical string.
+    String(Cow<'a, str>),
+}
+
+/// What an expression is evaluated against: the context attributes and extensions of one
+/// CloudEvent. Implement it for your event type; maps of [`Value`]s implement it already.
+pub trait Event {
+    /// The attribute `name` (lower case, as CloudEvents names attributes), or `None` when the
+    /// event does not have it.
+    fn attribute(&self, name: &str) -> Option<AttrValue<'_>>;
+}
+
+impl Value {
+    fn as_attr(&self) -> AttrValue<'_> {
+        match self {
+            Value::Boolean(b) => AttrValue::Boolean(*b),
+            Value::Integer(i) => AttrValue::Integer(*i),
+            Value::String(s) => AttrValue::String(Cow::Borrowed(s)),
+        }
+    }
+}
+
+impl Event for BTreeMap<String, Value> {
+    fn attribute(&self, name: &str) -> Option<AttrValue<'_>> {
+        self.get(name).map(Value::as_attr)
+    }
+}
+
+impl<S: std::hash::BuildHasher> Event for HashMap<String, Value, S> {
+    fn attribute(&self, name: &str) -> Option<AttrValue<'_>> {
+        self.get(name).map(Value::as_attr)
+    }
+}
 
 /// The deepest nesting of operators, function calls and parentheses an expression may have.
 pub const MAX_DEPTH: usize = 64;
@@ -92,7 +152,7 @@ impl Expression {
     /// Evaluates the expression against `event` ("complete evaluation mode"): the value, and
     /// every error raised, in the order they were raised. The value is meaningful even when
     /// errors are returned (the spec defines one for every error).
-    pub fn evaluate(&self, event: &Event) -> (Value, Vec<CesqlError>) {
+    pub fn evaluate(&self, event: &dyn Event) -> (Value, Vec<CesqlError>) {
         let mut errors = Vec::new();
         let value = eval::evaluate(&self.root, event, &self.source, Some(&mut errors));
         (value.into_value(), errors)
@@ -101,7 +161,7 @@ impl Expression {
     /// Whether `event` passes the expression used as a filter: the value is Boolean TRUE and no
     /// error was raised (CESQL §1.2). Allocates nothing for string, Boolean and Integer
     /// attributes unless a function builds a new string.
-    pub fn matches(&self, event: &Event) -> bool {
+    pub fn matches(&self, event: &dyn Event) -> bool {
         eval::matches(&self.root, event, &self.source)
     }
 

@@ -9,7 +9,6 @@ use std::fmt;
 
 use super::functions::Builtin;
 use super::like::LikePattern;
-use crate::filter::attr::AttrName;
 
 /// The three CESQL value types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -192,5 +191,19 @@ impl Node {
                 Some(_) => c.args.iter().find_map(Node::find_missing_function),
             },
         }
+    }
+}
+
+/// An attribute name as an expression writes it, lower-cased at parse time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AttrName(Box<str>);
+
+impl AttrName {
+    pub(crate) fn new(name: &str) -> Self {
+        AttrName(name.into())
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
     }
 }
