@@ -237,45 +237,23 @@ fn parse_events(text: &str) -> anyhow::Result<Vec<crate::event::Event>> {
 /// `jetwatch watch`: prints deliveries until interrupted (or `--limit`), resuming across
 /// disconnects.
 pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    use crate::grpc::client::{WatchItem, Watcher};
-    use crate::grpc::pb::jetwatch::v1 as api;
-    use api::start_position::Position;
-    let position = match args.from.as_str() {
-        "new" => Position::New(()),
-        "earliest" => Position::Earliest(()),
-        "snapshot" => Position::Snapshot(()),
-        other => match other.parse::<u64>() {
-            Ok(seq) => Position::Sequence(seq),
-            Err(_) => {
-                let t = chrono::DateTime::parse_from_rfc3339(other).map_err(|_| {
-                    anyhow::anyhow!(
-                        "--from takes new, earliest, snapshot, a sequence or an RFC 3339 time"
-                    )
-                })?;
-                Position::Time(crate::grpc::convert::timestamp_to_pb(
-                    &t.with_timezone(&chrono::Utc),
-                ))
-            }
-        },
-    };
-    let open = api::Open {
+    use crate::grpc::client::{WatchItem, WatchOptions, Watcher};
+    let options = WatchOptions {
         stream: args.stream.clone(),
         subjects: args.subjects.clone(),
-        filter: args.filter.clone().map(|sql| api::Filter {
-            filter: Some(api::filter::Filter::Sql(sql)),
-        }),
-        start: Some(api::StartPosition {
-            position: Some(position),
-        }),
-        durable: args.durable.clone().unwrap_or_default(),
-        ..Default::default()
+        sql: args.filter.clone(),
+        from: args
+            .from
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--from: {e}"))?,
+        durable: args.durable.clone(),
     };
     let table = match args.output.as_str() {
         "table" => true,
         "json" => false,
         other => anyhow::bail!("unknown output `{other}`: use json or table"),
     };
-    let mut watcher = Watcher::new(args.client.server.clone(), open);
+    let mut watcher = Watcher::watch(args.client.server.clone(), &options);
     if table {
         println!(
             "{:>10}  {:<30}  {:<36}  {:<24}  ID",
@@ -340,18 +318,12 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
 
 /// `jetwatch streams`.
 pub async fn streams(args: ClientArgs) -> anyhow::Result<()> {
-    use crate::grpc::pb::jetwatch::v1 as api;
-    let channel = crate::grpc::client::connect(&args.server).await?;
-    let mut admin = api::admin_client::AdminClient::new(channel);
-    let list = admin
-        .list_streams(api::ListStreamsRequest {})
-        .await?
-        .into_inner();
+    let streams = crate::grpc::client::streams(&args.server).await?;
     println!(
         "{:<20} {:>10} {:>10} {:>12} {:>14} {:>10}  SUBJECTS",
         "STREAM", "FIRST", "LAST", "MESSAGES", "BYTES", "CONSUMERS"
     );
-    for s in list.streams {
+    for s in streams {
         println!(
             "{:<20} {:>10} {:>10} {:>12} {:>14} {:>10}  {}",
             s.name,
@@ -368,20 +340,12 @@ pub async fn streams(args: ClientArgs) -> anyhow::Result<()> {
 
 /// `jetwatch subscriptions`.
 pub async fn subscriptions(args: SubscriptionsArgs) -> anyhow::Result<()> {
-    use crate::grpc::pb::jetwatch::v1 as api;
-    let channel = crate::grpc::client::connect(&args.client.server).await?;
-    let mut admin = api::admin_client::AdminClient::new(channel);
-    let list = admin
-        .list_subscriptions(api::ListSubscriptionsRequest {
-            stream: args.stream,
-        })
-        .await?
-        .into_inner();
+    let durables = crate::grpc::client::durables(&args.client.server, &args.stream).await?;
     println!(
         "{:<20} {:<24} {:>10} {:>10} {:>10} {:>10}",
         "STREAM", "DURABLE", "DELIVERED", "ACKED", "PENDING", "IN-FLIGHT"
     );
-    for s in list.subscriptions {
+    for s in durables {
         println!(
             "{:<20} {:<24} {:>10} {:>10} {:>10} {:>10}",
             s.stream, s.durable, s.delivered_sequence, s.ack_floor_sequence, s.pending, s.in_flight

@@ -193,7 +193,6 @@ impl Task {
             self.finish_snapshot().await?;
         }
         let mut next_bookmark = self.heartbeat.map(|h| Instant::now() + h);
-        let mut outage_rx = self.shared.outage.clone();
         let mut backoff = Duration::from_millis(50);
         loop {
             self.expire_in_flight();
@@ -216,15 +215,14 @@ impl Task {
                     .chain(next_bookmark)
                     .min()
                     .unwrap_or_else(|| Instant::now() + wait);
-                tokio::select! {
-                    Some(c) = self.control.recv() => self.on_control(c).await?,
-                    Some(seq) = recv_sent(&mut self.sent) => self.on_sent(seq).await,
-                    () = self.window.wait_available() => {}
-                    () = tokio::time::sleep_until(until) => {}
-                    () = outage(&mut outage_rx) => return Err(lost()),
-                    () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
-                    () = self.tx.closed() => return Err(Stop::Quiet),
-                }
+                let window = self.window.clone();
+                self.serve_until(async {
+                    tokio::select! {
+                        () = window.wait_available() => {}
+                        () = tokio::time::sleep_until(until) => {}
+                    }
+                })
+                .await?;
                 continue;
             }
             let mut pull = match self.consumer.pull(credit, wait).await {
@@ -240,22 +238,15 @@ impl Task {
                 }
             };
             loop {
-                tokio::select! {
-                    m = pull.next() => match m {
-                        Some(Ok(d)) => self.on_delivery(d).await?,
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "pull interrupted");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(1));
-                            break;
-                        }
-                        None => break,
-                    },
-                    Some(c) = self.control.recv() => self.on_control(c).await?,
-                    Some(seq) = recv_sent(&mut self.sent) => self.on_sent(seq).await,
-                    () = outage(&mut outage_rx) => return Err(lost()),
-                    () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
-                    () = self.tx.closed() => return Err(Stop::Quiet),
+                match self.serve_until(pull.next()).await? {
+                    Some(Ok(d)) => self.on_delivery(d).await?,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "pull interrupted");
+                        self.shared.pause(backoff, &self.tx).await?;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        break;
+                    }
+                    None => break,
                 }
             }
         }
@@ -301,11 +292,8 @@ impl Task {
             }
             return Ok(());
         }
-        tokio::select! {
-            () = self.window.acquire() => {}
-            () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
-            () = self.tx.closed() => return Err(Stop::Quiet),
-        }
+        let window = self.window.clone();
+        self.serve_until(window.acquire()).await?;
         self.last_delivered = self.last_delivered.max(sequence);
         // AUTO: acknowledged once the transport reports it sent; EXPLICIT: by the client.
         self.in_flight.insert(
@@ -326,6 +314,26 @@ impl Task {
             self.finish_snapshot().await?;
         }
         Ok(())
+    }
+
+    /// Awaits `work` while serving the client's control messages and sent reports, unless
+    /// NATS is lost for good, the gateway shuts down or the client goes away.
+    async fn serve_until<T>(
+        &mut self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, Stop> {
+        let mut work = std::pin::pin!(work);
+        let mut outage_rx = self.shared.outage.clone();
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                Some(c) = self.control.recv() => self.on_control(c).await?,
+                Some(seq) = recv_sent(&mut self.sent) => self.on_sent(seq).await,
+                () = outage(&mut outage_rx) => return Err(lost()),
+                () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
+                () = self.tx.closed() => return Err(Stop::Quiet),
+            }
+        }
     }
 
     /// Whether a snapshot is under way and every message of it has been taken.

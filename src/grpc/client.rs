@@ -54,6 +54,116 @@ pub async fn connect(addr: &str) -> Result<Channel, ClientError> {
         .map_err(|e| err(e.to_string()))
 }
 
+/// Where a watch starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum From {
+    /// Only events published from now on.
+    #[default]
+    New,
+    /// Every retained event.
+    Earliest,
+    /// The current state of every resource, then changes.
+    Snapshot,
+    /// This stream sequence, inclusive.
+    Sequence(u64),
+    /// The first event stored at or after this time.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+impl std::str::FromStr for From {
+    type Err = String;
+
+    /// `new`, `earliest`, `snapshot`, a sequence, or an RFC 3339 time.
+    fn from_str(s: &str) -> Result<From, String> {
+        Ok(match s {
+            "new" => From::New,
+            "earliest" => From::Earliest,
+            "snapshot" => From::Snapshot,
+            other => match other.parse::<u64>() {
+                Ok(seq) => From::Sequence(seq),
+                Err(_) => From::Time(
+                    chrono::DateTime::parse_from_rfc3339(other)
+                        .map_err(|_| {
+                            format!(
+                                "`{other}` is not new, earliest, snapshot, a sequence or an \
+                                 RFC 3339 time"
+                            )
+                        })?
+                        .with_timezone(&chrono::Utc),
+                ),
+            },
+        })
+    }
+}
+
+/// What to watch.
+#[derive(Debug, Clone, Default)]
+pub struct WatchOptions {
+    /// The stream; empty means the gateway's default stream.
+    pub stream: String,
+    /// NATS subject patterns; empty means all.
+    pub subjects: Vec<String>,
+    /// A CESQL filter.
+    pub sql: Option<String>,
+    /// Where to start.
+    pub from: From,
+    /// A durable name, to keep the position in JetStream.
+    pub durable: Option<String>,
+}
+
+impl WatchOptions {
+    fn to_open(&self) -> api::Open {
+        use api::start_position::Position;
+        let position = match self.from {
+            From::New => Position::New(()),
+            From::Earliest => Position::Earliest(()),
+            From::Snapshot => Position::Snapshot(()),
+            From::Sequence(s) => Position::Sequence(s),
+            From::Time(t) => Position::Time(super::convert::timestamp_to_pb(&t)),
+        };
+        api::Open {
+            stream: self.stream.clone(),
+            subjects: self.subjects.clone(),
+            filter: self.sql.clone().map(|sql| api::Filter {
+                filter: Some(api::filter::Filter::Sql(sql)),
+            }),
+            start: Some(api::StartPosition {
+                position: Some(position),
+            }),
+            durable: self.durable.clone().unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A stream, as the admin API lists it.
+pub type StreamInfo = api::StreamInfo;
+
+/// A durable subscription, as the admin API lists it.
+pub type DurableInfo = api::SubscriptionInfo;
+
+/// The gateway's streams.
+pub async fn streams(addr: &str) -> Result<Vec<StreamInfo>, ClientError> {
+    let mut admin = api::admin_client::AdminClient::new(connect(addr).await?);
+    Ok(admin
+        .list_streams(api::ListStreamsRequest {})
+        .await?
+        .into_inner()
+        .streams)
+}
+
+/// The durable subscriptions of `stream` (every declared stream when empty).
+pub async fn durables(addr: &str, stream: &str) -> Result<Vec<DurableInfo>, ClientError> {
+    let mut admin = api::admin_client::AdminClient::new(connect(addr).await?);
+    Ok(admin
+        .list_subscriptions(api::ListSubscriptionsRequest {
+            stream: stream.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .subscriptions)
+}
+
 /// One item of a watch, in domain terms.
 #[derive(Debug, Clone)]
 pub enum WatchItem {
@@ -105,6 +215,11 @@ pub struct Watcher {
 }
 
 impl Watcher {
+    /// A watcher of `options` against the gateway at `addr`, opened on first use.
+    pub fn watch(addr: impl Into<String>, options: &WatchOptions) -> Watcher {
+        Watcher::new(addr, options.to_open())
+    }
+
     /// A watcher that opens `open` against the gateway at `addr` on first use.
     pub fn new(addr: impl Into<String>, open: api::Open) -> Watcher {
         Watcher {
