@@ -108,7 +108,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
     tracing::info!(url = %settings.nats.url, streams = settings.streams.len(), "NATS ready");
     let publisher =
         Publisher::new(store.clone(), &settings).map_err(|e| StartError::Other(e.to_string()))?;
-    let engine = Engine::new(store.clone(), settings.clone(), shutdown.clone());
+    let gauges = telemetry::Gauges::default();
+    let engine = Engine::new(
+        store.clone(),
+        settings.clone(),
+        shutdown.clone(),
+        gauges.clone(),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
@@ -137,7 +143,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
     })?;
     let metrics_addr = telemetry::serve_metrics(
         settings.server.metrics_listen,
-        engine.clone(),
+        gauges,
         store.clone(),
         shutdown.clone(),
     )

@@ -5,11 +5,11 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::Engine;
 use crate::store::Store;
 
 /// Process-wide counters.
@@ -59,10 +59,43 @@ pub fn init_tracing(default_level: &str) {
     };
 }
 
+/// Picks one gauge of a stream.
+type GaugeField = fn(&StreamGauges) -> &AtomicU64;
+
+/// One stream's gauges, published by the engine as they change.
+#[derive(Debug, Default)]
+pub struct StreamGauges {
+    /// Live subscribers served by the stream's shared reader.
+    pub subscribers: AtomicU64,
+    /// Bytes of recent events held in the history ring.
+    pub history_bytes: AtomicU64,
+    /// Bytes of history blocks kept for subscribers catching up.
+    pub catchup_cache_bytes: AtomicU64,
+}
+
+/// The gauges of one gateway, by stream: the engine writes them, `/metrics` reads them.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges(Arc<parking_lot::Mutex<std::collections::BTreeMap<String, Arc<StreamGauges>>>>);
+
+impl Gauges {
+    /// The gauges of `stream`, created at zero on first use.
+    pub fn stream(&self, stream: &str) -> Arc<StreamGauges> {
+        self.0.lock().entry(stream.to_owned()).or_default().clone()
+    }
+
+    fn all(&self) -> Vec<(String, Arc<StreamGauges>)> {
+        self.0
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
 /// Serves `/metrics` on `addr` until `shutdown`; returns the bound address.
 pub async fn serve_metrics(
     addr: SocketAddr,
-    engine: Engine,
+    gauges: Gauges,
     store: Store,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
@@ -71,8 +104,8 @@ pub async fn serve_metrics(
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (engine, store) = (engine.clone(), store.clone());
-            async move { render(&engine, &store).await }
+            let (gauges, store) = (gauges.clone(), store.clone());
+            async move { render(&gauges, &store) }
         }),
     );
     tokio::spawn(async move {
@@ -85,7 +118,7 @@ pub async fn serve_metrics(
     Ok(bound)
 }
 
-async fn render(engine: &Engine, store: &Store) -> String {
+fn render(gauges: &Gauges, store: &Store) -> String {
     let c = &COUNTERS;
     let mut out = String::new();
     let counters: [(&str, &str, &AtomicU64); 7] = [
@@ -135,36 +168,33 @@ async fn render(engine: &Engine, store: &Store) -> String {
          # TYPE jetwatch_nats_connected gauge\njetwatch_nats_connected {}",
         u8::from(store.is_connected())
     );
-    let hubs = engine.hub_stats().await;
-    let _ = writeln!(
-        out,
-        "# HELP jetwatch_live_subscribers Live subscribers served by a stream's shared reader.\n\
-         # TYPE jetwatch_live_subscribers gauge"
-    );
-    for (stream, subs, ..) in &hubs {
-        let _ = writeln!(
-            out,
-            "jetwatch_live_subscribers{{stream=\"{stream}\"}} {subs}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP jetwatch_history_bytes Bytes of recent events held for a stream.\n\
-         # TYPE jetwatch_history_bytes gauge"
-    );
-    for (stream, _, bytes, _) in &hubs {
-        let _ = writeln!(out, "jetwatch_history_bytes{{stream=\"{stream}\"}} {bytes}");
-    }
-    let _ = writeln!(
-        out,
-        "# HELP jetwatch_catchup_cache_bytes Bytes of history blocks kept for subscribers catching up on a stream.\n\
-         # TYPE jetwatch_catchup_cache_bytes gauge"
-    );
-    for (stream, _, _, bytes) in &hubs {
-        let _ = writeln!(
-            out,
-            "jetwatch_catchup_cache_bytes{{stream=\"{stream}\"}} {bytes}"
-        );
+    let streams = gauges.all();
+    let gauge_families: [(&str, &str, GaugeField); 3] = [
+        (
+            "jetwatch_live_subscribers",
+            "Live subscribers served by a stream's shared reader.",
+            |g| &g.subscribers,
+        ),
+        (
+            "jetwatch_history_bytes",
+            "Bytes of recent events held for a stream.",
+            |g| &g.history_bytes,
+        ),
+        (
+            "jetwatch_catchup_cache_bytes",
+            "Bytes of history blocks kept for subscribers catching up on a stream.",
+            |g| &g.catchup_cache_bytes,
+        ),
+    ];
+    for (name, help, field) in gauge_families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (stream, g) in &streams {
+            let _ = writeln!(
+                out,
+                "{name}{{stream=\"{stream}\"}} {}",
+                field(g).load(Ordering::Relaxed)
+            );
+        }
     }
     out
 }

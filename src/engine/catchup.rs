@@ -31,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{decode_stored, StoredEvent};
 use crate::store::{Reader, StartAt, Store, StoreError};
+use crate::telemetry::StreamGauges;
 
 /// A verified run of a stream's history, decoded.
 #[derive(Debug)]
@@ -86,6 +87,8 @@ pub(crate) struct Catchup {
     idle: Mutex<Vec<Idle>>,
     /// How long a read may stay silent.
     timeout: Duration,
+    /// The stream's gauges (cache bytes).
+    gauges: Arc<StreamGauges>,
 }
 
 /// A history-read consumer kept between blocks, positioned at `next`.
@@ -167,7 +170,12 @@ pub(crate) struct Limits {
 }
 
 impl Catchup {
-    pub(crate) fn new(stream: String, store: Store, limits: Limits) -> Arc<Catchup> {
+    pub(crate) fn new(
+        stream: String,
+        store: Store,
+        limits: Limits,
+        gauges: Arc<StreamGauges>,
+    ) -> Arc<Catchup> {
         Arc::new(Catchup {
             stream,
             store,
@@ -179,6 +187,7 @@ impl Catchup {
             consumers: limits.consumers,
             idle: Mutex::new(Vec::new()),
             timeout: limits.timeout,
+            gauges,
         })
     }
 
@@ -237,11 +246,6 @@ impl Catchup {
             return Ok(block);
         }
         self.read(cursor, Some(subject)).await.map(Arc::new)
-    }
-
-    /// Bytes held by the cache.
-    pub(crate) fn cached_bytes(&self) -> usize {
-        self.cache.lock().bytes
     }
 
     fn cached(&self, cursor: u64) -> Option<Arc<Block>> {
@@ -322,7 +326,7 @@ impl Catchup {
     async fn load(self: Arc<Self>, start: u64) -> Loaded {
         let result = self.read_block(start).await;
         let mut cache = self.cache.lock();
-        match result {
+        let loaded = match result {
             // Nothing stored from `start`: nothing worth keeping.
             Ok(block) if block.end == block.start => {
                 cache.put(start, None);
@@ -346,7 +350,11 @@ impl Catchup {
                 cache.put(start, None);
                 Err(Arc::new(e))
             }
-        }
+        };
+        self.gauges
+            .catchup_cache_bytes
+            .store(cache.bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        loaded
     }
 
     /// Reads the shared block at `start`: with a consumer already positioned there, else with

@@ -12,7 +12,7 @@
 //! old events are evicted, `next` when the reader appends.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use tracing::Instrument;
 use super::catchup::{Catchup, Limits};
 use super::StoredEvent;
 use crate::store::{StartAt, Store};
+use crate::telemetry::StreamGauges;
 
 /// The bounded history of recent events.
 #[derive(Debug)]
@@ -132,8 +133,8 @@ pub(crate) struct Hub {
     pub(crate) ring: RwLock<Ring>,
     /// Announces the ring's new end after each appended batch.
     tail: watch::Sender<u64>,
-    /// Live subscribers (for metrics).
-    pub(crate) subscribers: AtomicUsize,
+    /// The stream's gauges, kept current.
+    gauges: Arc<StreamGauges>,
     /// History reads for subscribers behind the ring.
     pub(crate) catchup: Arc<Catchup>,
 }
@@ -146,17 +147,18 @@ impl Hub {
         next: u64,
         max_bytes: usize,
         limits: Limits,
+        gauges: Arc<StreamGauges>,
         store: Store,
         shutdown: CancellationToken,
     ) -> Arc<Hub> {
         let (tail, _) = watch::channel(next);
         let (batch, read_bytes) = (limits.batch, limits.read_bytes);
         let hub = Arc::new(Hub {
-            catchup: Catchup::new(stream.clone(), store.clone(), limits),
+            catchup: Catchup::new(stream.clone(), store.clone(), limits, gauges.clone()),
             stream,
             ring: RwLock::new(Ring::new(next, max_bytes)),
             tail,
-            subscribers: AtomicUsize::new(0),
+            gauges,
         });
         let span = tracing::info_span!("shared_reader", stream = %hub.stream);
         tokio::spawn(run_reader(hub.clone(), store, batch, read_bytes, shutdown).instrument(span));
@@ -170,7 +172,7 @@ impl Hub {
 
     /// Counts a subscriber in; the guard counts it out.
     pub(crate) fn enter(self: &Arc<Self>) -> HubGuard {
-        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        self.gauges.subscribers.fetch_add(1, Ordering::Relaxed);
         HubGuard(self.clone())
     }
 }
@@ -181,7 +183,7 @@ pub(crate) struct HubGuard(Arc<Hub>);
 
 impl Drop for HubGuard {
     fn drop(&mut self) {
-        self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
+        self.0.gauges.subscribers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -258,7 +260,13 @@ async fn run_reader(
                 }
             }
             if appended > 0 {
-                let next = hub.ring.read().next();
+                let (next, bytes) = {
+                    let ring = hub.ring.read();
+                    (ring.next(), ring.bytes())
+                };
+                hub.gauges
+                    .history_bytes
+                    .store(bytes as u64, Ordering::Relaxed);
                 hub.tail.send_replace(next);
             }
         }

@@ -39,6 +39,7 @@ use crate::config::Settings;
 use crate::error::Error;
 use crate::filter::Filter;
 use crate::store::Store;
+use crate::telemetry::Gauges;
 
 use hub::Hub;
 pub(crate) use lifecycle::{lost, outage, Shared, Stop};
@@ -98,11 +99,19 @@ struct Inner {
     snapshot_reads: Arc<Semaphore>,
     /// Permits for history-read consumers (`fanout.catchup_consumers`), for every stream.
     history_consumers: Arc<Semaphore>,
+    /// Where the engine publishes its gauges.
+    gauges: Gauges,
 }
 
 impl Engine {
-    /// Creates the engine; everything it spawns stops when `shutdown` is cancelled.
-    pub fn new(store: Store, settings: Settings, shutdown: CancellationToken) -> Engine {
+    /// Creates the engine, which keeps `gauges` current; everything it spawns stops when
+    /// `shutdown` is cancelled.
+    pub fn new(
+        store: Store,
+        settings: Settings,
+        shutdown: CancellationToken,
+        gauges: Gauges,
+    ) -> Engine {
         let outage = lifecycle::spawn_outage_monitor(
             store.connection(),
             settings.nats.outage_grace,
@@ -122,6 +131,7 @@ impl Engine {
                 settings,
                 hubs: Mutex::new(HashMap::new()),
                 shutdown,
+                gauges,
                 outage,
                 tombstones,
             }),
@@ -270,26 +280,11 @@ impl Engine {
                 consumers: self.inner.history_consumers.clone(),
                 timeout: self.inner.settings.nats.request_timeout,
             },
+            self.inner.gauges.stream(stream),
             self.inner.store.clone(),
             self.inner.shutdown.clone(),
         );
         hubs.insert(stream.to_owned(), hub.clone());
         Ok(hub)
-    }
-
-    /// Per stream with a shared reader: live subscribers, history bytes and catch-up cache
-    /// bytes, for metrics.
-    pub async fn hub_stats(&self) -> Vec<(String, usize, usize, usize)> {
-        let hubs = self.inner.hubs.lock().await;
-        hubs.values()
-            .map(|h| {
-                (
-                    h.stream.clone(),
-                    h.subscribers.load(std::sync::atomic::Ordering::Relaxed),
-                    h.ring.read().bytes(),
-                    h.catchup.cached_bytes(),
-                )
-            })
-            .collect()
     }
 }
