@@ -281,3 +281,52 @@ async fn admin_reports_declared_streams_and_refuses_unknown_ones() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
+
+/// The `/metrics` page, fetched with a plain HTTP/1.1 request.
+async fn metrics_page(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut page = String::new();
+    tcp.read_to_string(&mut page).await.unwrap();
+    page
+}
+
+#[tokio::test]
+async fn metrics_follow_the_engine_live_subscribers_and_history() {
+    let env = TestEnv::start().await;
+    let addr = env.gateway.as_ref().unwrap().metrics_addr();
+    let mut client = env.subscriber().await;
+    let mut watcher = watch(&mut client, open().bookmarks_ms(0).build()).await;
+    opened(&mut watcher).await;
+    let mut publisher = env.publisher().await;
+    let last = publish_n(&mut publisher, "m", 3).await;
+    for expected in 1..=last {
+        assert_eq!(next_delivery(&mut watcher).await.sequence, expected);
+    }
+    let page = metrics_page(addr).await;
+    assert!(
+        page.contains("jetwatch_live_subscribers{stream=\"events\"} 1"),
+        "{page}"
+    );
+    let history: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("jetwatch_history_bytes{stream=\"events\"} "))
+        .expect("history gauge")
+        .parse()
+        .unwrap();
+    assert!(history > 0, "three events are in the history");
+    drop(watcher);
+    // The subscriber leaves: the gauge follows.
+    eventually("the subscriber gauge to drop", || async {
+        metrics_page(addr)
+            .await
+            .contains("jetwatch_live_subscribers{stream=\"events\"} 0")
+            .then_some(())
+    })
+    .await;
+}
