@@ -188,7 +188,9 @@ async fn watch_every_event(channel: tonic::transport::Channel, total: u64, n: us
     let mut client = SubscriberClient::new(channel);
     let mut expected = 1u64;
     let mut resumed = 0;
-    let mut start = Position::New(());
+    // From the stream's first sequence rather than `new`: a watcher whose Open is slowed by
+    // the faults below may only open after the burst.
+    let mut start = Position::Sequence(1);
     'open: while expected <= total {
         let mut s = loop {
             match client
@@ -213,7 +215,13 @@ async fn watch_every_event(channel: tonic::transport::Channel, total: u64, n: us
             Err(status) => panic!("watcher {n}: open failed: {status:?}"),
         }
         while expected <= total {
-            match next(&mut s).await {
+            let response = match tokio::time::timeout(Duration::from_secs(20), s.message()).await {
+                Ok(Ok(Some(r))) => Ok(r.response.expect("a response")),
+                Ok(Err(status)) => Err(status),
+                Ok(Ok(None)) => panic!("watcher {n}: the stream ended at {expected}"),
+                Err(_) => panic!("watcher {n}: nothing within 20 s while waiting for {expected}"),
+            };
+            match response {
                 Ok(api::subscribe_response::Response::Delivery(d)) => {
                     assert_eq!(d.sequence, expected, "watcher {n}: no gap, no duplicate");
                     expected += 1;
@@ -265,15 +273,17 @@ fn sample_consumers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_to_hundreds_of_watchers_behind_a_tiny_history_skips_nothing_when_nats_drops_the_gateway(
 ) {
-    // A history of a few events puts nearly every watcher on the catch-up path, and a small
-    // max_pending makes the server cut the gateway's connections as slow consumers in the
-    // middle of reads.
-    let env = TestEnv::with_nats_config("max_pending: 256KB\nmax_payload: 64KB\n", |s| {
-        s.fanout.history_bytes = 64 * 1024;
-        s.fanout.read_bytes = 64 * 1024;
-        s.fanout.catchup_cache_bytes = 512 * 1024;
-    })
-    .await;
+    // A history of a few events puts nearly every watcher on the catch-up path. The gateway
+    // reaches NATS through a link that cuts each connection after 256 KiB from the server, in
+    // the middle of a message, as a server dropping a slow consumer does (a small max_pending
+    // makes the server itself do so too, when it catches the gateway behind).
+    let env =
+        TestEnv::behind_cutting_link("max_pending: 256KB\nmax_payload: 64KB\n", 256 * 1024, |s| {
+            s.fanout.history_bytes = 64 * 1024;
+            s.fanout.read_bytes = 64 * 1024;
+            s.fanout.catchup_cache_bytes = 512 * 1024;
+        })
+        .await;
     let watchers = 200;
     let total = 2_000u64;
     let mut channels = Vec::new();
@@ -285,7 +295,7 @@ async fn a_burst_to_hundreds_of_watchers_behind_a_tiny_history_skips_nothing_whe
     let tasks: Vec<_> = (0..watchers)
         .map(|n| tokio::spawn(watch_every_event(channels[n % 4].clone(), total, n)))
         .collect();
-    // Let every watcher open at the stream's end before the burst.
+    // Most watchers open before the burst and follow it live; the rest catch up.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(env.publish_raw_burst(total as usize, 1024).await, total);
     let mut resumed = 0;
@@ -294,13 +304,26 @@ async fn a_burst_to_hundreds_of_watchers_behind_a_tiny_history_skips_nothing_whe
     }
     stop.cancel();
     let most = sampler.await.unwrap();
+    let cuts = env
+        .link_cuts
+        .as_ref()
+        .unwrap()
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + env.slow_consumer_cuts();
+    assert!(
+        cuts > 0,
+        "the gateway's connections were never cut: this test did not test reads under cuts"
+    );
     let budget = 1 + env.settings.fanout.catchup_consumers + env.settings.fanout.snapshot_reads;
     assert!(
         most <= budget,
         "the gateway held {most} JetStream consumers; the budget is {budget}: one shared reader \
          plus fanout.catchup_consumers plus fanout.snapshot_reads"
     );
-    eprintln!("{watchers} watchers received {total} events each; {resumed} resumed after an error");
+    eprintln!(
+        "{watchers} watchers received {total} events each through {cuts} connection cuts; \
+         {resumed} resumed after an error"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

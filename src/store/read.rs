@@ -21,6 +21,30 @@ impl Store {
         batch: usize,
         max_bytes: usize,
     ) -> Result<Reader, StoreError> {
+        // Opening takes a few requests, each bounded; the whole is bounded too, so a connection
+        // that stalls between them (a slow-consumer cut, a reconnect) cannot hold a caller.
+        let limit = self.request_timeout * 3;
+        match tokio::time::timeout(
+            limit,
+            self.open_reader(stream, start, filter_subjects, batch, max_bytes),
+        )
+        .await
+        {
+            Ok(opened) => opened,
+            Err(_) => Err(StoreError::unavailable(format!(
+                "opening a reader of stream `{stream}` took longer than {limit:?}"
+            ))),
+        }
+    }
+
+    async fn open_reader(
+        &self,
+        stream: &str,
+        start: StartAt,
+        filter_subjects: &[String],
+        batch: usize,
+        max_bytes: usize,
+    ) -> Result<Reader, StoreError> {
         let context = "opening a reader";
         let handle = self.stream_handle(stream).await?;
         let mut filter_subjects = filter_subjects.to_vec();

@@ -25,6 +25,8 @@ pub struct TestEnv {
     pub shutdown: CancellationToken,
     pub settings: Settings,
     pub addr: SocketAddr,
+    /// Connections cut by the [`cutting_link`], when the gateway is behind one.
+    pub link_cuts: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     _dir: tempfile::TempDir,
 }
 
@@ -62,6 +64,24 @@ impl TestEnv {
         nats_config: &str,
         customize: impl FnOnce(&mut Settings),
     ) -> TestEnv {
+        TestEnv::build(nats_config, None, customize).await
+    }
+
+    /// Like [`TestEnv::with_nats_config`], with the gateway reaching nats-server through a
+    /// [`cutting_link`] that cuts each connection after `cut_every` bytes from the server.
+    pub async fn behind_cutting_link(
+        nats_config: &str,
+        cut_every: usize,
+        customize: impl FnOnce(&mut Settings),
+    ) -> TestEnv {
+        TestEnv::build(nats_config, Some(cut_every), customize).await
+    }
+
+    async fn build(
+        nats_config: &str,
+        cut_every: Option<usize>,
+        customize: impl FnOnce(&mut Settings),
+    ) -> TestEnv {
         if std::env::var_os("RUST_LOG").is_some() {
             jetwatch::telemetry::init_tracing("info");
         }
@@ -71,7 +91,15 @@ impl TestEnv {
             Err(e) => panic!("cannot start nats-server for tests: {e}"),
         };
         let mut settings = test_settings();
-        settings.nats.url = nats.url();
+        let mut link_cuts = None;
+        settings.nats.url = match cut_every {
+            Some(bytes) => {
+                let (url, cuts) = cutting_link(&nats.url(), bytes).await;
+                link_cuts = Some(cuts);
+                url
+            }
+            None => nats.url(),
+        };
         customize(&mut settings);
         settings.validate().unwrap();
         let shutdown = CancellationToken::new();
@@ -85,6 +113,7 @@ impl TestEnv {
             shutdown,
             settings,
             addr,
+            link_cuts,
             _dir: dir,
         }
     }
@@ -449,5 +478,72 @@ impl TestEnv {
             },
         )
         .await
+    }
+}
+
+/// A TCP relay in front of nats-server that cuts every connection after `cut_every` bytes
+/// from the server, in the middle of whatever it was sending: what a client sees when the
+/// server drops it as a slow consumer (or the network fails), with messages lost in flight.
+/// Returns the relay's URL and the number of cuts so far.
+pub async fn cutting_link(
+    nats_url: &str,
+    cut_every: usize,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let server: SocketAddr = nats_url
+        .trim_start_matches("nats://")
+        .parse()
+        .expect("a nats://host:port URL");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cuts = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = cuts.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let cuts = counter.clone();
+            tokio::spawn(async move {
+                let Ok(upstream) = tokio::net::TcpStream::connect(server).await else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = tokio::io::split(client);
+                let (mut from_server, mut to_server) = tokio::io::split(upstream);
+                let up = tokio::io::copy(&mut from_client, &mut to_server);
+                let down = async {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 4096];
+                    let mut sent = 0;
+                    loop {
+                        let n = match from_server.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let n = n.min(cut_every - sent);
+                        if to_client.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        sent += n;
+                        if sent >= cut_every {
+                            cuts.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = up => {}
+                    () = down => {}
+                }
+            });
+        }
+    });
+    (format!("nats://{addr}"), cuts)
+}
+
+impl TestEnv {
+    /// How many times nats-server has cut a client off as a slow consumer, from its log.
+    pub fn slow_consumer_cuts(&self) -> usize {
+        std::fs::read_to_string(self.nats.store_dir().join("nats-server.log"))
+            .unwrap_or_default()
+            .matches("Slow Consumer Detected")
+            .count()
     }
 }
