@@ -376,8 +376,16 @@ impl Task {
     }
 
     async fn send(&mut self, item: Item) -> Result<(), Stop> {
+        // Fast path: room in the channel (the window guarantees it for deliveries). Waiting on
+        // shutdown per item would register with the gateway-wide cancellation token each time,
+        // a lock every subscription shares.
+        let item = match self.tx.try_send(Ok(item)) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stop::Quiet),
+            Err(mpsc::error::TrySendError::Full(item)) => item,
+        };
         tokio::select! {
-            r = self.tx.send(Ok(item)) => r.map_err(|_| Stop::Quiet),
+            r = self.tx.send(item) => r.map_err(|_| Stop::Quiet),
             () = self.shared.shutdown.cancelled() => Err(Stop::Quiet),
         }
     }

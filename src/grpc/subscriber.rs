@@ -97,13 +97,23 @@ fn respond(
         if let Some(opened) = st.opened.take() {
             return Some((Ok(opened), st));
         }
-        let next = tokio::select! {
-            biased;
-            () = st.shutdown.cancelled() => Err(Error::ShuttingDown),
-            Some(e) = recv_control(&mut st.control) => Err(e),
-            item = st.items.recv() => match item {
-                Some(r) => r,
-                None => Err(Error::Unavailable { reason: "the subscription stopped".into() }),
+        // Fast path: an item is ready and nothing ended the stream. Only an empty channel waits
+        // on shutdown and the request side, which costs a registration each time.
+        let ready = if st.shutdown.is_cancelled() {
+            None
+        } else {
+            st.items.try_recv().ok()
+        };
+        let next = match ready {
+            Some(item) => item,
+            None => tokio::select! {
+                biased;
+                () = st.shutdown.cancelled() => Err(Error::ShuttingDown),
+                Some(e) = recv_control(&mut st.control) => Err(e),
+                item = st.items.recv() => match item {
+                    Some(r) => r,
+                    None => Err(Error::Unavailable { reason: "the subscription stopped".into() }),
+                },
             },
         };
         match next {
