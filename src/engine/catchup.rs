@@ -370,7 +370,14 @@ impl Catchup {
             None => {
                 let permit = match self.consumers.clone().try_acquire_owned() {
                     Ok(permit) => Some(permit),
-                    Err(_) => self.least_recent_reader().map(|idle| idle.permit),
+                    Err(_) => match self.least_recent_reader() {
+                        // Its consumer is gone before the permit serves another.
+                        Some(idle) => {
+                            idle.reader.close().await;
+                            Some(idle.permit)
+                        }
+                        None => None,
+                    },
                 };
                 let Some(permit) = permit else {
                     return self.read(start, None).await;
@@ -407,7 +414,7 @@ impl Catchup {
         let mut raws = Vec::new();
         let mut bytes = 0;
         let mut pending = reader.pending();
-        let mut healthy = true;
+        let mut failure = None;
         while raws.len() < self.batch as usize && bytes < self.read_bytes && pending > 0 {
             match tokio::time::timeout(self.timeout, reader.next()).await {
                 Ok(Some(Ok(raw))) => {
@@ -415,21 +422,31 @@ impl Catchup {
                     bytes += raw.payload.len();
                     raws.push(raw);
                 }
-                failed => {
-                    healthy = false;
-                    if raws.is_empty() {
-                        return Err(match failed {
-                            Ok(Some(Err(e))) => e,
-                            _ => StoreError::unavailable("a history reader stopped answering"),
-                        });
-                    }
+                Ok(Some(Err(e))) => {
+                    failure = Some(e);
+                    break;
+                }
+                Ok(None) | Err(_) => {
+                    failure = Some(StoreError::unavailable(
+                        "a history reader stopped answering",
+                    ));
                     break;
                 }
             }
         }
+        let healthy = failure.is_none();
+        if let (true, Some(e)) = (raws.is_empty(), failure) {
+            reader.close().await;
+            drop(permit);
+            return Err(e);
+        }
         let end = raws.last().map_or(start, |m| m.sequence + 1);
         let exhausted = healthy && pending == 0;
-        if healthy && !exhausted {
+        if !healthy || exhausted {
+            // The permit returns only once the consumer is gone.
+            reader.close().await;
+            drop(permit);
+        } else {
             self.idle.lock().push(Idle {
                 next: end,
                 reader,
@@ -440,7 +457,17 @@ impl Catchup {
             let this = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(IDLE_READER).await;
-                this.idle.lock().retain(|r| r.used.elapsed() < IDLE_READER);
+                let expired: Vec<Idle> = {
+                    let mut idle = this.idle.lock();
+                    let (keep, expired) = std::mem::take(&mut *idle)
+                        .into_iter()
+                        .partition(|r| r.used.elapsed() < IDLE_READER);
+                    *idle = keep;
+                    expired
+                };
+                for r in expired {
+                    r.reader.close().await;
+                }
             });
         }
         let events: Vec<Arc<StoredEvent>> = raws.into_iter().filter_map(decode_stored).collect();
@@ -456,8 +483,9 @@ impl Catchup {
     /// The idle reader positioned at `start`, if any (readers idle too long are let go).
     fn positioned_reader(&self, start: u64) -> Option<Idle> {
         let mut idle = self.idle.lock();
-        idle.retain(|r| r.used.elapsed() < IDLE_READER);
-        let at = idle.iter().position(|r| r.next == start)?;
+        let at = idle
+            .iter()
+            .position(|r| r.next == start && r.used.elapsed() < IDLE_READER)?;
         Some(idle.swap_remove(at))
     }
 

@@ -164,10 +164,22 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// Deletes the consumer and waits for the server to confirm (or the request to time out),
+    /// for callers that count the consumers they hold.
+    pub async fn close(mut self) {
+        let name = std::mem::take(&mut self.name);
+        let _ = self.stream.delete_consumer(&name).await;
+    }
+}
+
 impl Drop for Reader {
     fn drop(&mut self) {
         let stream = self.stream.clone();
         let name = std::mem::take(&mut self.name);
+        if name.is_empty() {
+            return;
+        }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = stream.delete_consumer(&name).await;

@@ -7,7 +7,6 @@
 
 use std::fmt;
 
-use super::functions::Builtin;
 use super::like::LikePattern;
 
 /// The three CESQL value types.
@@ -205,5 +204,104 @@ impl AttrName {
 
     pub(crate) fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// The built-in functions, one variant per overload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Builtin {
+    /// `ABS(x: Integer) -> Integer`
+    Abs,
+    /// `LENGTH(x: String) -> Integer`
+    Length,
+    /// `CONCAT(x…: String) -> String`
+    Concat,
+    /// `CONCAT_WS(delimiter: String, x…: String) -> String`
+    ConcatWs,
+    /// `LOWER(x: String) -> String`
+    Lower,
+    /// `UPPER(x: String) -> String`
+    Upper,
+    /// `TRIM(x: String) -> String`
+    Trim,
+    /// `LEFT(x: String, n: Integer) -> String`
+    Left,
+    /// `RIGHT(x: String, n: Integer) -> String`
+    Right,
+    /// `SUBSTRING(x: String, pos: Integer) -> String`
+    Substring,
+    /// `SUBSTRING(x: String, pos: Integer, len: Integer) -> String`
+    SubstringLen,
+    /// `INT(x: Any) -> Integer`
+    Int,
+    /// `BOOL(x: Any) -> Boolean`
+    Bool,
+    /// `STRING(x: Any) -> String`
+    String,
+    /// `IS_INT(x: Any) -> Boolean`
+    IsInt,
+    /// `IS_BOOL(x: Any) -> Boolean`
+    IsBool,
+}
+
+/// Every function name with the arities it accepts (`usize::MAX` as the upper bound of a
+/// variadic one), for resolution and for messages.
+const TABLE: &[(&str, usize, usize, Builtin)] = &[
+    ("ABS", 1, 1, Builtin::Abs),
+    ("LENGTH", 1, 1, Builtin::Length),
+    ("CONCAT", 0, usize::MAX, Builtin::Concat),
+    ("CONCAT_WS", 1, usize::MAX, Builtin::ConcatWs),
+    ("LOWER", 1, 1, Builtin::Lower),
+    ("UPPER", 1, 1, Builtin::Upper),
+    ("TRIM", 1, 1, Builtin::Trim),
+    ("LEFT", 2, 2, Builtin::Left),
+    ("RIGHT", 2, 2, Builtin::Right),
+    ("SUBSTRING", 2, 2, Builtin::Substring),
+    ("SUBSTRING", 3, 3, Builtin::SubstringLen),
+    ("INT", 1, 1, Builtin::Int),
+    ("BOOL", 1, 1, Builtin::Bool),
+    ("STRING", 1, 1, Builtin::String),
+    ("IS_INT", 1, 1, Builtin::IsInt),
+    ("IS_BOOL", 1, 1, Builtin::IsBool),
+];
+
+impl Builtin {
+    /// The built-in called `name` (in any case) that takes `arity` arguments.
+    pub(crate) fn resolve(name: &str, arity: usize) -> Option<Builtin> {
+        TABLE
+            .iter()
+            .find(|(n, min, max, _)| n.eq_ignore_ascii_case(name) && (*min..=*max).contains(&arity))
+            .map(|entry| entry.3)
+    }
+
+    /// The function's return type.
+    pub(crate) fn return_type(self) -> Type {
+        match self {
+            Builtin::Abs | Builtin::Length | Builtin::Int => Type::Integer,
+            Builtin::Bool | Builtin::IsInt | Builtin::IsBool => Type::Boolean,
+            _ => Type::String,
+        }
+    }
+
+    /// Why a call to `name` with `arity` arguments cannot be dispatched.
+    pub(crate) fn missing_message(name: &str, arity: usize) -> String {
+        let arities: Vec<String> = TABLE
+            .iter()
+            .filter(|(n, ..)| n.eq_ignore_ascii_case(name))
+            .map(|(_, min, max, _)| match (*min, *max) {
+                (min, usize::MAX) => format!("at least {min}"),
+                (min, max) if min == max => min.to_string(),
+                (min, max) => format!("{min} to {max}"),
+            })
+            .collect();
+        let upper = name.to_ascii_uppercase();
+        if arities.is_empty() {
+            format!("there is no function {upper}")
+        } else {
+            format!(
+                "{upper} takes {} argument(s), not {arity}",
+                arities.join(" or ")
+            )
+        }
     }
 }

@@ -63,6 +63,7 @@ mod functions;
 mod lexer;
 mod like;
 mod parser;
+mod value;
 
 use std::fmt;
 use std::str::FromStr;

@@ -5,8 +5,7 @@
 //! tree built is checked against the same limit, so neither parsing nor evaluation can run out
 //! of stack on any input.
 
-use super::ast::{AttrName, BinOp, Call, Chain, In, Like, Link, Lit, Node};
-use super::functions::Builtin;
+use super::ast::{AttrName, BinOp, Builtin, Call, Chain, In, Like, Link, Lit, Node};
 use super::lexer::{error, tokenize, Tok, Token};
 use super::like::LikePattern;
 use super::{CesqlError, Position, MAX_DEPTH, MAX_EXPRESSION_LEN};
