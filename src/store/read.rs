@@ -24,70 +24,57 @@ impl Store {
         // Opening takes a few requests, each bounded; the whole is bounded too, so a connection
         // that stalls between them (a slow-consumer cut, a reconnect) cannot hold a caller.
         let limit = self.request_timeout * 3;
-        match tokio::time::timeout(
-            limit,
-            self.open_reader(stream, start, filter_subjects, batch, max_bytes),
-        )
-        .await
-        {
+        let opening = async {
+            let context = "opening a reader";
+            let handle = self.stream_handle(stream).await?;
+            let mut filter_subjects = filter_subjects.to_vec();
+            if start == StartAt::LastPerSubject && filter_subjects.is_empty() {
+                // JetStream wants an explicit filter for last-per-subject delivery.
+                filter_subjects = self.stream_state(stream).await?.subjects;
+            }
+            let config = consumer::pull::Config {
+                deliver_policy: deliver_policy(start),
+                ack_policy: consumer::AckPolicy::None,
+                filter_subjects,
+                inactive_threshold: INACTIVE_THRESHOLD,
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            };
+            let mut consumer: consumer::PullConsumer = handle
+                .create_consumer(config)
+                .await
+                .map_err(|e| store_error(stream, context, e))?;
+            let initial_pending = consumer
+                .info()
+                .await
+                .map_err(|e| store_error(stream, context, e))?
+                .num_pending;
+            let name = consumer.cached_info().name.clone();
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(batch.max(1))
+                .max_bytes_per_batch(max_bytes.max(1))
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+                .map_err(|e| store_error(stream, context, e))?;
+            Ok(Reader {
+                stream: handle,
+                name,
+                messages,
+                initial_pending,
+                consumer_sequence: 0,
+                pending: initial_pending,
+            })
+        };
+        match tokio::time::timeout(limit, opening).await {
             Ok(opened) => opened,
             Err(_) => Err(StoreError::unavailable(format!(
                 "opening a reader of stream `{stream}` took longer than {limit:?}"
             ))),
         }
-    }
-
-    async fn open_reader(
-        &self,
-        stream: &str,
-        start: StartAt,
-        filter_subjects: &[String],
-        batch: usize,
-        max_bytes: usize,
-    ) -> Result<Reader, StoreError> {
-        let context = "opening a reader";
-        let handle = self.stream_handle(stream).await?;
-        let mut filter_subjects = filter_subjects.to_vec();
-        if start == StartAt::LastPerSubject && filter_subjects.is_empty() {
-            // JetStream wants an explicit filter for last-per-subject delivery.
-            filter_subjects = self.stream_state(stream).await?.subjects;
-        }
-        let config = consumer::pull::Config {
-            deliver_policy: deliver_policy(start),
-            ack_policy: consumer::AckPolicy::None,
-            filter_subjects,
-            inactive_threshold: INACTIVE_THRESHOLD,
-            memory_storage: true,
-            num_replicas: 1,
-            ..Default::default()
-        };
-        let mut consumer: consumer::PullConsumer = handle
-            .create_consumer(config)
-            .await
-            .map_err(|e| store_error(stream, context, e))?;
-        let initial_pending = consumer
-            .info()
-            .await
-            .map_err(|e| store_error(stream, context, e))?
-            .num_pending;
-        let name = consumer.cached_info().name.clone();
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(batch.max(1))
-            .max_bytes_per_batch(max_bytes.max(1))
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|e| store_error(stream, context, e))?;
-        Ok(Reader {
-            stream: handle,
-            name,
-            messages,
-            initial_pending,
-            consumer_sequence: 0,
-            pending: initial_pending,
-        })
     }
 }
 
