@@ -250,8 +250,8 @@ impl Task {
                     Ok(Some(n)) if n >= target => self.cursor = target,
                     Ok(Some(_)) => {
                         // A lagging replica: read again once it has caught up.
-                        self.shared.pause(backoff, &self.tx).await?;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        let lag = StoreError::unavailable("the answering replica lags the leader");
+                        self.retry_after(lag, &mut backoff).await?;
                         continue;
                     }
                     Err(e) => {

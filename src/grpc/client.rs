@@ -56,7 +56,7 @@ pub async fn connect(addr: &str) -> Result<Channel, ClientError> {
 
 /// Where a watch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum From {
+pub enum StartFrom {
     /// Only events published from now on.
     #[default]
     New,
@@ -70,18 +70,18 @@ pub enum From {
     Time(chrono::DateTime<chrono::Utc>),
 }
 
-impl std::str::FromStr for From {
+impl std::str::FromStr for StartFrom {
     type Err = String;
 
     /// `new`, `earliest`, `snapshot`, a sequence, or an RFC 3339 time.
-    fn from_str(s: &str) -> Result<From, String> {
+    fn from_str(s: &str) -> Result<StartFrom, String> {
         Ok(match s {
-            "new" => From::New,
-            "earliest" => From::Earliest,
-            "snapshot" => From::Snapshot,
+            "new" => StartFrom::New,
+            "earliest" => StartFrom::Earliest,
+            "snapshot" => StartFrom::Snapshot,
             other => match other.parse::<u64>() {
-                Ok(seq) => From::Sequence(seq),
-                Err(_) => From::Time(
+                Ok(seq) => StartFrom::Sequence(seq),
+                Err(_) => StartFrom::Time(
                     chrono::DateTime::parse_from_rfc3339(other)
                         .map_err(|_| {
                             format!(
@@ -106,7 +106,7 @@ pub struct WatchOptions {
     /// A CESQL filter.
     pub sql: Option<String>,
     /// Where to start.
-    pub from: From,
+    pub from: StartFrom,
     /// A durable name, to keep the position in JetStream.
     pub durable: Option<String>,
 }
@@ -115,11 +115,11 @@ impl WatchOptions {
     fn to_open(&self) -> api::Open {
         use api::start_position::Position;
         let position = match self.from {
-            From::New => Position::New(()),
-            From::Earliest => Position::Earliest(()),
-            From::Snapshot => Position::Snapshot(()),
-            From::Sequence(s) => Position::Sequence(s),
-            From::Time(t) => Position::Time(super::convert::timestamp_to_pb(&t)),
+            StartFrom::New => Position::New(()),
+            StartFrom::Earliest => Position::Earliest(()),
+            StartFrom::Snapshot => Position::Snapshot(()),
+            StartFrom::Sequence(s) => Position::Sequence(s),
+            StartFrom::Time(t) => Position::Time(super::convert::timestamp_to_pb(&t)),
         };
         api::Open {
             stream: self.stream.clone(),
