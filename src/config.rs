@@ -65,6 +65,11 @@ pub struct ServerSettings {
     /// Default `10s`.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Largest gRPC request message accepted, in bytes (one `PublishRequest`, one `Open`, one
+    /// control message); larger ones are refused with RESOURCE_EXHAUSTED (`REQUEST_TOO_LARGE`)
+    /// before they are buffered. Must leave room for the largest event plus its envelope.
+    /// Default 4194304 (4 MiB).
+    pub max_request_bytes: usize,
 }
 
 /// `[nats]`.
@@ -93,8 +98,9 @@ pub struct NatsSettings {
 pub struct PublishSettings {
     /// The stream used when a `PublishRequest` names none. Default `events`.
     pub default_stream: String,
-    /// Largest accepted event in bytes (attributes plus data); 0 means the NATS server's
-    /// `max_payload`. Default 0.
+    /// Largest accepted event in bytes, measured as NATS counts the stored message (header block
+    /// including the headers the gateway adds, plus data); 0 means the NATS server's
+    /// `max_payload`, which applies in any case. Default 0.
     pub max_event_bytes: usize,
     /// How many JetStream publishes one `PublishStream` may have awaiting acknowledgement at
     /// once (pipelining depth; bounds memory per stream). Default 256.
@@ -120,6 +126,16 @@ pub struct SubscribeSettings {
     pub default_ack_wait: Duration,
     /// Deliveries of one event before it goes to the dead-letter subject. Default 5.
     pub max_deliver: u32,
+    /// Subject patterns one `Open` may list. Default 32.
+    pub max_subjects: usize,
+    /// Filter terms one `Open` may carry: every `exact`/`prefix`/`suffix` attribute, every
+    /// `all`/`any`/`not` node and every CESQL expression counts one. Default 256.
+    pub max_filter_terms: usize,
+    /// Deepest nesting of `all`/`any`/`not` filters, and of operators inside one CESQL
+    /// expression. At most 64. Default 32.
+    pub max_filter_depth: usize,
+    /// Longest CESQL expression, in bytes. At most 65536. Default 8192.
+    pub max_expression_bytes: usize,
 }
 
 /// `[fanout]`.
@@ -314,6 +330,57 @@ impl Settings {
                     "must be positive: idempotent publishing relies on it".into(),
                 );
             }
+        }
+        let sub = &self.subscribe;
+        for (key, value, low, high) in [
+            ("subscribe.max_subjects", sub.max_subjects, 1, usize::MAX),
+            (
+                "subscribe.max_filter_terms",
+                sub.max_filter_terms,
+                1,
+                usize::MAX,
+            ),
+            (
+                "subscribe.max_filter_depth",
+                sub.max_filter_depth,
+                1,
+                crate::filter::MAX_DEPTH,
+            ),
+            (
+                "subscribe.max_expression_bytes",
+                sub.max_expression_bytes,
+                1,
+                crate::filter::cesql::MAX_EXPRESSION_LEN,
+            ),
+            (
+                "server.max_request_bytes",
+                self.server.max_request_bytes,
+                64 * 1024,
+                u32::MAX as usize,
+            ),
+        ] {
+            if !(low..=high).contains(&value) {
+                return invalid(
+                    key.into(),
+                    if high == usize::MAX {
+                        format!("must be at least {low}")
+                    } else {
+                        format!("must be between {low} and {high}")
+                    },
+                );
+            }
+        }
+        if self.publish.max_event_bytes > 0
+            && self.publish.max_event_bytes + 64 * 1024 > self.server.max_request_bytes
+        {
+            return invalid(
+                "server.max_request_bytes".into(),
+                format!(
+                    "must exceed publish.max_event_bytes ({}) by at least 65536 bytes, room for \
+                     the event's envelope",
+                    self.publish.max_event_bytes
+                ),
+            );
         }
         if !names.contains(self.publish.default_stream.as_str()) {
             return invalid(

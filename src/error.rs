@@ -30,6 +30,21 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// A gRPC request message is larger than `server.max_request_bytes`.
+    #[error(
+        "the request message is {size} bytes, more than this gateway's limit of {limit} bytes \
+         (server.max_request_bytes)"
+    )]
+    RequestTooLarge {
+        /// The message's size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A gRPC request message is not valid protobuf for its type (or nests deeper than
+    /// protobuf decoding allows).
+    #[error("the request message cannot be decoded: {0}")]
+    MalformedRequest(String),
     /// The stream is not one the gateway serves.
     #[error("stream `{0}` is not declared on this gateway")]
     StreamNotFound(String),

@@ -89,7 +89,8 @@ struct Inner {
     /// Parsed subject template per declared stream.
     templates: HashMap<String, SubjectTemplate>,
     default_stream: String,
-    /// Size limit in bytes (the configured one, or the server's max_payload).
+    /// The configured size limit in bytes (`usize::MAX` when unset); the server's max_payload
+    /// applies too.
     max_event_bytes: usize,
 }
 
@@ -102,10 +103,9 @@ impl Publisher {
                 .map_err(|e| Error::Internal(e.to_string()))?;
             templates.insert(s.name.clone(), t);
         }
-        let server_max = store.max_payload();
         let max_event_bytes = match settings.publish.max_event_bytes {
-            0 => server_max,
-            n => n.min(server_max),
+            0 => usize::MAX,
+            n => n,
         };
         Ok(Publisher {
             inner: Arc::new(Inner {
@@ -130,18 +130,20 @@ impl Publisher {
             .get(&stream)
             .ok_or_else(|| Error::StreamNotFound(stream.clone()))?;
         let event = req.event;
-        codec::validate(&event, inner.max_event_bytes).map_err(|e| match e.too_large {
-            Some(t) => Error::EventTooLarge {
-                size: t.size,
-                limit: t.limit,
-            },
-            None => Error::InvalidEvent(e),
-        })?;
+        codec::validate(&event, usize::MAX).map_err(Error::InvalidEvent)?;
         let subject = template
             .render(&event)
             .map_err(|e| Error::invalid("event", e.to_string()))?;
         let encoded = codec::encode(&event).map_err(|e| Error::invalid("event", e.to_string()))?;
         let msg_id = codec::dedup_key(&event.source, &event.id);
+        // The size as NATS counts it, headers the publish adds included, against the smaller
+        // of the configured limit and the connected server's max_payload (read each time: a
+        // reconnect may land on a server with another limit).
+        let size = crate::store::publish_size(&encoded, &msg_id, req.expected_subject_sequence);
+        let limit = inner.max_event_bytes.min(inner.store.max_payload());
+        if size > limit {
+            return Err(Error::EventTooLarge { size, limit });
+        }
         let ack = inner
             .store
             .publish(

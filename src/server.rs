@@ -192,14 +192,20 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
             set_health(&health, ServingStatus::NotServing).await;
         }
     };
+    let limit = settings.server.max_request_bytes;
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Requests tonic cannot read (too large, not protobuf) are answered with the
+        // contract's codes, not tonic's OUT_OF_RANGE and INTERNAL.
+        .layer(tower::util::MapResponseLayer::new(
+            crate::grpc::status::rewrite_request_read_errors,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(PublisherServer::new(publisher))
-        .add_service(SubscriberServer::new(subscriber))
-        .add_service(AdminServer::new(admin));
+        .add_service(PublisherServer::new(publisher).max_decoding_message_size(limit))
+        .add_service(SubscriberServer::new(subscriber, limit))
+        .add_service(AdminServer::new(admin).max_decoding_message_size(limit));
     let task =
         // Accepted sockets get TCP_NODELAY here: the builder's `tcp_nodelay` applies only to
         // listeners tonic binds itself, and Nagle's algorithm would hold small responses back.

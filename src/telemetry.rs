@@ -30,6 +30,9 @@ pub struct Counters {
     /// Reads that lost messages on the way (slow-consumer drops, reconnects) and were
     /// re-issued from the last message received.
     pub reads_interrupted: AtomicU64,
+    /// Stored messages skipped because they are not valid CloudEvents (put on a stream by
+    /// another NATS client); counted once per read that met them.
+    pub malformed_skipped: AtomicU64,
 }
 
 /// The counters.
@@ -41,6 +44,7 @@ pub static COUNTERS: Counters = Counters {
     subscriptions_opened: AtomicU64::new(0),
     history_reads: AtomicU64::new(0),
     reads_interrupted: AtomicU64::new(0),
+    malformed_skipped: AtomicU64::new(0),
 };
 
 /// Installs the tracing subscriber: `RUST_LOG` filters (default `default_level`, e.g.
@@ -121,7 +125,7 @@ pub async fn serve_metrics(
 fn render(gauges: &Gauges, store: &Store) -> String {
     let c = &COUNTERS;
     let mut out = String::new();
-    let counters: [(&str, &str, &AtomicU64); 7] = [
+    let counters: [(&str, &str, &AtomicU64); 8] = [
         ("jetwatch_published_total", "Events stored.", &c.published),
         (
             "jetwatch_publish_duplicates_total",
@@ -153,6 +157,12 @@ fn render(gauges: &Gauges, store: &Store) -> String {
             "Reads that lost messages on the way from NATS and were re-issued from the last \
              message received.",
             &c.reads_interrupted,
+        ),
+        (
+            "jetwatch_malformed_messages_skipped_total",
+            "Stored messages skipped because they are not valid CloudEvents (put on a stream by \
+             another NATS client), once per read that met them.",
+            &c.malformed_skipped,
         ),
     ];
     for (name, help, value) in counters {

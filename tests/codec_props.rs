@@ -71,9 +71,12 @@ fn data() -> impl Strategy<Value = Option<Data>> {
         tricky_string(24).prop_map(|s| Some(Data::Text(s))),
         Just(Some(Data::Text(r#"{"a":[1,2,{"b":null}]}"#.into()))),
         (tricky_string(16), prop::collection::vec(any::<u8>(), 0..24)).prop_map(|(type_url, v)| {
+            // A protobuf message: field 1, length-delimited, holding the bytes.
+            let mut value = vec![0x0a, v.len() as u8];
+            value.extend(v);
             Some(Data::Proto {
                 type_url,
-                value: v.into(),
+                value: value.into(),
             })
         }),
     ]

@@ -74,6 +74,16 @@ pub enum CodecError {
         /// What is wrong with the data.
         reason: String,
     },
+    /// The message's headers are malformed (e.g. a header with an empty name).
+    #[error("malformed headers: {reason}")]
+    Headers {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The message reads as an event, but one that breaks a rule of [`super::check_stored`]
+    /// (a control character in a string, protobuf data that is not protobuf).
+    #[error("{0}")]
+    Rule(#[source] super::InvalidEvent),
     /// A structured-mode payload or a JSON event is not a JSON object.
     #[error("not a CloudEvents JSON event: {source}")]
     Json {
@@ -93,7 +103,9 @@ impl CodecError {
             CodecError::InvalidAttributeName { name, .. } => Some(name),
             CodecError::UnsupportedSpecVersion { .. } => Some("specversion"),
             CodecError::InvalidData { .. } => Some("data"),
+            CodecError::Rule(invalid) => Some(&invalid.attribute),
             CodecError::UnsupportedFormat { .. }
+            | CodecError::Headers { .. }
             | CodecError::TypesHeader { .. }
             | CodecError::Json { .. } => None,
         }

@@ -164,6 +164,29 @@ pub fn decode(
     binary::decode(headers, payload)
 }
 
+/// The rule for whatever other NATS clients put on a stream, checked on every stored message
+/// after [`decode`]: no header may have an empty name, no string attribute may hold a control
+/// character or a Unicode noncharacter (as on publish), and protobuf data must be protobuf wire
+/// format. Subscribers skip a message that breaks it, as they skip one [`decode`] refuses: it
+/// could hand them text unsafe to print or data they cannot decode. The URI and type
+/// leniencies above stay.
+pub fn check_stored(
+    headers: Option<&async_nats::HeaderMap>,
+    event: &Event,
+) -> Result<(), CodecError> {
+    if let Some(headers) = headers {
+        if headers
+            .iter()
+            .any(|(name, _)| AsRef::<str>::as_ref(name).is_empty())
+        {
+            return Err(CodecError::Headers {
+                reason: "a header has an empty name".into(),
+            });
+        }
+    }
+    validate::check_readable(event).map_err(CodecError::Rule)
+}
+
 /// The `Nats-Msg-Id` value for an event: the lower-case hex SHA-256 of the source's length
 /// (8 bytes, big-endian), the source and the id. Distinct `(source, id)` pairs give distinct
 /// keys (the length prefix makes the encoding injective; SHA-256 makes collisions

@@ -461,7 +461,7 @@ fn size_limit_is_a_distinct_refusal_measured_on_the_wire_form() {
     big.set("flag", AttributeValue::Boolean(true));
     big.data = Some(Data::Proto {
         type_url: "t/x".into(),
-        value: Bytes::from(vec![1; 10]),
+        value: Bytes::from(b"\x08\x01".repeat(5)),
     });
     events.push(big);
     for e in &events {

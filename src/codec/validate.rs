@@ -6,6 +6,16 @@ use crate::event::{format_timestamp, AttributeValue, Data, Event, SPEC_VERSION};
 
 /// Checks an event against CloudEvents 1.0 and the size limit. See [`crate::codec::validate`].
 pub(crate) fn validate(event: &Event, max_size: usize) -> Result<(), InvalidEvent> {
+    validate_rules(event)?;
+    let (size, largest) = binary::encoded_size(event);
+    if size > max_size {
+        return Err(InvalidEvent::too_large(largest, size, max_size));
+    }
+    Ok(())
+}
+
+/// Every rule of [`validate`] but the size.
+pub(crate) fn validate_rules(event: &Event) -> Result<(), InvalidEvent> {
     if event.spec_version != SPEC_VERSION {
         let reason = if event.spec_version.is_empty() {
             "is required (it must be `1.0`)".to_owned()
@@ -67,7 +77,32 @@ pub(crate) fn validate(event: &Event, max_size: usize) -> Result<(), InvalidEven
             }
         }
     }
-    if let Some(Data::Proto { type_url, .. }) = &event.data {
+    check_data(event)
+}
+
+/// What reading requires of a stored event (see [`crate::codec::decode`]): the rules whose
+/// breach would hand subscribers text unsafe to print or data they cannot decode. The URI
+/// and type leniencies the module docs list for other producers stay.
+pub(crate) fn check_readable(event: &Event) -> Result<(), InvalidEvent> {
+    for (name, value) in [
+        ("id", &event.id),
+        ("type", &event.ty),
+        ("source", &event.source),
+    ] {
+        check_string(name, value)?;
+    }
+    for (name, value) in &event.attributes {
+        if let AttributeValue::String(s) | AttributeValue::Uri(s) | AttributeValue::UriRef(s) =
+            value
+        {
+            check_string(name, s)?;
+        }
+    }
+    check_data(event)
+}
+
+fn check_data(event: &Event) -> Result<(), InvalidEvent> {
+    if let Some(Data::Proto { type_url, value }) = &event.data {
         if type_url.is_empty()
             || type_url
                 .chars()
@@ -79,10 +114,14 @@ pub(crate) fn validate(event: &Event, max_size: usize) -> Result<(), InvalidEven
                  `type.googleapis.com/example.Widget`",
             ));
         }
-    }
-    let (size, largest) = binary::encoded_size(event);
-    if size > max_size {
-        return Err(InvalidEvent::too_large(largest, size, max_size));
+        // The message type is unknown here, but its encoding must be protobuf wire format:
+        // decoding as the empty message walks and skips every field.
+        if <() as prost::Message>::decode(&value[..]).is_err() {
+            return Err(InvalidEvent::new(
+                "data",
+                "a protobuf `Any` value must be an encoded protobuf message",
+            ));
+        }
     }
     Ok(())
 }

@@ -132,7 +132,8 @@ pub enum Control {
     Credit(u32),
 }
 
-/// Decodes a stored message once; messages that are not CloudEvents are skipped (and logged).
+/// Decodes a stored message once. Messages that are not CloudEvents, or break the rule of
+/// [`crate::codec::check_stored`], are skipped: counted, logged, never delivered.
 pub(crate) fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredEvent>> {
     let header_bytes: usize = raw
         .headers
@@ -147,7 +148,11 @@ pub(crate) fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredE
         })
         .unwrap_or(0);
     let raw_bytes = raw.payload.len() + header_bytes + raw.subject.len();
-    match crate::codec::decode(raw.headers.as_ref(), raw.payload) {
+    let decoded = crate::codec::decode(raw.headers.as_ref(), raw.payload).and_then(|event| {
+        crate::codec::check_stored(raw.headers.as_ref(), &event)?;
+        Ok(event)
+    });
+    match decoded {
         Ok(event) => Some(Arc::new(StoredEvent {
             sequence: raw.sequence,
             subject: raw.subject,
@@ -161,9 +166,35 @@ pub(crate) fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredE
             event,
         })),
         Err(e) => {
-            tracing::warn!(sequence = raw.sequence, subject = %raw.subject, error = %e,
-                "skipping a stored message that is not a CloudEvent");
+            skipped_malformed(raw.sequence, &raw.subject, &e);
             None
         }
+    }
+}
+
+/// Counts a skipped message and logs it, at most one line per 10 s (a producer writing
+/// garbage must not flood the log): the line gives the latest message and how many were
+/// skipped since the last line.
+fn skipped_malformed(sequence: u64, subject: &str, error: &crate::codec::CodecError) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_LOG: AtomicU64 = AtomicU64::new(0);
+    static SINCE_LOG: AtomicU64 = AtomicU64::new(0);
+    crate::telemetry::COUNTERS
+        .malformed_skipped
+        .fetch_add(1, Ordering::Relaxed);
+    let skipped = SINCE_LOG.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_LOG.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST_LOG
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        SINCE_LOG.fetch_sub(skipped, Ordering::Relaxed);
+        tracing::warn!(sequence, subject, %error, skipped,
+            "skipping stored messages that are not valid CloudEvents \
+             (jetwatch_malformed_messages_skipped_total counts them)");
     }
 }

@@ -61,6 +61,29 @@ impl cesql::Event for Event {
 /// their own, equal limit: [`cesql::MAX_DEPTH`]).
 pub const MAX_DEPTH: usize = 64;
 
+/// Bounds on a filter from an untrusted client; [`FilterLimits::default`] is the built-in
+/// maximum of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilterLimits {
+    /// Deepest nesting of `all`/`any`/`not`, and of operators inside a CESQL expression.
+    pub max_depth: usize,
+    /// Terms in the whole filter: each attribute of `exact`/`prefix`/`suffix`, each
+    /// `all`/`any`/`not` node and each CESQL expression.
+    pub max_terms: usize,
+    /// Longest CESQL expression, in bytes.
+    pub max_expression_bytes: usize,
+}
+
+impl Default for FilterLimits {
+    fn default() -> Self {
+        FilterLimits {
+            max_depth: MAX_DEPTH,
+            max_terms: usize::MAX,
+            max_expression_bytes: cesql::MAX_EXPRESSION_LEN,
+        }
+    }
+}
+
 /// A filter as a subscriber states it: the domain form of the gRPC `Filter` message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FilterSpec {
@@ -111,8 +134,21 @@ struct Clause {
 impl Filter {
     /// Validates and compiles a filter.
     pub fn compile(spec: &FilterSpec) -> Result<Filter, FilterError> {
-        let mut path = Vec::new();
-        let root = compile_node(spec, &mut path, 1)?;
+        Filter::compile_with(spec, FilterLimits::default())
+    }
+
+    /// Validates and compiles a filter within `limits` (each capped at the built-in limit).
+    pub fn compile_with(spec: &FilterSpec, limits: FilterLimits) -> Result<Filter, FilterError> {
+        let mut cx = Compile {
+            path: Vec::new(),
+            terms: 0,
+            limits: FilterLimits {
+                max_depth: limits.max_depth.min(MAX_DEPTH),
+                max_terms: limits.max_terms,
+                max_expression_bytes: limits.max_expression_bytes.min(cesql::MAX_EXPRESSION_LEN),
+            },
+        };
+        let root = compile_node(spec, &mut cx, 1)?;
         Ok(Filter {
             root: Arc::new(root),
         })
@@ -176,15 +212,35 @@ enum Step {
     Index(usize),
 }
 
-fn compile_node(
-    spec: &FilterSpec,
-    path: &mut Vec<Step>,
-    depth: usize,
-) -> Result<Node, FilterError> {
-    if depth > MAX_DEPTH {
+/// The state of one compilation: where it is (for errors) and the terms counted so far.
+struct Compile {
+    path: Vec<Step>,
+    terms: usize,
+    limits: FilterLimits,
+}
+
+impl Compile {
+    fn count(&mut self, terms: usize) -> Result<(), FilterError> {
+        self.terms = self.terms.saturating_add(terms);
+        if self.terms > self.limits.max_terms {
+            return Err(FilterError::new(
+                &self.path,
+                FilterErrorKind::TooManyTerms {
+                    max: self.limits.max_terms,
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn compile_node(spec: &FilterSpec, cx: &mut Compile, depth: usize) -> Result<Node, FilterError> {
+    if depth > cx.limits.max_depth {
         return Err(FilterError::new(
-            path,
-            FilterErrorKind::TooDeep { max: MAX_DEPTH },
+            &cx.path,
+            FilterErrorKind::TooDeep {
+                max: cx.limits.max_depth,
+            },
         ));
     }
     let field = match spec {
@@ -196,23 +252,61 @@ fn compile_node(
         FilterSpec::Not(_) => "not",
         FilterSpec::Sql(_) => "sql",
     };
-    path.push(Step::Field(field));
-    let node = match spec {
-        FilterSpec::Exact(map) => clauses(field, map, path).map(Node::Exact),
-        FilterSpec::Prefix(map) => clauses(field, map, path).map(Node::Prefix),
-        FilterSpec::Suffix(map) => clauses(field, map, path).map(Node::Suffix),
-        FilterSpec::All(list) => nested(field, list, path, depth).map(Node::All),
-        FilterSpec::Any(list) => nested(field, list, path, depth).map(Node::Any),
-        FilterSpec::Not(inner) => {
-            compile_node(inner, path, depth + 1).map(|n| Node::Not(Box::new(n)))
-        }
-        FilterSpec::Sql(text) => cesql::parse(text)
-            .and_then(|e| e.check_predicate().map(|()| e))
-            .map(Node::Sql)
-            .map_err(|e| FilterError::new(path, FilterErrorKind::Sql(e))),
-    };
-    path.pop();
+    cx.path.push(Step::Field(field));
+    let node = compile_inner(spec, field, cx, depth);
+    cx.path.pop();
     node
+}
+
+fn compile_inner(
+    spec: &FilterSpec,
+    field: &'static str,
+    cx: &mut Compile,
+    depth: usize,
+) -> Result<Node, FilterError> {
+    match spec {
+        FilterSpec::Exact(map) | FilterSpec::Prefix(map) | FilterSpec::Suffix(map) => {
+            cx.count(map.len().max(1))?;
+            let clauses = clauses(field, map, &cx.path)?;
+            Ok(match spec {
+                FilterSpec::Exact(_) => Node::Exact(clauses),
+                FilterSpec::Prefix(_) => Node::Prefix(clauses),
+                _ => Node::Suffix(clauses),
+            })
+        }
+        FilterSpec::All(list) => {
+            cx.count(1)?;
+            nested(field, list, cx, depth).map(Node::All)
+        }
+        FilterSpec::Any(list) => {
+            cx.count(1)?;
+            nested(field, list, cx, depth).map(Node::Any)
+        }
+        FilterSpec::Not(inner) => {
+            cx.count(1)?;
+            compile_node(inner, cx, depth + 1).map(|n| Node::Not(Box::new(n)))
+        }
+        FilterSpec::Sql(text) => {
+            cx.count(1)?;
+            if text.len() > cx.limits.max_expression_bytes {
+                return Err(FilterError::new(
+                    &cx.path,
+                    FilterErrorKind::ExpressionTooLong {
+                        len: text.len(),
+                        max: cx.limits.max_expression_bytes,
+                    },
+                ));
+            }
+            let limits = cesql::Limits {
+                max_depth: cx.limits.max_depth,
+                max_len: cx.limits.max_expression_bytes,
+            };
+            cesql::parse_with(text, limits)
+                .and_then(|e| e.check_predicate().map(|()| e))
+                .map(Node::Sql)
+                .map_err(|e| FilterError::new(&cx.path, FilterErrorKind::Sql(e)))
+        }
+    }
 }
 
 fn clauses(
@@ -252,21 +346,21 @@ fn clauses(
 fn nested(
     dialect: &'static str,
     list: &[FilterSpec],
-    path: &mut Vec<Step>,
+    cx: &mut Compile,
     depth: usize,
 ) -> Result<Box<[Node]>, FilterError> {
     if list.is_empty() {
         return Err(FilterError::new(
-            path,
+            &cx.path,
             FilterErrorKind::EmptyList { dialect },
         ));
     }
     list.iter()
         .enumerate()
         .map(|(i, spec)| {
-            path.push(Step::Index(i));
-            let node = compile_node(spec, path, depth + 1);
-            path.pop();
+            cx.path.push(Step::Index(i));
+            let node = compile_node(spec, cx, depth + 1);
+            cx.path.pop();
             node
         })
         .collect()
@@ -329,9 +423,23 @@ pub enum FilterErrorKind {
         /// The dialect's field name.
         dialect: &'static str,
     },
-    /// Filters are nested deeper than [`MAX_DEPTH`].
+    /// Filters are nested deeper than the limit (at most [`MAX_DEPTH`]).
     #[error("filters are nested more than {max} levels deep")]
     TooDeep {
+        /// The limit.
+        max: usize,
+    },
+    /// The filter has more terms than the limit.
+    #[error("the filter has more than {max} terms (attributes, nested filters, expressions)")]
+    TooManyTerms {
+        /// The limit.
+        max: usize,
+    },
+    /// A CESQL expression is longer than the limit.
+    #[error("the expression is {len} bytes long; the limit is {max}")]
+    ExpressionTooLong {
+        /// The expression's length.
+        len: usize,
         /// The limit.
         max: usize,
     },

@@ -15,7 +15,7 @@ use crate::config::SubscribeSettings;
 use crate::engine::{AckMode, Item, OnExpired, OpenRequest, Start, StoredEvent};
 use crate::error::Error;
 use crate::event::{AttributeValue, Data, Event};
-use crate::filter::{Filter, FilterSpec};
+use crate::filter::{Filter, FilterErrorKind, FilterLimits, FilterSpec};
 
 use ce::cloud_event::cloud_event_attribute_value::Attr;
 
@@ -166,6 +166,17 @@ pub fn open_from_pb(
     } else {
         open.stream
     };
+    if open.subjects.len() > defaults.max_subjects {
+        return Err(Error::invalid(
+            "open.subjects",
+            format!(
+                "{} subject patterns; this gateway accepts at most {} per Open \
+                 (subscribe.max_subjects)",
+                open.subjects.len(),
+                defaults.max_subjects
+            ),
+        ));
+    }
     for (i, s) in open.subjects.iter().enumerate() {
         if !crate::wildcard::is_valid_pattern(s) {
             return Err(Error::invalid(
@@ -178,10 +189,27 @@ pub fn open_from_pb(
         None => None,
         Some(f) => {
             let spec = filter_from_pb(f, "open.filter", 0)?;
-            let compiled = Filter::compile(&spec).map_err(|e| Error::InvalidArgument {
-                field: format!("open.{}", e.path()),
-                reason: e.to_string(),
-            })?;
+            let limits = FilterLimits {
+                max_depth: defaults.max_filter_depth,
+                max_terms: defaults.max_filter_terms,
+                max_expression_bytes: defaults.max_expression_bytes,
+            };
+            let compiled =
+                Filter::compile_with(&spec, limits).map_err(|e| Error::InvalidArgument {
+                    field: format!("open.{}", e.path()),
+                    reason: match e.kind() {
+                        FilterErrorKind::TooDeep { .. } => {
+                            format!("{e} (subscribe.max_filter_depth)")
+                        }
+                        FilterErrorKind::TooManyTerms { .. } => {
+                            format!("{e} (subscribe.max_filter_terms)")
+                        }
+                        FilterErrorKind::ExpressionTooLong { .. } => {
+                            format!("{e} (subscribe.max_expression_bytes)")
+                        }
+                        _ => e.to_string(),
+                    },
+                })?;
             (!compiled.is_match_all()).then_some(compiled)
         }
     };

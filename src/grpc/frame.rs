@@ -148,7 +148,7 @@ impl<D: Message + Default> Decoder for ProstDecoder<D> {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
         D::decode(src)
             .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("cannot decode the request: {e}")))
+            .map_err(super::status::undecodable_request)
     }
 }
 
@@ -156,13 +156,15 @@ impl<D: Message + Default> Decoder for ProstDecoder<D> {
 #[derive(Debug, Clone)]
 pub struct SubscriberServer {
     inner: Arc<SubscriberService>,
+    max_request_bytes: usize,
 }
 
 impl SubscriberServer {
-    /// Serves `service`.
-    pub fn new(service: SubscriberService) -> SubscriberServer {
+    /// Serves `service`, refusing request messages over `max_request_bytes`.
+    pub fn new(service: SubscriberService, max_request_bytes: usize) -> SubscriberServer {
         SubscriberServer {
             inner: Arc::new(service),
+            max_request_bytes,
         }
     }
 }
@@ -215,13 +217,16 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let inner = self.inner.clone();
+        let limit = self.max_request_bytes;
         match req.uri().path() {
             "/jetwatch.v1.Subscriber/Subscribe" => Box::pin(async move {
-                let mut grpc = Grpc::new(FrameCodec::<api::SubscribeRequest>::default());
+                let mut grpc = Grpc::new(FrameCodec::<api::SubscribeRequest>::default())
+                    .max_decoding_message_size(limit);
                 Ok(grpc.streaming(SubscribeMethod(inner), req).await)
             }),
             "/jetwatch.v1.Subscriber/Watch" => Box::pin(async move {
-                let mut grpc = Grpc::new(FrameCodec::<api::Open>::default());
+                let mut grpc =
+                    Grpc::new(FrameCodec::<api::Open>::default()).max_decoding_message_size(limit);
                 Ok(grpc.server_streaming(WatchMethod(inner), req).await)
             }),
             _ => Box::pin(async move { Ok(Status::unimplemented("").into_http()) }),

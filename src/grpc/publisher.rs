@@ -73,6 +73,9 @@ fn error_response(e: Error) -> api::PublishResponse {
 enum Pending {
     Sent(InFlight),
     Refused(Error),
+    /// The request stream broke (a message too large or not protobuf): answer the requests
+    /// before it, then end the stream with this.
+    Broken(Status),
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<api::PublishResponse, Status>> + Send>>;
@@ -102,7 +105,15 @@ impl api::publisher_server::Publisher for PublisherService {
         let publisher = self.publisher.clone();
         tokio::spawn(async move {
             while let Some(next) = inbound.next().await {
-                let Ok(req) = next else { break };
+                let req = match next {
+                    Ok(req) => req,
+                    Err(status) => {
+                        let _ = queue_tx
+                            .send(Pending::Broken(super::status::from_request_read(status)))
+                            .await;
+                        break;
+                    }
+                };
                 let pending = match request_from_pb(req) {
                     Ok(req) => match publisher.send(req).await {
                         Ok(f) => Pending::Sent(f),
@@ -127,6 +138,10 @@ impl api::publisher_server::Publisher for PublisherService {
                             .publish_errors
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         error_response(e)
+                    }
+                    Pending::Broken(status) => {
+                        let _ = out_tx.send(Err(status)).await;
+                        break;
                     }
                 };
                 if out_tx.send(Ok(response)).await.is_err() {

@@ -192,7 +192,7 @@ impl SubscriberService {
             Some(Ok(api::SubscribeRequest {
                 request: Some(R::Open(open)),
             })) => open,
-            Some(Err(status)) => return Err(status),
+            Some(Err(status)) => return Err(super::status::from_request_read(status)),
             _ => {
                 return Err(
                     Error::invalid("request", "the first SubscribeRequest must be `open`").into(),
@@ -204,7 +204,16 @@ impl SubscriberService {
         let (error_tx, error_rx) = mpsc::channel(1);
         let control = sub.control.clone();
         tokio::spawn(async move {
-            while let Some(Ok(msg)) = inbound.next().await {
+            while let Some(next) = inbound.next().await {
+                let msg = match next {
+                    Ok(msg) => msg,
+                    Err(status) => {
+                        if let Some(e) = super::status::request_read_error(&status) {
+                            let _ = error_tx.send(e).await;
+                        }
+                        break;
+                    }
+                };
                 match control_from_pb(msg.request) {
                     Ok(c) => {
                         if control.send(c).await.is_err() {

@@ -25,11 +25,7 @@ impl Store {
         expected_subject_sequence: Option<u64>,
     ) -> Result<PendingAck, StoreError> {
         let expected = expected_subject_sequence;
-        let size = message_size(&encoded.headers, encoded.payload.len())
-            + header_size(MSG_ID, msg_id.len())
-            + expected.map_or(0, |e| {
-                header_size(EXPECTED_LAST_SUBJECT_SEQUENCE, digits(e))
-            });
+        let size = publish_size(&encoded, msg_id, expected);
         let limit = self.max_payload();
         let mut msg = jetstream::message::PublishMessage::build()
             .payload(encoded.payload)
@@ -110,6 +106,17 @@ pub fn message_size(headers: &HeaderMap, payload: usize) -> usize {
         })
         .sum();
     "NATS/1.0\r\n".len() + fields + "\r\n".len() + payload
+}
+
+/// The size NATS counts against `max_payload` for [`Store::publish`] of `encoded`: its headers
+/// and payload plus the headers the publish adds (`Nats-Msg-Id`, and
+/// `Nats-Expected-Last-Subject-Sequence` when `expected` is set).
+pub fn publish_size(encoded: &Encoded, msg_id: &str, expected: Option<u64>) -> usize {
+    message_size(&encoded.headers, encoded.payload.len())
+        + header_size(MSG_ID, msg_id.len())
+        + expected.map_or(0, |e| {
+            header_size(EXPECTED_LAST_SUBJECT_SEQUENCE, digits(e))
+        })
 }
 
 /// One header line: `name: value\r\n`.

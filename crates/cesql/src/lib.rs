@@ -127,7 +127,43 @@ pub const MAX_EXPRESSION_LEN: usize = 64 * 1024;
 /// parse error: the spec makes them a *missing function* error at evaluation, and
 /// [`Expression::check_predicate`] reports them before any event is seen.
 pub fn parse(input: &str) -> Result<Expression, CesqlError> {
-    let root = parser::parse(input)?;
+    parse_with(input, Limits::default())
+}
+
+/// Limits a parse enforces, for services that accept expressions from untrusted clients and
+/// want tighter bounds than the built-in ones ([`MAX_DEPTH`], [`MAX_EXPRESSION_LEN`], which
+/// are also the highest values these may take).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Deepest nesting of operators, function calls and parentheses.
+    pub max_depth: usize,
+    /// Longest expression, in bytes.
+    pub max_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_depth: MAX_DEPTH,
+            max_len: MAX_EXPRESSION_LEN,
+        }
+    }
+}
+
+/// Parses a CESQL expression within `limits` (each capped at the built-in limit).
+///
+/// ```
+/// let tight = cesql::Limits { max_depth: 2, max_len: 100 };
+/// assert!(cesql::parse_with("a = 1", tight).is_ok());
+/// assert!(cesql::parse_with("NOT NOT NOT (a = 1)", tight).is_err());
+/// assert!(cesql::parse_with(&"a = 1 OR ".repeat(20), tight).is_err());
+/// ```
+pub fn parse_with(input: &str, limits: Limits) -> Result<Expression, CesqlError> {
+    let limits = Limits {
+        max_depth: limits.max_depth.min(MAX_DEPTH),
+        max_len: limits.max_len.min(MAX_EXPRESSION_LEN),
+    };
+    let root = parser::parse(input, limits)?;
     Ok(Expression {
         root,
         source: input.into(),

@@ -1,14 +1,14 @@
 //! A recursive-descent parser with one function per precedence level (CESQL §3.6).
 //!
 //! Recursion only happens where the input nests (parentheses, unary operators, function
-//! arguments, `IN` sets), and each nesting is counted against [`MAX_DEPTH`]; the depth of the
+//! arguments, `IN` sets), and each nesting is counted against the depth limit (at most [`super::MAX_DEPTH`]); the depth of the
 //! tree built is checked against the same limit, so neither parsing nor evaluation can run out
 //! of stack on any input.
 
 use super::ast::{AttrName, BinOp, Builtin, Call, Chain, In, Like, Link, Lit, Node};
 use super::lexer::{error, tokenize, Tok, Token};
 use super::like::LikePattern;
-use super::{CesqlError, Position, MAX_DEPTH, MAX_EXPRESSION_LEN};
+use super::{CesqlError, Limits, Position};
 
 /// The reserved words (case-insensitive).
 const KEYWORDS: &[&str] = &[
@@ -16,14 +16,15 @@ const KEYWORDS: &[&str] = &[
 ];
 
 /// Parses a whole expression.
-pub(crate) fn parse(src: &str) -> Result<Node, CesqlError> {
-    if src.len() > MAX_EXPRESSION_LEN {
+pub(crate) fn parse(src: &str, limits: Limits) -> Result<Node, CesqlError> {
+    if src.len() > limits.max_len {
         return Err(error(
             src,
             0,
             format!(
-                "the expression is {} bytes long; the limit is {MAX_EXPRESSION_LEN}",
-                src.len()
+                "the expression is {} bytes long; the limit is {}",
+                src.len(),
+                limits.max_len
             ),
         ));
     }
@@ -32,6 +33,7 @@ pub(crate) fn parse(src: &str) -> Result<Node, CesqlError> {
         tokens: tokenize(src)?,
         next: 0,
         nesting: 0,
+        max_depth: limits.max_depth,
     };
     let parsed = parser.expression()?;
     match parser.peek() {
@@ -58,6 +60,7 @@ struct Parser<'s> {
     next: usize,
     /// How many nested constructs enclose the current position.
     nesting: usize,
+    max_depth: usize,
 }
 
 impl<'s> Parser<'s> {
@@ -113,9 +116,10 @@ impl<'s> Parser<'s> {
     /// Enters a nested construct.
     fn enter(&mut self) -> Result<(), CesqlError> {
         self.nesting += 1;
-        if self.nesting > MAX_DEPTH {
+        if self.nesting > self.max_depth {
             return Err(self.error_here(format!(
-                "the expression nests more than {MAX_DEPTH} levels deep"
+                "the expression nests more than {} levels deep",
+                self.max_depth
             )));
         }
         Ok(())
@@ -128,10 +132,13 @@ impl<'s> Parser<'s> {
     /// Wraps a node built at `at` over children of depth `children`.
     fn node(&self, node: Node, children: usize, at: usize) -> Result<Parsed, CesqlError> {
         let depth = children + 1;
-        if depth > MAX_DEPTH {
+        if depth > self.max_depth {
             return Err(self.error_at(
                 at,
-                format!("the expression nests more than {MAX_DEPTH} operators deep"),
+                format!(
+                    "the expression nests more than {} operators deep",
+                    self.max_depth
+                ),
             ));
         }
         Ok(Parsed { node, depth })
