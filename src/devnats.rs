@@ -196,11 +196,116 @@ impl NatsServer {
         }
     }
 
-    /// Starts the server again on the same port and store (after [`NatsServer::stop`]).
+    /// Starts the server again on the same port and store (after [`NatsServer::stop`] or
+    /// [`NatsServer::kill`]).
     pub fn restart(&mut self) -> Result<(), DevNatsError> {
         self.stop();
         self.spawn()
     }
+
+    /// Kills the server with SIGKILL, as a crash would, and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A cluster of nats-servers with JetStream on loopback, for tests and benchmarks: each node
+/// has its own free client and route ports and its own store, and routes to every other node.
+/// Nodes are named `n0`, `n1`, ... (the names JetStream reports as stream leaders).
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes under `dir` (one sub-folder each). `extra` is added to every node's
+    /// configuration (nats-server syntax).
+    pub fn start(dir: &Path, size: usize, extra: &str) -> Result<NatsCluster, DevNatsError> {
+        // Ports are chosen up front (every node's configuration names every route); a port
+        // taken between the check and the start fails that start, and the whole start is tried
+        // again with new ports.
+        let mut last_error = None;
+        for _ in 0..3 {
+            let client: Vec<u16> = (0..size).map(|_| free_port()).collect::<Result<_, _>>()?;
+            let route: Vec<u16> = (0..size).map(|_| free_port()).collect::<Result<_, _>>()?;
+            let routes = route
+                .iter()
+                .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut nodes = Vec::new();
+            let mut failed = None;
+            for i in 0..size {
+                let config = format!(
+                    "server_name: n{i}\ncluster {{\n  name: jetwatch\n  listen: 127.0.0.1:{}\n  \
+                     routes: [{routes}]\n}}\n{extra}\n",
+                    route[i]
+                );
+                match NatsServer::start_with_config(&dir.join(format!("n{i}")), client[i], &config)
+                {
+                    Ok(node) => nodes.push(node),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => return Ok(NatsCluster { nodes }),
+                Some(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or(DevNatsError::NotReady(
+            Duration::from_secs(0),
+            dir.display().to_string(),
+        )))
+    }
+
+    /// Every node's client URL, comma-separated (what `nats.url` takes).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node named `n<index>`.
+    pub fn node(&mut self, index: usize) -> &mut NatsServer {
+        &mut self.nodes[index]
+    }
+
+    /// The index of the node named `name` (`n1` is 1).
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        name.strip_prefix('n')?
+            .parse()
+            .ok()
+            .filter(|i| *i < self.nodes.len())
+    }
+
+    /// The number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+fn free_port() -> Result<u16, DevNatsError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl Drop for NatsServer {

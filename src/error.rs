@@ -111,11 +111,13 @@ impl Error {
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
         match e {
-            e @ (StoreError::Unavailable { .. } | StoreError::LimitReached { .. }) => {
-                Error::Unavailable {
-                    reason: error_chain(&e),
-                }
-            }
+            StoreError::Unavailable { ref context, .. } => Error::Unavailable {
+                // `Error::Unavailable` says "NATS is unavailable" itself.
+                reason: format!("{context}{}", causes(&e)),
+            },
+            e @ StoreError::LimitReached { .. } => Error::Unavailable {
+                reason: error_chain(&e),
+            },
             StoreError::StreamNotFound { stream } => Error::StreamNotFound(stream),
             StoreError::ConsumerNotFound { stream, durable } => {
                 Error::DurableNotFound { stream, durable }
@@ -136,11 +138,22 @@ impl From<StoreError> for Error {
 
 /// An error and its causes, as one line.
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
+    format!("{e}{}", causes(e))
+}
+
+/// `e`'s causes, each as `: cause`, leaving out a cause whose text an earlier one already
+/// says (many errors repeat their source's message in their own).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = String::new();
+    let mut said = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let message = s.to_string();
+        if !said.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+            said.push_str(&message);
+        }
         source = s.source();
     }
     text

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jetwatch::config::Settings;
-use jetwatch::devnats::NatsServer;
+use jetwatch::devnats::{NatsCluster, NatsServer};
 use jetwatch::grpc::pb::io::cloudevents::v1 as ce;
 use jetwatch::grpc::pb::jetwatch::v1 as api;
 use tokio_util::sync::CancellationToken;
@@ -18,9 +18,56 @@ pub use api::admin_client::AdminClient;
 pub use api::publisher_client::PublisherClient;
 pub use api::subscriber_client::SubscriberClient;
 
-/// A NATS server plus a gateway.
+/// NATS for a test: one server, or a cluster.
+pub enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    /// The URL(s) a client is given (comma-separated for a cluster).
+    pub fn url(&self) -> String {
+        match self {
+            Nats::Single(n) => n.url(),
+            Nats::Cluster(c) => c.urls(),
+        }
+    }
+
+    /// The single server; panics for a cluster.
+    pub fn single(&mut self) -> &mut NatsServer {
+        match self {
+            Nats::Single(n) => n,
+            Nats::Cluster(_) => panic!("this test runs on a cluster"),
+        }
+    }
+
+    /// The cluster; panics for a single server.
+    pub fn cluster(&mut self) -> &mut NatsCluster {
+        match self {
+            Nats::Cluster(c) => c,
+            Nats::Single(_) => panic!("this test runs on a single server"),
+        }
+    }
+
+    pub fn restart(&mut self) -> Result<(), jetwatch::devnats::DevNatsError> {
+        self.single().restart()
+    }
+
+    pub fn stop(&mut self) {
+        self.single().stop()
+    }
+
+    pub fn store_dir(&self) -> &std::path::Path {
+        match self {
+            Nats::Single(n) => n.store_dir(),
+            Nats::Cluster(_) => panic!("a cluster has one store per node"),
+        }
+    }
+}
+
+/// A NATS server (or cluster) plus a gateway.
 pub struct TestEnv {
-    pub nats: NatsServer,
+    pub nats: Nats,
     pub gateway: Option<jetwatch::server::Gateway>,
     pub shutdown: CancellationToken,
     pub settings: Settings,
@@ -28,6 +75,19 @@ pub struct TestEnv {
     /// Connections cut by the [`cutting_link`], when the gateway is behind one.
     pub link_cuts: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     _dir: tempfile::TempDir,
+}
+
+/// A NATS client connected to any of `urls` (comma-separated), reconnecting to the others.
+pub async fn nats_connect(urls: &str) -> async_nats::Client {
+    let servers: Vec<async_nats::ServerAddr> = urls
+        .split(',')
+        .map(|u| u.parse().expect("a NATS URL"))
+        .collect();
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(servers)
+        .await
+        .expect("NATS reachable")
 }
 
 /// Settings for tests: free ports, short grace, the default `events` stream.
@@ -77,19 +137,53 @@ impl TestEnv {
         TestEnv::build(nats_config, Some(cut_every), customize).await
     }
 
+    /// A 3-node NATS cluster (JetStream, R3 streams: every declared stream gets `replicas =
+    /// 3`) and a gateway given every node's URL.
+    pub async fn cluster(customize: impl FnOnce(&mut Settings)) -> TestEnv {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = match NatsCluster::start(&dir.path().join("nats"), 3, "") {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start a nats-server cluster for tests: {e}"),
+        };
+        // JetStream answers only once the cluster has elected its meta leader.
+        let client = nats_connect(&cluster.urls()).await;
+        let js = async_nats::jetstream::new(client);
+        eventually("the JetStream cluster to be ready", || {
+            let js = js.clone();
+            async move { js.query_account().await.ok() }
+        })
+        .await;
+        TestEnv::build_on(Nats::Cluster(cluster), dir, None, |s| {
+            for stream in &mut s.streams {
+                stream.replicas = 3;
+            }
+            customize(s);
+        })
+        .await
+    }
+
     async fn build(
         nats_config: &str,
+        cut_every: Option<usize>,
+        customize: impl FnOnce(&mut Settings),
+    ) -> TestEnv {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = match NatsServer::start_with_config(&dir.path().join("nats"), 0, nats_config) {
+            Ok(n) => n,
+            Err(e) => panic!("cannot start nats-server for tests: {e}"),
+        };
+        TestEnv::build_on(Nats::Single(nats), dir, cut_every, customize).await
+    }
+
+    async fn build_on(
+        nats: Nats,
+        dir: tempfile::TempDir,
         cut_every: Option<usize>,
         customize: impl FnOnce(&mut Settings),
     ) -> TestEnv {
         if std::env::var_os("RUST_LOG").is_some() {
             jetwatch::telemetry::init_tracing("info");
         }
-        let dir = tempfile::tempdir().unwrap();
-        let nats = match NatsServer::start_with_config(&dir.path().join("nats"), 0, nats_config) {
-            Ok(n) => n,
-            Err(e) => panic!("cannot start nats-server for tests: {e}"),
-        };
         let mut settings = test_settings();
         let mut link_cuts = None;
         settings.nats.url = match cut_every {
@@ -145,7 +239,7 @@ impl TestEnv {
 
     /// A raw JetStream context on the same server.
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
-        let client = async_nats::connect(self.nats.url()).await.unwrap();
+        let client = nats_connect(&self.nats.url()).await;
         async_nats::jetstream::new(client)
     }
 
