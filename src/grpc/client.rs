@@ -204,7 +204,10 @@ pub enum WatchItem {
 /// A `Watch` that survives disconnects.
 #[derive(Debug)]
 pub struct Watcher {
-    addr: String,
+    /// Gateways to try, in turn.
+    addrs: Vec<String>,
+    /// The one in use.
+    current: usize,
     open: api::Open,
     stream: Option<tonic::Streaming<api::SubscribeResponse>>,
     /// The next sequence to ask for after a reconnect.
@@ -215,15 +218,24 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// A watcher of `options` against the gateway at `addr`, opened on first use.
+    /// A watcher of `options` against the gateway at `addr`, opened on first use. `addr` may
+    /// list several gateways, comma-separated: after a failure the watcher resumes on the
+    /// next one.
     pub fn watch(addr: impl Into<String>, options: &WatchOptions) -> Watcher {
         Watcher::new(addr, options.to_open())
     }
 
-    /// A watcher that opens `open` against the gateway at `addr` on first use.
+    /// A watcher that opens `open` against the gateway at `addr` (one address, or several
+    /// comma-separated) on first use.
     pub fn new(addr: impl Into<String>, open: api::Open) -> Watcher {
+        let addr = addr.into();
         Watcher {
-            addr: addr.into(),
+            addrs: addr
+                .split(',')
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect(),
+            current: 0,
             open,
             stream: None,
             resume_from: None,
@@ -246,7 +258,11 @@ impl Watcher {
                 });
             }
         }
-        let channel = connect(&self.addr).await?;
+        let addr = self
+            .addrs
+            .get(self.current)
+            .ok_or_else(|| ClientError::Protocol("no gateway address given".into()))?;
+        let channel = connect(addr).await?;
         let mut client = api::subscriber_client::SubscriberClient::new(channel);
         self.stream = Some(client.watch(open).await?.into_inner());
         Ok(())
@@ -261,6 +277,7 @@ impl Watcher {
                     Ok(()) => {}
                     Err(e) if retryable(&e) => {
                         tracing::warn!(error = %e, backoff = ?self.backoff, "watch unavailable; retrying");
+                        self.next_gateway();
                         tokio::time::sleep(self.backoff).await;
                         self.backoff = (self.backoff * 2).min(self.max_backoff);
                         continue;
@@ -277,18 +294,26 @@ impl Watcher {
                     self.stream = None;
                     continue;
                 }
-                Err(status) if status.code() == Code::Unavailable => {
+                Err(status) if interrupted(&status) => {
                     if let Some(last) = last_delivered(&status) {
                         self.resume_from = Some(self.resume_from.unwrap_or(0).max(last + 1));
                     }
                     tracing::warn!(message = status.message(), "watch interrupted; resuming");
                     self.stream = None;
+                    self.next_gateway();
                     continue;
                 }
                 Err(status) => return Err(status.into()),
             };
             self.backoff = Duration::from_millis(100);
             return self.item(message);
+        }
+    }
+
+    /// Moves on to the next gateway, if there are several.
+    fn next_gateway(&mut self) {
+        if !self.addrs.is_empty() {
+            self.current = (self.current + 1) % self.addrs.len();
         }
     }
 
@@ -340,6 +365,20 @@ fn retryable(e: &ClientError) -> bool {
         ClientError::Connect { .. } => true,
         ClientError::Status(s) => s.code() == Code::Unavailable,
         ClientError::Protocol(_) => false,
+    }
+}
+
+/// Whether an open stream's error means "resume", not "give up": the gateway or NATS went
+/// away (UNAVAILABLE), or the connection broke under the stream (a crashed gateway: tonic
+/// reports the broken transport as UNKNOWN or INTERNAL with no jetwatch ErrorInfo).
+fn interrupted(status: &tonic::Status) -> bool {
+    use tonic_types::StatusExt;
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Internal | Code::Cancelled => {
+            status.get_details_error_info().is_none()
+        }
+        _ => false,
     }
 }
 

@@ -1,0 +1,192 @@
+//! Gateways are stateless: one killed with SIGKILL costs its clients nothing. With two gateway
+//! processes on one NATS cluster, a `Watcher` given both resumes on the survivor with no gap
+//! and no duplicate, and an EXPLICIT durable re-opened there loses nothing.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use jetwatch::grpc::client::{WatchItem, Watcher};
+use jetwatch::grpc::pb::jetwatch::v1 as api;
+use parking_lot::Mutex;
+
+/// A `jetwatch serve` process, killed when dropped.
+struct GatewayProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    /// Starts `jetwatch serve` on NATS `urls` with the `events` stream at 3 replicas, and
+    /// waits until it answers.
+    async fn start(urls: &str, dir: &Path, name: &str) -> GatewayProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+                 [nats]\nurl = \"{urls}\"\nconnection_name = \"{name}\"\n\
+                 [[streams]]\nname = \"events\"\nsubjects = [\"events.>\"]\nreplicas = 3\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_jetwatch"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let gateway = GatewayProcess { child, addr };
+        eventually(&format!("gateway {name} to answer"), || async move {
+            let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            AdminClient::new(channel)
+                .list_streams(api::ListStreamsRequest {})
+                .await
+                .ok()
+        })
+        .await;
+        gateway
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn clients_of_a_killed_gateway_resume_on_another_with_no_gap_and_nothing_lost() {
+    let env = TestEnv::cluster(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut g1 = GatewayProcess::start(&env.nats.url(), dir.path(), "g1").await;
+    let g2 = GatewayProcess::start(&env.nats.url(), dir.path(), "g2").await;
+
+    // A Watcher that knows both gateways, starting on g1.
+    let mut watcher = Watcher::new(
+        format!("{},{}", g1.addr, g2.addr),
+        open().bookmarks_ms(0).build(),
+    );
+    let start = match watcher.next().await.unwrap() {
+        WatchItem::Opened { start_sequence, .. } => start_sequence.max(1),
+        other => panic!("expected Opened, got {other:?}"),
+    };
+
+    // An EXPLICIT durable on g1, re-opened on g2 when g1 is gone.
+    let window = 32;
+    let durable_open = open()
+        .durable("d")
+        .explicit()
+        .window(window)
+        .earliest()
+        .bookmarks_ms(0);
+    let mut durable_open = durable_open.build();
+    durable_open.ack_wait = millis(2000);
+    let seen = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let durable_task = {
+        let seen = seen.clone();
+        let addrs = [g1.addr, g2.addr];
+        tokio::spawn(async move {
+            for addr in addrs {
+                let mut client = SubscriberClient::new(channel(addr).await);
+                let mut sub = subscribe(&mut client, durable_open.clone()).await;
+                opened(&mut sub.responses).await;
+                loop {
+                    match sub.responses.message().await {
+                        Ok(Some(api::SubscribeResponse {
+                            response: Some(api::subscribe_response::Response::Delivery(d)),
+                        })) => {
+                            seen.lock().push(d.sequence);
+                            if sub
+                                .requests
+                                .send(api::SubscribeRequest {
+                                    request: Some(api::subscribe_request::Request::Ack(
+                                        api::Ack {
+                                            sequences: vec![d.sequence],
+                                        },
+                                    )),
+                                })
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        // The gateway died under the stream: move to the next.
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+        })
+    };
+
+    // Events published through the test's own gateway while g1 dies.
+    let mut publisher = env.publisher().await;
+    let mut publishing =
+        Some(tokio::spawn(async move { publish_n(&mut publisher, "e", 1000).await }));
+
+    let mut next_expected = start;
+    let mut killed = false;
+    let mut last = None;
+    while last.is_none_or(|l| next_expected <= l) {
+        if !killed && next_expected > start + 300 {
+            g1.kill();
+            killed = true;
+        }
+        if publishing.as_ref().is_some_and(|p| p.is_finished()) {
+            last = Some(publishing.take().unwrap().await.unwrap());
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), watcher.next()).await {
+            Err(_) => continue,
+            Ok(item) => match item.expect("the watcher rides through") {
+                WatchItem::Delivery { sequence, .. } => {
+                    assert_eq!(sequence, next_expected, "no gap, no duplicate");
+                    next_expected += 1;
+                }
+                WatchItem::Opened { .. } | WatchItem::Bookmark { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            },
+        }
+    }
+    assert!(killed, "g1 was killed while the watcher read");
+    let last = last.unwrap();
+
+    env.wait_ack_floor("d", last).await;
+    durable_task.abort();
+    let seen = seen.lock().clone();
+    let distinct: BTreeSet<u64> = seen.iter().copied().collect();
+    assert_eq!(distinct, (1..=last).collect::<BTreeSet<_>>(), "the durable lost nothing");
+    let redelivered = seen.len() - distinct.len();
+    assert!(
+        redelivered <= window as usize,
+        "{redelivered} redeliveries, more than the window"
+    );
+    drop(g2);
+}
