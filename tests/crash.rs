@@ -125,11 +125,9 @@ async fn clients_of_a_killed_gateway_resume_on_another_with_no_gap_and_nothing_l
                             if sub
                                 .requests
                                 .send(api::SubscribeRequest {
-                                    request: Some(api::subscribe_request::Request::Ack(
-                                        api::Ack {
-                                            sequences: vec![d.sequence],
-                                        },
-                                    )),
+                                    request: Some(api::subscribe_request::Request::Ack(api::Ack {
+                                        sequences: vec![d.sequence],
+                                    })),
                                 })
                                 .await
                                 .is_err()
@@ -148,8 +146,9 @@ async fn clients_of_a_killed_gateway_resume_on_another_with_no_gap_and_nothing_l
 
     // Events published through the test's own gateway while g1 dies.
     let mut publisher = env.publisher().await;
-    let mut publishing =
-        Some(tokio::spawn(async move { publish_n(&mut publisher, "e", 1000).await }));
+    let mut publishing = Some(tokio::spawn(async move {
+        publish_n(&mut publisher, "e", 1000).await
+    }));
 
     let mut next_expected = start;
     let mut killed = false;
@@ -182,7 +181,11 @@ async fn clients_of_a_killed_gateway_resume_on_another_with_no_gap_and_nothing_l
     durable_task.abort();
     let seen = seen.lock().clone();
     let distinct: BTreeSet<u64> = seen.iter().copied().collect();
-    assert_eq!(distinct, (1..=last).collect::<BTreeSet<_>>(), "the durable lost nothing");
+    assert_eq!(
+        distinct,
+        (1..=last).collect::<BTreeSet<_>>(),
+        "the durable lost nothing"
+    );
     let redelivered = seen.len() - distinct.len();
     assert!(
         redelivered <= window as usize,

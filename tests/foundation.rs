@@ -283,19 +283,6 @@ async fn admin_reports_declared_streams_and_refuses_unknown_ones() {
 }
 
 /// The `/metrics` page, fetched with a plain HTTP/1.1 request.
-async fn metrics_page(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut page = String::new();
-    tcp.read_to_string(&mut page).await.unwrap();
-    page
-}
-
 #[tokio::test]
 async fn metrics_follow_the_engine_live_subscribers_and_history() {
     let env = TestEnv::start().await;
@@ -308,7 +295,7 @@ async fn metrics_follow_the_engine_live_subscribers_and_history() {
     for expected in 1..=last {
         assert_eq!(next_delivery(&mut watcher).await.sequence, expected);
     }
-    let page = metrics_page(addr).await;
+    let page = metrics_text(addr).await;
     assert!(
         page.contains("jetwatch_live_subscribers{stream=\"events\"} 1"),
         "{page}"
@@ -323,7 +310,7 @@ async fn metrics_follow_the_engine_live_subscribers_and_history() {
     drop(watcher);
     // The subscriber leaves: the gauge follows.
     eventually("the subscriber gauge to drop", || async {
-        metrics_page(addr)
+        metrics_text(addr)
             .await
             .contains("jetwatch_live_subscribers{stream=\"events\"} 0")
             .then_some(())

@@ -353,7 +353,7 @@ async fn messages_that_are_not_valid_cloudevents_are_skipped_by_every_reader_and
     )
     .await;
     opened(&mut durable.responses).await;
-    let skipped_before = counter(metrics, "jetwatch_malformed_messages_skipped_total").await;
+    let skipped_before = metric(metrics, "jetwatch_malformed_messages_skipped_total").await;
 
     let mut publisher = env.publisher().await;
     let mut expected = vec![publish(&mut publisher, widget("v0", "w0", "modified")).await];
@@ -440,27 +440,9 @@ async fn messages_that_are_not_valid_cloudevents_are_skipped_by_every_reader_and
     // The durable terminated the broken messages: nothing is left pending.
     let info = env.wait_ack_floor("d", *expected.last().unwrap()).await;
     assert_eq!(info.num_ack_pending, 0);
-    let skipped = counter(metrics, "jetwatch_malformed_messages_skipped_total").await;
+    let skipped = metric(metrics, "jetwatch_malformed_messages_skipped_total").await;
     assert!(
         skipped >= skipped_before + count,
         "skipped {skipped}, before {skipped_before}, broken {count}"
     );
-}
-
-async fn counter(addr: std::net::SocketAddr, name: &str) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut page = String::new();
-    tcp.read_to_string(&mut page).await.unwrap();
-    page.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} not on the metrics page"))
-        .trim()
-        .parse()
-        .unwrap()
 }

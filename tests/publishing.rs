@@ -388,3 +388,66 @@ async fn a_declared_stream_that_conflicts_with_the_existing_one_is_a_clear_start
     token.cancel();
     drop(gw);
 }
+
+#[tokio::test]
+async fn publishes_during_a_nats_outage_are_unavailable_store_nothing_and_work_again_after_it() {
+    let mut env = TestEnv::start().await;
+    let mut client = env.publisher().await;
+    publish(&mut client, widget("before", "w1", "modified")).await;
+    env.nats.stop();
+    let metrics = env.gateway.as_ref().unwrap().metrics_addr();
+    eventually("the gateway to see the connection gone", || async move {
+        metrics_text(metrics)
+            .await
+            .contains("jetwatch_nats_connected 0")
+            .then_some(())
+    })
+    .await;
+    // Unary publishes and a PublishStream during the outage: every answer is UNAVAILABLE
+    // (NATS_UNAVAILABLE), never INTERNAL or UNKNOWN.
+    for i in 0..3 {
+        let status = client
+            .publish(request(widget(&format!("during{i}"), "w1", "modified")))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert_eq!(error_info(&status).0, "NATS_UNAVAILABLE");
+    }
+    let requests: Vec<_> = (0..3)
+        .map(|i| request(widget(&format!("streamed{i}"), "w1", "modified")))
+        .collect();
+    let mut answers = client
+        .publish_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        let answer = answers
+            .message()
+            .await
+            .unwrap()
+            .expect("one answer per request");
+        let error = answer.error.expect("refused");
+        assert_eq!(error.code, tonic::Code::Unavailable as i32, "{error:?}");
+    }
+    // NATS comes back: publishing works again without restarting the gateway, and nothing
+    // refused during the outage is stored afterwards (no publish left queued in the client).
+    env.nats.restart().unwrap();
+    let after = eventually("a publish after the outage", || {
+        let mut client = client.clone();
+        async move {
+            client
+                .publish(request(widget("after", "w1", "modified")))
+                .await
+                .ok()
+        }
+    })
+    .await
+    .into_inner();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        after.sequence, 2,
+        "nothing from the outage was stored before it"
+    );
+    assert_eq!(env.stored_count("events").await, 2, "nor after it");
+}

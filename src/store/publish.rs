@@ -24,6 +24,7 @@ impl Store {
         msg_id: &str,
         expected_subject_sequence: Option<u64>,
     ) -> Result<PendingAck, StoreError> {
+        self.connected_for("publishing")?;
         let expected = expected_subject_sequence;
         let size = publish_size(&encoded, msg_id, expected);
         let limit = self.max_payload();
@@ -49,6 +50,7 @@ impl Store {
 
     /// Publishes `encoded` on `subject` (for dead-lettering), awaiting the acknowledgement.
     pub async fn publish_copy(&self, subject: String, encoded: Encoded) -> Result<u64, StoreError> {
+        self.connected_for("publishing a copy")?;
         let size = message_size(&encoded.headers, encoded.payload.len());
         let limit = self.max_payload();
         let msg = jetstream::message::PublishMessage::build()
@@ -106,6 +108,24 @@ pub fn message_size(headers: &HeaderMap, payload: usize) -> usize {
         })
         .sum();
     "NATS/1.0\r\n".len() + fields + "\r\n".len() + payload
+}
+
+impl Store {
+    /// Refuses to publish while the connection is down. The client library would queue the
+    /// message and send it on reconnect, storing an event whose publish was already answered
+    /// UNAVAILABLE; refusing up front keeps "refused" meaning "not stored". (A connection lost
+    /// between this check and the send can still leave such a message; publishing again with
+    /// the same source and id is deduplicated within the stream's duplicate window.)
+    fn connected_for(&self, doing: &str) -> Result<(), StoreError> {
+        if self.is_connected() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable {
+                context: format!("{doing}: not connected to NATS (reconnecting)"),
+                source: None,
+            })
+        }
+    }
 }
 
 /// The size NATS counts against `max_payload` for [`Store::publish`] of `encoded`: its headers

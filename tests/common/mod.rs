@@ -641,3 +641,29 @@ impl TestEnv {
             .count()
     }
 }
+
+/// The gateway's `/metrics` page.
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut page = String::new();
+    tcp.read_to_string(&mut page).await.unwrap();
+    page
+}
+
+/// The value of the unlabelled metric `name` on the gateway's `/metrics` page.
+pub async fn metric(addr: SocketAddr, name: &str) -> u64 {
+    metrics_text(addr)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} not on the metrics page"))
+        .trim()
+        .parse()
+        .unwrap()
+}
