@@ -277,14 +277,15 @@ impl Task {
     /// subject up to the snapshot's end, and the repeat is a live change, which the live path
     /// delivers after `SnapshotEnd`.
     async fn snapshot(&mut self, last: u64) -> Result<(), Stop> {
-        // A snapshot reads through a JetStream consumer: wait for one of the gateway's few.
-        let permits = self.shared.snapshot_reads.clone();
-        let Ok(_permit) = self.interruptible(permits.acquire_owned()).await? else {
-            return Err(Stop::Quiet);
-        };
         let end;
         let mut backoff = Duration::from_millis(50);
         'read: loop {
+            // A snapshot reads through a JetStream consumer: wait for one of the gateway's
+            // few. The reader keeps the permit until its consumer is deleted.
+            let permits = self.shared.snapshot_reads.clone();
+            let Ok(permit) = self.interruptible(permits.acquire_owned()).await? else {
+                return Err(Stop::Quiet);
+            };
             let store = self.shared.store.clone();
             let stream = self.hub.stream.clone();
             let subjects = self.matcher.subjects.clone();
@@ -300,10 +301,12 @@ impl Task {
             let mut reader = match opened {
                 Ok(r) => r,
                 Err(e) => {
+                    drop(permit);
                     self.retry_after(e, &mut backoff).await?;
                     continue;
                 }
             };
+            reader.hold(permit);
             let mut boundary = SnapshotBoundary::new(reader.initial_pending(), last);
             let mut taken = false;
             while !boundary.complete() {

@@ -24,13 +24,17 @@ impl Store {
         // Opening takes a few requests, each bounded; the whole is bounded too, so a connection
         // that stalls between them (a slow-consumer cut, a reconnect) cannot hold a caller.
         let limit = self.request_timeout * 3;
-        let opening = async {
+        let store = self.clone();
+        let filter_subjects = filter_subjects.to_vec();
+        let stream_name = stream.to_owned();
+        let opening = async move {
+            let stream = stream_name.as_str();
             let context = "opening a reader";
-            let handle = self.stream_handle(stream).await?;
-            let mut filter_subjects = filter_subjects.to_vec();
+            let handle = store.stream_handle(stream).await?;
+            let mut filter_subjects = filter_subjects;
             if start == StartAt::LastPerSubject && filter_subjects.is_empty() {
                 // JetStream wants an explicit filter for last-per-subject delivery.
-                filter_subjects = self.stream_state(stream).await?.subjects;
+                filter_subjects = store.stream_state(stream).await?.subjects;
             }
             let config = consumer::pull::Config {
                 deliver_policy: deliver_policy(start),
@@ -67,14 +71,24 @@ impl Store {
                 initial_pending,
                 consumer_sequence: 0,
                 pending: initial_pending,
+                permit: None,
             })
         };
-        match tokio::time::timeout(limit, opening).await {
-            Ok(opened) => opened,
-            Err(_) => Err(StoreError::unavailable(format!(
-                "opening a reader of stream `{stream}` took longer than {limit:?}"
-            ))),
-        }
+        let stream = stream.to_owned();
+        // Opening runs in a task of its own, so that a caller that gives up half-way (a
+        // subscriber that went away) does not leave the consumer behind: the task finishes,
+        // and the reader it made, dropped unclaimed, deletes the consumer.
+        let opening = tokio::spawn(async move {
+            match tokio::time::timeout(limit, opening).await {
+                Ok(opened) => opened,
+                Err(_) => Err(StoreError::unavailable(format!(
+                    "opening a reader of stream `{stream}` took longer than {limit:?}"
+                ))),
+            }
+        });
+        opening
+            .await
+            .unwrap_or_else(|e| Err(StoreError::unavailable(format!("opening a reader: {e}"))))
     }
 }
 
@@ -94,6 +108,8 @@ pub struct Reader {
     consumer_sequence: u64,
     /// Messages still to come after the last one received.
     pending: u64,
+    /// A permit of a budget of consumers, returned once the consumer is deleted.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl fmt::Debug for Reader {
@@ -157,6 +173,13 @@ impl Reader {
     pub async fn close(mut self) {
         let name = std::mem::take(&mut self.name);
         let _ = self.stream.delete_consumer(&name).await;
+        drop(self.permit.take());
+    }
+
+    /// Keeps `permit` (of a budget of JetStream consumers) until the consumer is deleted, so
+    /// the budget holds at every instant, whether the reader is closed or dropped.
+    pub fn hold(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.permit = Some(permit);
     }
 }
 
@@ -164,12 +187,14 @@ impl Drop for Reader {
     fn drop(&mut self) {
         let stream = self.stream.clone();
         let name = std::mem::take(&mut self.name);
+        let permit = self.permit.take();
         if name.is_empty() {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = stream.delete_consumer(&name).await;
+                drop(permit);
             });
         }
     }
