@@ -178,6 +178,18 @@ fn render(gauges: &Gauges, store: &Store) -> String {
          # TYPE jetwatch_nats_connected gauge\njetwatch_nats_connected {}",
         u8::from(store.is_connected())
     );
+    // Process figures under their usual Prometheus names, for watching a long run for leaks.
+    let (rss, fds) = process_usage();
+    let tasks = tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks());
+    let _ = writeln!(
+        out,
+        "# HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+         # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}\n\
+         # HELP process_open_fds Number of open file descriptors.\n\
+         # TYPE process_open_fds gauge\nprocess_open_fds {fds}\n\
+         # HELP jetwatch_runtime_alive_tasks Tasks alive in the gateway's async runtime.\n\
+         # TYPE jetwatch_runtime_alive_tasks gauge\njetwatch_runtime_alive_tasks {tasks}"
+    );
     let streams = gauges.all();
     let gauge_families: [(&str, &str, GaugeField); 3] = [
         (
@@ -207,4 +219,21 @@ fn render(gauges: &Gauges, store: &Store) -> String {
         }
     }
     out
+}
+
+/// Resident memory in bytes and open file descriptors of this process (Linux `/proc`; zeros
+/// elsewhere).
+fn process_usage() -> (u64, usize) {
+    let rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    (rss_kib * 1024, fds)
 }

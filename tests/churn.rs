@@ -174,3 +174,46 @@ async fn one_stalled_watcher_among_fifty_changes_nothing_for_the_others() {
         assert_eq!(next_delivery(&mut stalled).await.sequence, expected);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_keeps_memory_descriptors_tasks_and_consumers_flat() {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::start().await;
+    let metrics = env.gateway.as_ref().unwrap().metrics_addr();
+    let config = soak::SoakConfig {
+        duration: Duration::from_secs(20),
+        sample_every: Duration::from_secs(2),
+        publish_per_sec: 300,
+        watchers: 24,
+        durables: 3,
+        resources: 100,
+        seed: 7,
+    };
+    let samples = soak::run(env.addr, metrics, &env.nats.url(), &config, |s| {
+        println!("{s}")
+    })
+    .await;
+    // After the first third (warm-up), the gateway's footprint stays flat.
+    let warm = &samples[samples.len() / 3..samples.len() - 1];
+    let (first, last) = (warm.first().unwrap(), warm.last().unwrap());
+    let max_fds = warm.iter().map(|s| s.fds).max().unwrap();
+    let min_fds = warm.iter().map(|s| s.fds).min().unwrap();
+    assert!(
+        max_fds - min_fds <= 8,
+        "descriptors vary from {min_fds} to {max_fds}"
+    );
+    assert!(
+        last.rss_bytes <= first.rss_bytes + (48 << 20),
+        "RSS grew from {} to {} bytes after warm-up",
+        first.rss_bytes,
+        last.rss_bytes
+    );
+    let published = samples.last().unwrap().published;
+    assert!(published >= 2_000, "only {published} events published");
+    // Once the load stops, every JetStream consumer but the shared reader goes.
+    eventually("consumers back to the shared reader alone", || {
+        let env = &env;
+        async move { (consumer_count(env).await <= 1).then_some(()) }
+    })
+    .await;
+}

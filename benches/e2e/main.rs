@@ -16,6 +16,11 @@
 //! - `pushdown`: one resource among many subjects, with and without subject pushdown.
 //! - `burst`: bursts larger than the history to 256 and 1,000 watchers (no gap, bounded
 //!   consumers), with history sizes of 1 MiB, 32 MiB and 512 MiB.
+//! - `failover`: a 3-node NATS cluster, the R3 stream's leader killed under steady publishing
+//!   and a live watcher: how long publishing is unavailable and deliveries stall.
+//! - `soak` (only when named in `JETWATCH_BENCH`): publishing, watchers, durables and
+//!   snapshots opening and closing at random for `JETWATCH_SOAK_SECS` (default 1,800), with
+//!   RSS, descriptors, tasks and JetStream consumers printed over time.
 //!
 //! Environment:
 //! - `JETWATCH_BENCH`: comma-separated scenarios to run (default: all of them, in the order
@@ -174,7 +179,10 @@ impl Options {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?,
-            _ => Scenario::ALL.to_vec(),
+            _ => Scenario::ALL
+                .into_iter()
+                .filter(|s| *s != Scenario::Soak)
+                .collect(),
         };
         let scale = match std::env::var("JETWATCH_BENCH_SCALE") {
             Ok(s) => s
@@ -213,10 +221,15 @@ enum Scenario {
     Pushdown,
     /// A burst larger than the history to many live watchers: no gap, bounded consumers.
     Burst,
+    /// The stream leader of a 3-node cluster killed under load.
+    Failover,
+    /// A long random workload, sampled for leaks (not in the default set).
+    Soak,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 8] = [
+    /// Every scenario; all but the last run by default.
+    const ALL: [Scenario; 10] = [
         Scenario::Publish,
         Scenario::Watch,
         Scenario::Fanout,
@@ -225,6 +238,8 @@ impl Scenario {
         Scenario::Snapshot,
         Scenario::Pushdown,
         Scenario::Burst,
+        Scenario::Failover,
+        Scenario::Soak,
     ];
 
     fn name(self) -> &'static str {
@@ -237,6 +252,8 @@ impl Scenario {
             Scenario::Snapshot => "snapshot",
             Scenario::Pushdown => "pushdown",
             Scenario::Burst => "burst",
+            Scenario::Failover => "failover",
+            Scenario::Soak => "soak",
         }
     }
 
@@ -254,6 +271,8 @@ impl Scenario {
             Scenario::Snapshot => snapshot::run(o).await,
             Scenario::Pushdown => pushdown::run(o).await,
             Scenario::Burst => burst::run(o).await,
+            Scenario::Failover => failover::run(o).await,
+            Scenario::Soak => soak::run(o).await,
         }
     }
 }
@@ -263,12 +282,14 @@ impl Scenario {
 // ---------------------------------------------------------------------------------------------
 
 mod burst;
+mod failover;
 mod fanout;
 mod latency;
 mod memory;
 mod publish;
 mod pushdown;
 mod snapshot;
+mod soak;
 mod watch;
 
 /// `m` events published raw to [`RAW_STREAM`] while `n` raw live consumers read them all:

@@ -2,6 +2,8 @@
 //! gateway on 127.0.0.1:0, both stopped when the [`TestEnv`] is dropped. Every test file uses it.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod soak;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
