@@ -9,6 +9,9 @@ use futures::StreamExt;
 use super::error::store_error;
 use super::{deliver_policy, unpack, RawMessage, StartAt, Store, StoreError, INACTIVE_THRESHOLD};
 
+/// The idle heartbeat asked of every reader's pulls.
+const READER_HEARTBEAT: Duration = Duration::from_secs(1);
+
 impl Store {
     /// Opens a reader on `stream` from `start`, restricted to `filter_subjects` (all subjects
     /// when empty). The reader pulls at most `batch` messages and about `max_bytes` ahead of
@@ -59,7 +62,11 @@ impl Store {
                 .stream()
                 .max_messages_per_batch(batch.max(1))
                 .max_bytes_per_batch(max_bytes.max(1))
-                .heartbeat(Duration::from_secs(5))
+                // Idle heartbeats tell a lost consumer (its server died, a cluster lost the
+                // node holding it) from a quiet stream: after two missed ones the read ends
+                // with an error and the caller re-opens it elsewhere. One second keeps the
+                // delivery stall of a node loss close to the stream's leader election.
+                .heartbeat(READER_HEARTBEAT)
                 .expires(Duration::from_secs(30))
                 .messages()
                 .await
