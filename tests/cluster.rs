@@ -93,17 +93,17 @@ async fn losing_the_stream_leader_loses_nothing_acknowledged_and_no_subscriber_s
     // A live watcher and an EXPLICIT durable, both open before the fault.
     let mut live = watch(&mut client, open().bookmarks_ms(0).build()).await;
     let live_opened = opened(&mut live).await;
-    let mut durable = subscribe(
-        &mut client,
-        open()
-            .durable("d")
-            .explicit()
-            .window(64)
-            .earliest()
-            .bookmarks_ms(0)
-            .build(),
-    )
-    .await;
+    // Acknowledgements in flight to a killed node are lost; those deliveries come back after
+    // ack_wait, so keep it short.
+    let mut durable_open = open()
+        .durable("d")
+        .explicit()
+        .window(64)
+        .earliest()
+        .bookmarks_ms(0)
+        .build();
+    durable_open.ack_wait = millis(2000);
+    let mut durable = subscribe(&mut client, durable_open).await;
     opened(&mut durable.responses).await;
     let durable_seen = Arc::new(Mutex::new(Vec::<(u64, u32)>::new()));
     let durable_task = {

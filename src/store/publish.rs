@@ -117,7 +117,8 @@ impl Store {
     /// between this check and the send can still leave such a message; publishing again with
     /// the same source and id is deduplicated within the stream's duplicate window.)
     fn connected_for(&self, doing: &str) -> Result<(), StoreError> {
-        if self.is_connected() {
+        // The publishing connection's own state (the history connection does not matter here).
+        if self.client.connection_state() == async_nats::connection::State::Connected {
             Ok(())
         } else {
             Err(StoreError::Unavailable {
