@@ -70,6 +70,11 @@ pub struct ServerSettings {
     /// before they are buffered. Must leave room for the largest event plus its envelope.
     /// Default 4194304 (4 MiB).
     pub max_request_bytes: usize,
+    /// Streams the HTTP/2 layer may reset on its own (for a client's protocol errors) over one
+    /// connection's life before it closes the connection with ENHANCE_YOUR_CALM, a defence
+    /// against reset floods. Quick cancels of many watches on one long-lived connection cause
+    /// such resets too, so the default is far above the HTTP/2 library's 1024. Default 65536.
+    pub http2_max_local_resets: usize,
 }
 
 /// `[nats]`.

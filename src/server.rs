@@ -195,6 +195,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
     let limit = settings.server.max_request_bytes;
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_max_local_error_reset_streams(Some(settings.server.http2_max_local_resets))
         // Requests tonic cannot read (too large, not protobuf) are answered with the
         // contract's codes, not tonic's OUT_OF_RANGE and INTERNAL.
         .layer(tower::util::MapResponseLayer::new(

@@ -208,8 +208,12 @@ async fn a_short_soak_keeps_memory_descriptors_tasks_and_consumers_flat() {
         first.rss_bytes,
         last.rss_bytes
     );
-    let published = samples.last().unwrap().published;
-    assert!(published >= 2_000, "only {published} events published");
+    // The load really ran (how much depends on the machine: no rate is asserted).
+    let end = samples.last().unwrap();
+    assert!(
+        end.published >= 100 && end.delivered >= end.published && end.watches_opened >= 100,
+        "{end}"
+    );
     // Once the load stops, every JetStream consumer but the shared reader goes.
     eventually("consumers back to the shared reader alone", || {
         let env = &env;
