@@ -2,8 +2,15 @@
 //!
 //! Only declared streams are visible. Seeking a durable resolves its start like any
 //! subscription (`engine::start`), so an expired sequence is `HistoryExpired` here too.
+//!
+//! With authentication on, a caller sees the streams it holds a grant on; an `admin` grant on a
+//! stream covers every durable of it, a `subscribe` grant only the caller's own durables (the
+//! identity that created them). Refusals never say whether the durable exists.
 
-use crate::config::Settings;
+use std::sync::Arc;
+
+use crate::auth::{Auth, Identity};
+use crate::config::{Action, Settings};
 use crate::engine::{OnExpired, Start};
 use crate::error::Error;
 use crate::store::Store;
@@ -15,12 +22,69 @@ pub use crate::store::{ConsumerState as DurableState, StreamState};
 pub struct Admin {
     store: Store,
     settings: Settings,
+    auth: Arc<Auth>,
 }
 
+/// A caller of the admin API (`None` when authentication is off).
+pub type Caller<'a> = Option<&'a Identity>;
+
 impl Admin {
-    /// Admin over the streams `settings` declares.
-    pub fn new(store: Store, settings: Settings) -> Admin {
-        Admin { store, settings }
+    /// Admin over the streams `settings` declares, for callers `auth` identifies.
+    pub fn new(store: Store, settings: Settings, auth: Arc<Auth>) -> Admin {
+        Admin {
+            store,
+            settings,
+            auth,
+        }
+    }
+
+    /// Whether `caller` may see `stream` at all (any grant on it).
+    fn sees(&self, caller: Caller<'_>, stream: &str) -> bool {
+        [Action::Subscribe, Action::Publish, Action::Admin]
+            .into_iter()
+            .any(|a| self.auth.allows_any(caller, a, stream))
+    }
+
+    /// Fails unless `caller` may see `stream` and it is declared (in that order: a stream the
+    /// caller may not see is refused whether or not it exists).
+    fn visible(&self, caller: Caller<'_>, stream: &str) -> Result<(), Error> {
+        if !self.sees(caller, stream) {
+            crate::auth::audit(caller, "admin.read", stream, "denied");
+            return Err(Error::denied(Action::Admin, stream, None));
+        }
+        self.declared(stream)
+    }
+
+    /// Whether `caller` may manage `durable` (its owner, or an admin of the stream).
+    fn manages(&self, caller: Caller<'_>, stream: &str, durable: &DurableState) -> bool {
+        self.auth.allows_any(caller, Action::Admin, stream)
+            || (self.auth.allows_any(caller, Action::Subscribe, stream)
+                && caller.is_some_and(|c| durable.owner.as_deref() == Some(c.id.as_str())))
+    }
+
+    /// The durable `name` of `stream` if `caller` manages it; otherwise PERMISSION_DENIED
+    /// (also when it does not exist, unless the caller is an admin of the stream).
+    async fn managed(
+        &self,
+        caller: Caller<'_>,
+        stream: &str,
+        name: &str,
+        action: &str,
+    ) -> Result<DurableState, Error> {
+        self.visible(caller, stream)?;
+        let target = format!("{stream}/{name}");
+        let denied = || {
+            crate::auth::audit(caller, action, &target, "denied");
+            Err(Error::denied(Action::Admin, stream, None))
+        };
+        let admin = self.auth.allows_any(caller, Action::Admin, stream);
+        match self.store.durable(stream, name).await {
+            Ok(d) if self.manages(caller, stream, &d) => Ok(d),
+            Ok(_) => denied(),
+            Err(e) if admin => Err(e.into()),
+            Err(crate::store::StoreError::ConsumerNotFound { .. }) => denied(),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Fails unless `stream` is declared.
@@ -31,26 +95,32 @@ impl Admin {
         }
     }
 
-    /// The state of every declared stream.
-    pub async fn streams(&self) -> Result<Vec<StreamState>, Error> {
+    /// The state of every declared stream `caller` may see.
+    pub async fn streams(&self, caller: Caller<'_>) -> Result<Vec<StreamState>, Error> {
         let mut out = Vec::with_capacity(self.settings.streams.len());
         for s in &self.settings.streams {
-            out.push(self.store.stream_state(&s.name).await?);
+            if self.sees(caller, &s.name) {
+                out.push(self.store.stream_state(&s.name).await?);
+            }
         }
         Ok(out)
     }
 
     /// The state of `stream`.
-    pub async fn stream(&self, stream: &str) -> Result<StreamState, Error> {
-        self.declared(stream)?;
+    pub async fn stream(&self, caller: Caller<'_>, stream: &str) -> Result<StreamState, Error> {
+        self.visible(caller, stream)?;
         Ok(self.store.stream_state(stream).await?)
     }
 
-    /// The durables of `stream`, or of every declared stream when `None`.
-    pub async fn durables(&self, stream: Option<&str>) -> Result<Vec<DurableState>, Error> {
+    /// The durables `caller` manages on `stream`, or on every stream it sees when `None`.
+    pub async fn durables(
+        &self,
+        caller: Caller<'_>,
+        stream: Option<&str>,
+    ) -> Result<Vec<DurableState>, Error> {
         let streams: Vec<&str> = match stream {
             Some(s) => {
-                self.declared(s)?;
+                self.visible(caller, s)?;
                 vec![s]
             }
             None => self
@@ -58,35 +128,66 @@ impl Admin {
                 .streams
                 .iter()
                 .map(|s| s.name.as_str())
+                .filter(|s| self.sees(caller, s))
                 .collect(),
         };
         let mut out = Vec::new();
         for s in streams {
-            out.extend(self.store.durables(s).await?);
+            let durables = self.store.durables(s).await?;
+            out.extend(durables.into_iter().filter(|d| self.manages(caller, s, d)));
         }
         Ok(out)
     }
 
     /// The durable `durable` of `stream`.
-    pub async fn durable(&self, stream: &str, durable: &str) -> Result<DurableState, Error> {
-        self.declared(stream)?;
-        Ok(self.store.durable(stream, durable).await?)
+    pub async fn durable(
+        &self,
+        caller: Caller<'_>,
+        stream: &str,
+        durable: &str,
+    ) -> Result<DurableState, Error> {
+        self.managed(caller, stream, durable, "durable.get").await
     }
 
     /// Deletes the durable `durable` of `stream`.
-    pub async fn delete_durable(&self, stream: &str, durable: &str) -> Result<(), Error> {
-        self.declared(stream)?;
-        Ok(self.store.delete_durable(stream, durable).await?)
+    pub async fn delete_durable(
+        &self,
+        caller: Caller<'_>,
+        stream: &str,
+        durable: &str,
+    ) -> Result<(), Error> {
+        self.managed(caller, stream, durable, "durable.delete")
+            .await?;
+        self.store.delete_durable(stream, durable).await?;
+        if self.auth.enabled() {
+            crate::auth::audit(
+                caller,
+                "durable.delete",
+                &format!("{stream}/{durable}"),
+                "allowed",
+            );
+        }
+        Ok(())
     }
 
     /// Moves the durable `durable` of `stream` to `start` (anything but `Resume`).
     pub async fn seek_durable(
         &self,
+        caller: Caller<'_>,
         stream: &str,
         durable: &str,
         start: Start,
     ) -> Result<DurableState, Error> {
-        self.declared(stream)?;
+        self.managed(caller, stream, durable, "durable.seek")
+            .await?;
+        if self.auth.enabled() {
+            crate::auth::audit(
+                caller,
+                "durable.seek",
+                &format!("{stream}/{durable}"),
+                "allowed",
+            );
+        }
         if start == Start::Resume {
             return Err(Error::invalid(
                 "start",

@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,12 @@ pub struct Settings {
     pub subscribe: SubscribeSettings,
     /// The shared-read (fan-out) engine.
     pub fanout: FanoutSettings,
+    /// TLS on the gRPC listener.
+    #[serde(default)]
+    pub tls: TlsSettings,
+    /// Who may call, and what each caller may do.
+    #[serde(default)]
+    pub auth: AuthSettings,
     /// The streams the gateway declares at start-up (created or updated).
     pub streams: Vec<StreamSettings>,
 }
@@ -173,6 +179,276 @@ pub struct FanoutSettings {
     /// while it reads on sequentially, let go after 5 s idle); past it, history reads use
     /// direct gets. 0: direct gets only. Default 4.
     pub catchup_consumers: usize,
+}
+
+impl Settings {
+    fn validate_security(&self, streams: &HashSet<&str>) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| {
+            Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                reason,
+            })
+        };
+        let tls = &self.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return invalid(
+                "tls.key_file",
+                "set both tls.cert_file and tls.key_file".into(),
+            );
+        }
+        if tls.client_ca_file.is_some() && !tls.enabled() {
+            return invalid(
+                "tls.client_ca_file",
+                "needs tls.cert_file and tls.key_file".into(),
+            );
+        }
+        let auth = &self.auth;
+        if auth.client_certificates && tls.client_ca_file.is_none() {
+            return invalid(
+                "auth.client_certificates",
+                "needs tls.client_ca_file (the CAs whose certificates identify callers)".into(),
+            );
+        }
+        for (i, t) in auth.tokens.iter().enumerate() {
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return invalid(
+                    &format!("auth.tokens[{i}].sha256"),
+                    "64 hex digits: the SHA-256 of the token, not the token".into(),
+                );
+            }
+            if t.identity.is_empty() {
+                return invalid(
+                    &format!("auth.tokens[{i}].identity"),
+                    "must not be empty".into(),
+                );
+            }
+        }
+        if let Some(jwt) = &auth.jwt {
+            if jwt.hs256_secret_file.is_none() && jwt.jwks_file.is_none() {
+                return invalid(
+                    "auth.jwt",
+                    "set hs256_secret_file or jwks_file (or both)".into(),
+                );
+            }
+            if jwt.issuer.is_empty() || jwt.audience.is_empty() {
+                return invalid("auth.jwt", "issuer and audience are required".into());
+            }
+        }
+        for (i, g) in auth.grants.iter().enumerate() {
+            if g.identities.is_empty() && g.groups.is_empty() {
+                return invalid(
+                    &format!("auth.grants[{i}]"),
+                    "name at least one identity or group".into(),
+                );
+            }
+            if g.stream != "*" && !streams.contains(g.stream.as_str()) {
+                return invalid(
+                    &format!("auth.grants[{i}].stream"),
+                    format!("`{}` is not a declared stream (or `*`)", g.stream),
+                );
+            }
+            for p in &g.subjects {
+                if !crate::wildcard::is_valid_pattern(p) {
+                    return invalid(
+                        &format!("auth.grants[{i}].subjects"),
+                        format!("`{p}` is not a valid NATS subject pattern"),
+                    );
+                }
+            }
+        }
+        if auth.enabled()
+            && !tls.enabled()
+            && !auth.allow_plaintext
+            && !self.server.listen.ip().is_loopback()
+        {
+            return invalid(
+                "auth.allow_plaintext",
+                format!(
+                    "authentication is on but TLS is off on {}: credentials would cross the \
+                     network in clear; configure [tls], listen on loopback, or set \
+                     auth.allow_plaintext = true",
+                    self.server.listen
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `[tls]`: TLS on the gRPC listener. Off unless `cert_file` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// PEM certificate chain of the gateway. Setting it (with `key_file`) turns TLS on.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate.
+    pub key_file: Option<PathBuf>,
+    /// PEM bundle of the CAs whose client certificates are accepted (mTLS). Unset: clients
+    /// are not asked for certificates.
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `required` (every client presents a certificate of those CAs) or
+    /// `optional` (clients without one may still authenticate otherwise). Default `required`.
+    pub client_auth: ClientAuth,
+    /// How often the certificate, key and CA files are checked for changes; a change is loaded
+    /// for new connections without a restart (a broken one is refused, the old one kept).
+    /// Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// Longest a TLS handshake may take; slower clients are dropped. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// TLS handshakes in progress at once; further connections wait to be accepted. Default 256.
+    pub max_handshakes: usize,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            client_auth: ClientAuth::Required,
+            reload_interval: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 256,
+        }
+    }
+}
+
+impl TlsSettings {
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+}
+
+/// Whether clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Every client presents a certificate signed by `client_ca_file`.
+    Required,
+    /// A certificate is verified when presented; clients may also come without one.
+    Optional,
+}
+
+/// `[auth]`: identities and grants. With no identity source configured (no tokens, no JWT,
+/// no client certificates), every caller may do everything, as on a laptop.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Static bearer tokens; only their SHA-256 hashes are stored here.
+    pub tokens: Vec<StaticToken>,
+    /// JSON Web Tokens from an identity provider.
+    pub jwt: Option<JwtSettings>,
+    /// Verified TLS client certificates identify callers (identity: the certificate's common
+    /// name, or else its first DNS or URI name; groups: its organizational units). Needs
+    /// `tls.client_ca_file`.
+    pub client_certificates: bool,
+    /// Allow authentication on a listener without TLS that is not on loopback (bearer tokens
+    /// would cross the network in clear). Default false: `serve` refuses to start.
+    pub allow_plaintext: bool,
+    /// What identities and groups may do; anything not granted is denied.
+    pub grants: Vec<Grant>,
+}
+
+impl AuthSettings {
+    /// Whether callers must authenticate.
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty() || self.jwt.is_some() || self.client_certificates
+    }
+}
+
+/// `[[auth.tokens]]`: one static bearer token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticToken {
+    /// Lower-case hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`).
+    pub sha256: String,
+    /// The identity the token stands for.
+    pub identity: String,
+    /// Groups of that identity.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// `[auth.jwt]`: JSON Web Tokens (HS256 with a shared secret, or RS256/ES256 with keys from a
+/// JWKS file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud`.
+    pub audience: String,
+    /// File holding the HS256 secret (its bytes, trailing newline removed).
+    #[serde(default)]
+    pub hs256_secret_file: Option<PathBuf>,
+    /// JWKS file with the RS256/ES256 public keys (chosen by the token's `kid`).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// The claim listing the identity's groups. Default `groups`.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Claims (non-secret) copied into published events' `authclaims`. Default none.
+    #[serde(default)]
+    pub audit_claims: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`. Default `30s`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[[auth.grants]]`: lets identities and groups act on a stream's subjects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// Identities granted.
+    #[serde(default)]
+    pub identities: Vec<String>,
+    /// Groups granted.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// What they may do: `publish`, `subscribe`, `admin`.
+    pub actions: Vec<Action>,
+    /// The stream, or `*` for every stream.
+    pub stream: String,
+    /// NATS subject patterns within the stream. Default `[">"]`: all of them.
+    #[serde(default = "all_subjects")]
+    pub subjects: Vec<String>,
+}
+
+fn all_subjects() -> Vec<String> {
+    vec![">".into()]
+}
+
+/// An action a grant allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Publish events.
+    Publish,
+    /// Watch and subscribe; resume, acknowledge and inspect one's own durables.
+    Subscribe,
+    /// Administer: every durable of the stream (list, seek, delete), stream details.
+    Admin,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Publish => "publish",
+            Action::Subscribe => "subscribe",
+            Action::Admin => "admin",
+        })
+    }
 }
 
 /// `[[streams]]`: one JetStream stream the gateway declares.
@@ -387,6 +663,7 @@ impl Settings {
                 ),
             );
         }
+        self.validate_security(&names)?;
         if !names.contains(self.publish.default_stream.as_str()) {
             return invalid(
                 "publish.default_stream".into(),

@@ -45,6 +45,24 @@ pub enum Error {
     /// protobuf decoding allows).
     #[error("the request message cannot be decoded: {0}")]
     MalformedRequest(String),
+    /// The caller is not authenticated (no credential, an invalid one, or an expired one).
+    #[error("{message}")]
+    Unauthenticated {
+        /// The credential was valid and has expired (resume with a new one).
+        expired: bool,
+        /// What is wrong.
+        message: String,
+    },
+    /// The caller may not do this. Says nothing of whether the target exists.
+    #[error("permission denied: {action} on stream `{stream}`{}", subject.as_ref().map(|s| format!(", subject `{s}`")).unwrap_or_default())]
+    PermissionDenied {
+        /// `publish`, `subscribe` or `admin`.
+        action: String,
+        /// The stream.
+        stream: String,
+        /// The subject, when one is concerned.
+        subject: Option<String>,
+    },
     /// The stream is not one the gateway serves.
     #[error("stream `{0}` is not declared on this gateway")]
     StreamNotFound(String),
@@ -99,6 +117,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// Shorthand for [`Error::PermissionDenied`].
+    pub fn denied(action: crate::config::Action, stream: &str, subject: Option<&str>) -> Error {
+        Error::PermissionDenied {
+            action: action.to_string(),
+            stream: stream.to_owned(),
+            subject: subject.map(str::to_owned),
+        }
+    }
+
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Error {
         Error::InvalidArgument {
@@ -119,6 +146,11 @@ impl From<StoreError> for Error {
                 reason: error_chain(&e),
             },
             StoreError::StreamNotFound { stream } => Error::StreamNotFound(stream),
+            StoreError::NotOwner { stream, .. } => Error::PermissionDenied {
+                action: "subscribe".into(),
+                stream,
+                subject: None,
+            },
             StoreError::ConsumerNotFound { stream, durable } => {
                 Error::DurableNotFound { stream, durable }
             }

@@ -22,6 +22,7 @@
 //! - [`cli`]: the `jetwatch` command's sub-commands.
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod codec;
 pub mod config;
@@ -36,6 +37,7 @@ pub mod server;
 pub mod store;
 pub mod subject;
 pub mod telemetry;
+pub mod tls;
 pub mod wildcard;
 
 pub use error::Error;

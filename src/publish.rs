@@ -8,10 +8,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::auth::{Auth, Identity};
 use crate::codec;
-use crate::config::Settings;
+use crate::config::{Action, Settings};
 use crate::error::Error;
-use crate::event::Event;
+use crate::event::{AttributeValue, Event};
 use crate::store::{PendingAck, Store};
 use crate::subject::SubjectTemplate;
 
@@ -24,6 +25,8 @@ pub struct PublishRequest {
     pub stream: String,
     /// Optimistic concurrency: the subject's expected last sequence (0: none yet).
     pub expected_subject_sequence: Option<u64>,
+    /// Who publishes (`None` when authentication is off).
+    pub caller: Option<Arc<Identity>>,
 }
 
 /// A stored event's coordinates.
@@ -66,6 +69,22 @@ impl InFlight {
     }
 }
 
+/// Sets the CloudEvents `authcontext` attributes (`authtype`, `authid`, and `authclaims` with the
+/// configured audit claims as JSON) from `identity`.
+fn stamp_authcontext(event: &mut Event, identity: &Identity) {
+    event.set(
+        "authtype",
+        AttributeValue::String(identity.kind.authtype().to_owned()),
+    );
+    event.set("authid", AttributeValue::String(identity.id.clone()));
+    if identity.claims.is_empty() {
+        event.attributes.remove("authclaims");
+    } else {
+        let claims = serde_json::to_string(&identity.claims).unwrap_or_default();
+        event.set("authclaims", AttributeValue::String(claims));
+    }
+}
+
 /// Counts a publish outcome in the metrics (`Ok(duplicate)` or a failure).
 fn count(outcome: &Result<bool, ()>) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -92,11 +111,13 @@ struct Inner {
     /// The configured size limit in bytes (`usize::MAX` when unset); the server's max_payload
     /// applies too.
     max_event_bytes: usize,
+    /// Identities and grants.
+    auth: Arc<Auth>,
 }
 
 impl Publisher {
     /// Builds the publisher for the declared streams (settings must be validated).
-    pub fn new(store: Store, settings: &Settings) -> Result<Publisher, Error> {
+    pub fn new(store: Store, settings: &Settings, auth: Arc<Auth>) -> Result<Publisher, Error> {
         let mut templates = HashMap::new();
         for s in &settings.streams {
             let t = SubjectTemplate::parse(&s.template_source())
@@ -113,6 +134,7 @@ impl Publisher {
                 templates,
                 default_stream: settings.publish.default_stream.clone(),
                 max_event_bytes,
+                auth,
             }),
         })
     }
@@ -129,11 +151,24 @@ impl Publisher {
             .templates
             .get(&stream)
             .ok_or_else(|| Error::StreamNotFound(stream.clone()))?;
-        let event = req.event;
+        let mut event = req.event;
+        let caller = req.caller.as_deref();
+        if let Some(identity) = caller {
+            // Who published, from the verified identity: whatever the client sent is replaced
+            // (the CloudEvents `authcontext` extension).
+            stamp_authcontext(&mut event, identity);
+        }
         codec::validate(&event, usize::MAX).map_err(Error::InvalidEvent)?;
         let subject = template
             .render(&event)
             .map_err(|e| Error::invalid("event", e.to_string()))?;
+        if !inner
+            .auth
+            .allows(caller, Action::Publish, &stream, &subject)
+        {
+            crate::auth::audit(caller, "publish", &format!("{stream}/{subject}"), "denied");
+            return Err(Error::denied(Action::Publish, &stream, Some(&subject)));
+        }
         let encoded = codec::encode(&event).map_err(|e| Error::invalid("event", e.to_string()))?;
         let msg_id = codec::dedup_key(&event.source, &event.id);
         // The size as NATS counts it, headers the publish adds included, against the smaller

@@ -9,6 +9,7 @@
 //! - the caller bounds the whole drain with `server.shutdown_grace` (see [`Gateway::stopped`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -101,19 +102,26 @@ impl Gateway {
 /// Connects, declares streams, binds the listeners and starts serving in the background.
 /// Everything stops when `shutdown` is cancelled.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Gateway, StartError> {
+    // Everything that can fail without NATS fails first: identity sources and TLS files.
+    let auth = Arc::new(
+        crate::auth::Auth::new(&settings.auth).map_err(|e| StartError::Other(e.to_string()))?,
+    );
+    let tls = crate::tls::ReloadingTls::from_settings(&settings.tls)
+        .map_err(|e| StartError::Other(format!("TLS: {e}")))?;
     let store = Store::connect(&settings.nats).await?;
     for s in &settings.streams {
         store.ensure_stream(s).await?;
     }
     tracing::info!(url = %settings.nats.url, streams = settings.streams.len(), "NATS ready");
-    let publisher =
-        Publisher::new(store.clone(), &settings).map_err(|e| StartError::Other(e.to_string()))?;
+    let publisher = Publisher::new(store.clone(), &settings, auth.clone())
+        .map_err(|e| StartError::Other(e.to_string()))?;
     let gauges = telemetry::Gauges::default();
     let engine = Engine::new(
         store.clone(),
         settings.clone(),
         shutdown.clone(),
         gauges.clone(),
+        auth.clone(),
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -182,7 +190,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         shutdown.clone(),
     );
     let publisher = PublisherService::new(publisher, settings.publish.max_pending_acks);
-    let admin = AdminService::new(crate::admin::Admin::new(store, settings.clone()));
+    let admin = AdminService::new(crate::admin::Admin::new(
+        store,
+        settings.clone(),
+        auth.clone(),
+    ));
 
     let signal = {
         let shutdown = shutdown.clone();
@@ -201,19 +213,29 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         .layer(tower::util::MapResponseLayer::new(
             crate::grpc::status::rewrite_request_read_errors,
         ))
+        .layer(crate::grpc::auth::AuthLayer::new(auth.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(PublisherServer::new(publisher).max_decoding_message_size(limit))
         .add_service(SubscriberServer::new(subscriber, limit))
         .add_service(AdminServer::new(admin).max_decoding_message_size(limit));
-    let task =
-        // Accepted sockets get TCP_NODELAY here: the builder's `tcp_nodelay` applies only to
-        // listeners tonic binds itself, and Nagle's algorithm would hold small responses back.
-        tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            signal,
-        ));
+    // Accepted sockets get TCP_NODELAY here: the builder's `tcp_nodelay` applies only to
+    // listeners tonic binds itself, and Nagle's algorithm would hold small responses back.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let task = match tls {
+        Some(tls) => {
+            tls.spawn_reloader(settings.tls.reload_interval);
+            let incoming = crate::tls::tls_incoming(
+                incoming,
+                tls,
+                settings.tls.handshake_timeout,
+                settings.tls.max_handshakes,
+            );
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+        None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal)),
+    };
     tracing::info!(%grpc_addr, %metrics_addr, "jetwatch gateway serving");
     Ok(Gateway {
         grpc_addr,

@@ -44,6 +44,35 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
+/// The pattern matching exactly the subjects both `a` and `b` match, if any do. Two patterns'
+/// intersection is itself a pattern: token by token, a literal wins over `*`, and `>` takes the
+/// other side's remaining tokens.
+pub fn intersect(a: &str, b: &str) -> Option<String> {
+    let ta: Vec<&str> = a.split('.').collect();
+    let tb: Vec<&str> = b.split('.').collect();
+    let mut out: Vec<&str> = Vec::with_capacity(ta.len().max(tb.len()));
+    let mut i = 0;
+    loop {
+        match (ta.get(i), tb.get(i)) {
+            (Some(&">"), Some(_)) => {
+                out.extend_from_slice(&tb[i..]);
+                break;
+            }
+            (Some(_), Some(&">")) => {
+                out.extend_from_slice(&ta[i..]);
+                break;
+            }
+            (Some(&"*"), Some(&y)) => out.push(y),
+            (Some(&x), Some(&"*")) => out.push(x),
+            (Some(&x), Some(&y)) if x == y => out.push(x),
+            (None, None) => break,
+            _ => return None,
+        }
+        i += 1;
+    }
+    Some(out.join("."))
+}
+
 /// Whether every subject matched by `inner` is also matched by `outer`.
 pub fn is_subset(inner: &str, outer: &str) -> bool {
     let mut i = inner.split('.');
@@ -99,5 +128,39 @@ mod tests {
         assert!(is_subset("events.*", "events.>"));
         assert!(!is_subset("events.>", "events.*"));
         assert!(!is_subset("other.>", "events.>"));
+    }
+
+    #[test]
+    fn intersections_match_exactly_what_both_match() {
+        let cases = [
+            ("events.>", "events.a.*", Some("events.a.*")),
+            ("events.*.x", "events.a.>", Some("events.a.x")),
+            ("events.a", "events.*", Some("events.a")),
+            ("events.a", "events.b", None),
+            ("events.>", "events", None),
+            ("events.*", "events.a.b", None),
+            (">", "a.b", Some("a.b")),
+            ("*.b.>", "a.*.c", Some("a.b.c")),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(intersect(a, b).as_deref(), want, "{a} ∩ {b}");
+            assert_eq!(intersect(b, a).as_deref(), want, "{b} ∩ {a}");
+        }
+        // The intersection matches a subject exactly when both patterns do.
+        let subjects = [
+            "events.a",
+            "events.a.x",
+            "events.a.b.c",
+            "events.b.x",
+            "a.b.c",
+            "events",
+        ];
+        for (a, b, _) in cases {
+            for s in subjects {
+                let both = matches(a, s) && matches(b, s);
+                let via = intersect(a, b).is_some_and(|p| matches(&p, s));
+                assert_eq!(both, via, "{a} ∩ {b} on {s}");
+            }
+        }
     }
 }

@@ -36,7 +36,16 @@ use crate::store::{Acker, Consumer, ConsumerSpec, ConsumerStart, Delivered, Star
 /// Longest single pull request; bounds how stale the window accounting can get.
 const MAX_PULL_WAIT: Duration = Duration::from_secs(5);
 
+/// Who opens a consumer-backed subscription, when authentication is on.
+pub(super) struct Owner {
+    /// The identity: recorded as a new durable's owner, compared with an existing one's.
+    pub(super) id: String,
+    /// An admin of the stream may attach to anyone's durable.
+    pub(super) admin: bool,
+}
+
 pub(super) struct Params<'a> {
+    pub(super) owner: Option<Owner>,
     pub(super) id: String,
     pub(super) req: OpenRequest,
     pub(super) matcher: Matcher,
@@ -81,13 +90,23 @@ pub(super) async fn open(p: Params<'_>) -> Result<Opened, Error> {
         start,
         ack_wait: req.ack_wait,
         max_ack_pending: i64::from(p.settings.subscribe.max_in_flight_limit) * 4,
+        owner: p.owner.as_ref().map(|o| o.id.clone()),
+        admin: p.owner.as_ref().is_some_and(|o| o.admin),
     };
     if req.start == Some(Start::Resume) {
         // Resume never creates: the durable must exist.
         let name = req.durable.clone().unwrap_or_default();
         store.durable(&req.stream, &name).await?;
     }
-    let (consumer, created) = store.open_consumer(&req.stream, &spec).await?;
+    let (consumer, created) = match store.open_consumer(&req.stream, &spec).await {
+        Ok(opened) => opened,
+        Err(e @ crate::store::StoreError::NotOwner { .. }) => {
+            let target = format!("{}/{}", req.stream, req.durable.as_deref().unwrap_or(""));
+            crate::auth::audit(req.caller.as_deref(), "durable.open", &target, "denied");
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let cached = consumer.cached_state();
     // Only the client that created the consumer sees the snapshot boundary.
     let snapshot =

@@ -101,6 +101,8 @@ struct Inner {
     history_consumers: Arc<Semaphore>,
     /// Where the engine publishes its gauges.
     gauges: Gauges,
+    /// Identities' grants.
+    auth: Arc<crate::auth::Auth>,
 }
 
 impl Engine {
@@ -111,6 +113,7 @@ impl Engine {
         settings: Settings,
         shutdown: CancellationToken,
         gauges: Gauges,
+        auth: Arc<crate::auth::Auth>,
     ) -> Engine {
         let outage = lifecycle::spawn_outage_monitor(
             store.connection(),
@@ -134,6 +137,7 @@ impl Engine {
                 gauges,
                 outage,
                 tombstones,
+                auth,
             }),
         }
     }
@@ -149,8 +153,24 @@ impl Engine {
     }
 
     /// Opens a subscription. Errors are returned before anything is streamed.
-    pub async fn open(&self, req: OpenRequest) -> Result<Subscription, Error> {
+    pub async fn open(&self, mut req: OpenRequest) -> Result<Subscription, Error> {
         let inner = &self.inner;
+        // The caller reads only what it is granted: its subjects are cut down to the grant
+        // here, so every path below (shared reads, catch-up, snapshots, consumers) reads
+        // within it, and JetStream filters by it where it can.
+        let caller = req.caller.as_deref();
+        let scope = inner
+            .auth
+            .scope(caller, crate::config::Action::Subscribe, &req.stream);
+        let Some(subjects) = crate::auth::restrict(&req.subjects, &scope) else {
+            crate::auth::audit(caller, "subscribe", &req.stream, "denied");
+            return Err(Error::denied(
+                crate::config::Action::Subscribe,
+                &req.stream,
+                req.subjects.first().map(String::as_str),
+            ));
+        };
+        req.subjects = subjects;
         let Some(stream_settings) = inner.settings.stream(&req.stream) else {
             return Err(Error::StreamNotFound(req.stream));
         };
@@ -181,7 +201,21 @@ impl Engine {
             } else {
                 (None, None)
             };
+            // Durables belong to the identity that created them; only it, or an admin of the
+            // stream, may attach to one.
+            let owner = match req.caller.as_deref() {
+                Some(c) if inner.auth.enabled() => Some(consumer::Owner {
+                    id: c.id.clone(),
+                    admin: inner.auth.allows_any(
+                        Some(c),
+                        crate::config::Action::Admin,
+                        &req.stream,
+                    ),
+                }),
+                _ => None,
+            };
             let opened = consumer::open(consumer::Params {
+                owner,
                 sent: sent_rx,
                 id: id.clone(),
                 req,

@@ -93,6 +93,8 @@ pub struct OpenRequest {
     pub on_expired: OnExpired,
     /// Redelivery deadline (EXPLICIT).
     pub ack_wait: Duration,
+    /// Who opens it (`None` when authentication is off).
+    pub caller: Option<Arc<crate::auth::Identity>>,
 }
 
 /// What a subscription yields, in order.

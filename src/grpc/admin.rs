@@ -3,6 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth::caller;
 use super::convert::{durable_to_pb, start_from_pb, stream_to_pb};
 use super::pb::jetwatch::v1 as api;
 use crate::admin::Admin;
@@ -24,9 +25,10 @@ impl AdminService {
 impl api::admin_server::Admin for AdminService {
     async fn list_streams(
         &self,
-        _request: Request<api::ListStreamsRequest>,
+        request: Request<api::ListStreamsRequest>,
     ) -> Result<Response<api::ListStreamsResponse>, Status> {
-        let streams = self.admin.streams().await?;
+        let caller = caller(&request);
+        let streams = self.admin.streams(caller.as_deref()).await?;
         Ok(Response::new(api::ListStreamsResponse {
             streams: streams.iter().map(stream_to_pb).collect(),
         }))
@@ -36,7 +38,11 @@ impl api::admin_server::Admin for AdminService {
         &self,
         request: Request<api::GetStreamRequest>,
     ) -> Result<Response<api::StreamInfo>, Status> {
-        let state = self.admin.stream(&request.into_inner().stream).await?;
+        let caller = caller(&request);
+        let state = self
+            .admin
+            .stream(caller.as_deref(), &request.into_inner().stream)
+            .await?;
         Ok(Response::new(stream_to_pb(&state)))
     }
 
@@ -44,10 +50,14 @@ impl api::admin_server::Admin for AdminService {
         &self,
         request: Request<api::ListSubscriptionsRequest>,
     ) -> Result<Response<api::ListSubscriptionsResponse>, Status> {
+        let caller = caller(&request);
         let stream = request.into_inner().stream;
         let durables = self
             .admin
-            .durables(Some(stream.as_str()).filter(|s| !s.is_empty()))
+            .durables(
+                caller.as_deref(),
+                Some(stream.as_str()).filter(|s| !s.is_empty()),
+            )
             .await?;
         Ok(Response::new(api::ListSubscriptionsResponse {
             subscriptions: durables.iter().map(durable_to_pb).collect(),
@@ -58,8 +68,12 @@ impl api::admin_server::Admin for AdminService {
         &self,
         request: Request<api::GetSubscriptionRequest>,
     ) -> Result<Response<api::SubscriptionInfo>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
-        let d = self.admin.durable(&r.stream, &r.durable).await?;
+        let d = self
+            .admin
+            .durable(caller.as_deref(), &r.stream, &r.durable)
+            .await?;
         Ok(Response::new(durable_to_pb(&d)))
     }
 
@@ -67,8 +81,11 @@ impl api::admin_server::Admin for AdminService {
         &self,
         request: Request<api::DeleteSubscriptionRequest>,
     ) -> Result<Response<api::DeleteSubscriptionResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
-        self.admin.delete_durable(&r.stream, &r.durable).await?;
+        self.admin
+            .delete_durable(caller.as_deref(), &r.stream, &r.durable)
+            .await?;
         Ok(Response::new(api::DeleteSubscriptionResponse {}))
     }
 
@@ -76,11 +93,12 @@ impl api::admin_server::Admin for AdminService {
         &self,
         request: Request<api::SeekSubscriptionRequest>,
     ) -> Result<Response<api::SubscriptionInfo>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let start = start_from_pb(r.start, "start")?;
         let d = self
             .admin
-            .seek_durable(&r.stream, &r.durable, start)
+            .seek_durable(caller.as_deref(), &r.stream, &r.durable, start)
             .await?;
         Ok(Response::new(durable_to_pb(&d)))
     }

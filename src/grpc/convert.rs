@@ -301,6 +301,7 @@ pub fn open_from_pb(
         heartbeat,
         on_expired,
         ack_wait,
+        caller: None,
     })
 }
 

@@ -5,6 +5,7 @@
 //! place ([`status`]).
 
 pub mod admin;
+pub mod auth;
 pub mod client;
 pub mod convert;
 pub mod frame;

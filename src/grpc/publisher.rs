@@ -8,8 +8,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use std::sync::Arc;
+
+use super::auth::caller;
 use super::convert::event_from_pb;
 use super::pb::jetwatch::v1 as api;
+use crate::auth::Identity;
 use crate::error::Error;
 use crate::publish::{InFlight, PublishRequest, Published, Publisher};
 
@@ -31,7 +35,10 @@ impl PublisherService {
     }
 }
 
-fn request_from_pb(req: api::PublishRequest) -> Result<PublishRequest, Error> {
+fn request_from_pb(
+    req: api::PublishRequest,
+    caller: Option<Arc<Identity>>,
+) -> Result<PublishRequest, Error> {
     let event = req
         .event
         .ok_or_else(|| Error::invalid("event", "a PublishRequest needs an event"))?;
@@ -39,6 +46,7 @@ fn request_from_pb(req: api::PublishRequest) -> Result<PublishRequest, Error> {
         event: event_from_pb(event, "event")?,
         stream: req.stream,
         expected_subject_sequence: req.expected_subject_sequence,
+        caller,
     })
 }
 
@@ -86,7 +94,8 @@ impl api::publisher_server::Publisher for PublisherService {
         &self,
         request: Request<api::PublishRequest>,
     ) -> Result<Response<api::PublishResponse>, Status> {
-        let req = request_from_pb(request.into_inner())?;
+        let caller = caller(&request);
+        let req = request_from_pb(request.into_inner(), caller)?;
         let published = self.publisher.publish(req).await?;
         Ok(Response::new(response_to_pb(published)))
     }
@@ -97,6 +106,7 @@ impl api::publisher_server::Publisher for PublisherService {
         &self,
         request: Request<Streaming<api::PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let caller = caller(&request);
         let mut inbound = request.into_inner();
         // The queue bounds publishes awaiting acknowledgement; the output channel bounds
         // answers the client has not read yet.
@@ -114,7 +124,7 @@ impl api::publisher_server::Publisher for PublisherService {
                         break;
                     }
                 };
-                let pending = match request_from_pb(req) {
+                let pending = match request_from_pb(req, caller.clone()) {
                     Ok(req) => match publisher.send(req).await {
                         Ok(f) => Pending::Sent(f),
                         Err(e) => Pending::Refused(e),

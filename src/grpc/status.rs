@@ -52,6 +52,26 @@ pub fn to_status(e: Error, last_delivered: Option<u64>) -> Status {
             details.add_bad_request_violation("request", reason.clone());
             (Code::InvalidArgument, "MALFORMED_REQUEST")
         }
+        Error::Unauthenticated { expired, .. } => (
+            Code::Unauthenticated,
+            if *expired {
+                "TOKEN_EXPIRED"
+            } else {
+                "UNAUTHENTICATED"
+            },
+        ),
+        Error::PermissionDenied {
+            action,
+            stream,
+            subject,
+        } => {
+            meta.insert("action".into(), action.clone());
+            meta.insert("stream".into(), stream.clone());
+            if let Some(subject) = subject {
+                meta.insert("subject".into(), subject.clone());
+            }
+            (Code::PermissionDenied, "PERMISSION_DENIED")
+        }
         Error::StreamNotFound(stream) => {
             meta.insert("stream".into(), stream.clone());
             (Code::NotFound, "STREAM_NOT_FOUND")

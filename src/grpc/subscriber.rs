@@ -187,6 +187,7 @@ impl SubscriberService {
         request: Request<Streaming<api::SubscribeRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
         use api::subscribe_request::Request as R;
+        let caller = super::auth::caller(&request);
         let mut inbound = request.into_inner();
         let open = match inbound.next().await {
             Some(Ok(api::SubscribeRequest {
@@ -199,7 +200,8 @@ impl SubscriberService {
                 )
             }
         };
-        let req = open_from_pb(open, &self.default_stream, &self.defaults, false)?;
+        let mut req = open_from_pb(open, &self.default_stream, &self.defaults, false)?;
+        req.caller = caller;
         let sub = self.engine.open(req).await?;
         let (error_tx, error_rx) = mpsc::channel(1);
         let control = sub.control.clone();
@@ -239,12 +241,14 @@ impl SubscriberService {
         &self,
         request: Request<api::Open>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let req = open_from_pb(
+        let caller = super::auth::caller(&request);
+        let mut req = open_from_pb(
             request.into_inner(),
             &self.default_stream,
             &self.defaults,
             true,
         )?;
+        req.caller = caller;
         let sub = self.engine.open(req).await?;
         Ok(Response::new(respond(
             sub,

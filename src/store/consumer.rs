@@ -37,7 +37,16 @@ pub struct ConsumerSpec {
     pub ack_wait: Duration,
     /// Bound on unacknowledged deliveries across all clients of the consumer.
     pub max_ack_pending: i64,
+    /// The identity creating the consumer, kept in its metadata (`jetwatch.owner`). When set,
+    /// an existing durable opens only for its owner (or `admin`), checked before anything
+    /// else about it is compared or revealed.
+    pub owner: Option<String>,
+    /// The opener may attach to any identity's durable.
+    pub admin: bool,
 }
+
+/// The consumer metadata key holding the identity that created a durable.
+const OWNER_KEY: &str = "jetwatch.owner";
 
 /// A durable's (or consumer's) progress, as the admin API reports it.
 #[derive(Debug, Clone)]
@@ -60,6 +69,8 @@ pub struct ConsumerState {
     pub waiting: u64,
     /// Creation time.
     pub created: DateTime<Utc>,
+    /// The identity that created it, when authentication was on.
+    pub owner: Option<String>,
 }
 
 /// A JetStream pull consumer with explicit acknowledgements.
@@ -230,6 +241,7 @@ fn consumer_state(info: &consumer::Info) -> ConsumerState {
         in_flight: info.num_ack_pending as u64,
         waiting: info.num_waiting as u64,
         created: info.created,
+        owner: info.config.metadata.get(OWNER_KEY).cloned(),
     }
 }
 
@@ -264,6 +276,14 @@ impl Store {
                             source: Some(e),
                         })?;
                     let existing = consumer_state(c.cached_info());
+                    if let Some(owner) = &spec.owner {
+                        if !spec.admin && existing.owner.as_deref() != Some(owner.as_str()) {
+                            return Err(StoreError::NotOwner {
+                                stream: stream.to_owned(),
+                                durable: name.clone(),
+                            });
+                        }
+                    }
                     let mut want = spec.subjects.clone();
                     let mut have = existing.subjects.clone();
                     if want.is_empty() {
@@ -315,6 +335,11 @@ impl Store {
             } else {
                 INACTIVE_THRESHOLD
             },
+            metadata: spec
+                .owner
+                .iter()
+                .map(|o| (OWNER_KEY.to_owned(), o.clone()))
+                .collect(),
             ..Default::default()
         };
         let c = handle

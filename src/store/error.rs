@@ -26,6 +26,14 @@ pub enum StoreError {
         #[source]
         source: Option<BoxError>,
     },
+    /// The durable belongs to another identity.
+    #[error("durable `{durable}` of stream `{stream}` belongs to another identity")]
+    NotOwner {
+        /// The stream.
+        stream: String,
+        /// The durable.
+        durable: String,
+    },
     /// The stream does not exist on the server.
     #[error("stream `{stream}` does not exist")]
     StreamNotFound {

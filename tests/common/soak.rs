@@ -251,7 +251,7 @@ async fn watcher(
             }
             3 => open.start = position(Position::Snapshot(())),
             4 => {
-                open.subjects = vec![format!("events._soak.r{}", rng.usize(0..config.resources))];
+                open.subjects = vec![format!("events.soak._.r{}", rng.usize(0..config.resources))];
                 open.start = position(Position::Earliest(()));
                 filtered = true;
             }

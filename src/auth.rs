@@ -1,0 +1,492 @@
+//! Who is calling, and what they may do: identities from static bearer tokens, JSON Web Tokens
+//! and verified TLS client certificates, and the grants of `[auth]`.
+//!
+//! The gRPC layer collects the credentials of a call ([`Credentials`]) and asks
+//! [`Auth::authenticate`] for the caller's [`Identity`]; the publish path, the engine's `Open`
+//! and the admin domain ask [`Auth::scope`] / [`Auth::allows`] what that identity may touch.
+//! With no identity source configured, authentication is off and everything is allowed.
+//!
+//! Cryptography is the maintained crates': SHA-256 (`sha2`) for static tokens, `jsonwebtoken`
+//! for JWT signatures and claims, `x509-parser` for reading (already verified) certificates.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Action, AuthSettings, Grant, JwtSettings};
+
+/// How a caller proved who they are (the CloudEvents `authcontext` `authtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthKind {
+    /// A static bearer token (`api_key`).
+    Token,
+    /// A JSON Web Token (`user`).
+    Jwt,
+    /// A TLS client certificate (`service_account`).
+    Certificate,
+}
+
+impl AuthKind {
+    /// The `authtype` value of the CloudEvents `authcontext` extension.
+    pub fn authtype(self) -> &'static str {
+        match self {
+            AuthKind::Token => "api_key",
+            AuthKind::Jwt => "user",
+            AuthKind::Certificate => "service_account",
+        }
+    }
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The principal (token identity, JWT `sub`, certificate name).
+    pub id: String,
+    /// How it was verified.
+    pub kind: AuthKind,
+    /// Its groups.
+    pub groups: Vec<String>,
+    /// Non-secret claims configured for audit (`auth.jwt.audit_claims`).
+    pub claims: BTreeMap<String, String>,
+    /// When the credential stops being valid (a JWT's `exp`).
+    pub expires_at: Option<SystemTime>,
+}
+
+/// What a call presented.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// The bearer token of the `authorization` header.
+    pub bearer: Option<&'a str>,
+    /// The DER of the verified TLS client certificate (the leaf).
+    pub peer_certificate: Option<&'a [u8]>,
+}
+
+/// Why a caller could not be identified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unauthenticated {
+    /// No credential, or one that is not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// A credential that was valid and has expired.
+    #[error("the token has expired; get a new one and resume")]
+    Expired,
+}
+
+/// Why settings could not be turned into an [`Auth`].
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting `{key}`: {reason}")]
+pub struct AuthSetupError {
+    /// The setting.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Which subjects of a stream an identity may touch for an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every subject.
+    All,
+    /// The subjects matching these patterns.
+    Only(Vec<String>),
+    /// None.
+    Nothing,
+}
+
+/// Identities and grants, built once from `[auth]`.
+#[derive(Debug)]
+pub struct Auth {
+    enabled: bool,
+    /// SHA-256 (hex) of each token → its identity and groups.
+    tokens: HashMap<String, (String, Vec<String>)>,
+    jwt: Option<Jwt>,
+    certificates: bool,
+    grants: Vec<Grant>,
+}
+
+struct Jwt {
+    settings: JwtSettings,
+    hs256: Option<DecodingKey>,
+    /// `kid` → key and the algorithm it is for (the token's header never chooses it).
+    keys: HashMap<String, (DecodingKey, Algorithm)>,
+}
+
+impl std::fmt::Debug for Jwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwt")
+            .field("issuer", &self.settings.issuer)
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// Authentication off: everyone may do everything.
+    pub fn open() -> Auth {
+        Auth {
+            enabled: false,
+            tokens: HashMap::new(),
+            jwt: None,
+            certificates: false,
+            grants: Vec::new(),
+        }
+    }
+
+    /// Builds the identity sources and grants of `settings` (validated), reading key files.
+    pub fn new(settings: &AuthSettings) -> Result<Auth, AuthSetupError> {
+        let setup = |key: &str, reason: String| AuthSetupError {
+            key: key.to_owned(),
+            reason,
+        };
+        let tokens = settings
+            .tokens
+            .iter()
+            .map(|t| {
+                (
+                    t.sha256.to_ascii_lowercase(),
+                    (t.identity.clone(), t.groups.clone()),
+                )
+            })
+            .collect();
+        let jwt = match &settings.jwt {
+            None => None,
+            Some(j) => {
+                let hs256 = match &j.hs256_secret_file {
+                    None => None,
+                    Some(path) => {
+                        let secret = std::fs::read(path).map_err(|e| {
+                            setup(
+                                "auth.jwt.hs256_secret_file",
+                                format!("{}: {e}", path.display()),
+                            )
+                        })?;
+                        let secret = secret.trim_ascii_end();
+                        Some(
+                            DecodingKey::from_secret(secret)
+                                .map_err(|e| setup("auth.jwt.hs256_secret_file", e.to_string()))?,
+                        )
+                    }
+                };
+                let mut keys = HashMap::new();
+                if let Some(path) = &j.jwks_file {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        setup("auth.jwt.jwks_file", format!("{}: {e}", path.display()))
+                    })?;
+                    let set: JwkSet = serde_json::from_str(&text)
+                        .map_err(|e| setup("auth.jwt.jwks_file", e.to_string()))?;
+                    for jwk in &set.keys {
+                        let (Some(kid), Some(alg)) =
+                            (jwk.common.key_id.clone(), jwk.common.key_algorithm)
+                        else {
+                            return Err(setup(
+                                "auth.jwt.jwks_file",
+                                "every key needs `kid` and `alg`".into(),
+                            ));
+                        };
+                        let alg = Algorithm::try_from(alg)
+                            .map_err(|e| setup("auth.jwt.jwks_file", e.to_string()))?;
+                        if !matches!(alg, Algorithm::RS256 | Algorithm::ES256) {
+                            return Err(setup(
+                                "auth.jwt.jwks_file",
+                                format!("key `{kid}`: only RS256 and ES256 keys are accepted"),
+                            ));
+                        }
+                        let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+                            setup("auth.jwt.jwks_file", format!("key `{kid}`: {e}"))
+                        })?;
+                        keys.insert(kid, (key, alg));
+                    }
+                }
+                Some(Jwt {
+                    settings: j.clone(),
+                    hs256,
+                    keys,
+                })
+            }
+        };
+        Ok(Auth {
+            enabled: settings.enabled(),
+            tokens,
+            jwt,
+            certificates: settings.client_certificates,
+            grants: settings.grants.clone(),
+        })
+    }
+
+    /// Whether callers must authenticate.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The caller's identity: `Ok(None)` when authentication is off.
+    pub fn authenticate(&self, c: Credentials<'_>) -> Result<Option<Identity>, Unauthenticated> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        if let Some(token) = c.bearer {
+            return self.bearer(token).map(Some);
+        }
+        if let (true, Some(der)) = (self.certificates, c.peer_certificate) {
+            return certificate_identity(der).map(Some);
+        }
+        Err(Unauthenticated::Invalid(
+            "authentication required: send `authorization: Bearer <token>`".into(),
+        ))
+    }
+
+    fn bearer(&self, token: &str) -> Result<Identity, Unauthenticated> {
+        let digest = hex(&Sha256::digest(token.as_bytes()));
+        if let Some((id, groups)) = self.tokens.get(&digest) {
+            return Ok(Identity {
+                id: id.clone(),
+                kind: AuthKind::Token,
+                groups: groups.clone(),
+                claims: BTreeMap::new(),
+                expires_at: None,
+            });
+        }
+        match &self.jwt {
+            Some(jwt) if token.matches('.').count() == 2 => jwt.verify(token),
+            _ => Err(Unauthenticated::Invalid("the token is not valid".into())),
+        }
+    }
+
+    /// Which subjects of `stream` `caller` may touch for `action`.
+    pub fn scope(&self, caller: Option<&Identity>, action: Action, stream: &str) -> Scope {
+        if !self.enabled {
+            return Scope::All;
+        }
+        let Some(caller) = caller else {
+            return Scope::Nothing;
+        };
+        let mut patterns: Vec<String> = Vec::new();
+        for g in &self.grants {
+            let applies = (g.stream == "*" || g.stream == stream)
+                && g.actions.contains(&action)
+                && (g.identities.contains(&caller.id)
+                    || g.groups.iter().any(|x| caller.groups.contains(x)));
+            if !applies {
+                continue;
+            }
+            if g.subjects.iter().any(|s| s == ">") {
+                return Scope::All;
+            }
+            patterns.extend(g.subjects.iter().cloned());
+        }
+        if patterns.is_empty() {
+            Scope::Nothing
+        } else {
+            patterns.sort();
+            patterns.dedup();
+            Scope::Only(patterns)
+        }
+    }
+
+    /// Whether `caller` may do `action` on `subject` of `stream`.
+    pub fn allows(
+        &self,
+        caller: Option<&Identity>,
+        action: Action,
+        stream: &str,
+        subject: &str,
+    ) -> bool {
+        match self.scope(caller, action, stream) {
+            Scope::All => true,
+            Scope::Nothing => false,
+            Scope::Only(patterns) => patterns
+                .iter()
+                .any(|p| crate::wildcard::matches(p, subject)),
+        }
+    }
+
+    /// Whether `caller` may do `action` on some part of `stream`.
+    pub fn allows_any(&self, caller: Option<&Identity>, action: Action, stream: &str) -> bool {
+        self.scope(caller, action, stream) != Scope::Nothing
+    }
+}
+
+/// The subject patterns a subscription of `requested` patterns (empty: every subject) may
+/// read within `scope`: the requested ones cut down to the granted ones. `None`: nothing.
+pub fn restrict(requested: &[String], scope: &Scope) -> Option<Vec<String>> {
+    match scope {
+        Scope::All => Some(requested.to_vec()),
+        Scope::Nothing => None,
+        Scope::Only(granted) if requested.is_empty() => Some(granted.clone()),
+        Scope::Only(granted) => {
+            let mut out: Vec<String> = requested
+                .iter()
+                .flat_map(|r| {
+                    granted
+                        .iter()
+                        .filter_map(move |g| crate::wildcard::intersect(r, g))
+                })
+                .collect();
+            out.sort();
+            out.dedup();
+            // A pattern already covered by a wider one adds nothing.
+            let wide = out.clone();
+            out.retain(|p| {
+                !wide
+                    .iter()
+                    .any(|w| w != p && crate::wildcard::is_subset(p, w))
+            });
+            (!out.is_empty()).then_some(out)
+        }
+    }
+}
+
+impl Jwt {
+    fn verify(&self, token: &str) -> Result<Identity, Unauthenticated> {
+        let invalid =
+            |why: String| Unauthenticated::Invalid(format!("the token is not valid: {why}"));
+        let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(e.to_string()))?;
+        let (key, alg) = match (&header.kid, header.alg) {
+            (Some(kid), _) if self.keys.contains_key(kid) => {
+                let (key, alg) = &self.keys[kid];
+                (key, *alg)
+            }
+            (_, Algorithm::HS256) if self.hs256.is_some() => {
+                (self.hs256.as_ref().expect("checked"), Algorithm::HS256)
+            }
+            _ => {
+                return Err(invalid(
+                    "signed with a key this gateway does not know".into(),
+                ))
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.set_issuer(&[&self.settings.issuer]);
+        validation.set_audience(&[&self.settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.settings.leeway.as_secs();
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            key,
+            &validation,
+        )
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => Unauthenticated::Expired,
+            _ => invalid(e.to_string()),
+        })?;
+        let claims = data.claims;
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let id = claims.get("sub").map(text).unwrap_or_default();
+        if id.is_empty() {
+            return Err(invalid("`sub` is empty".into()));
+        }
+        let groups = match claims.get(&self.settings.groups_claim) {
+            Some(serde_json::Value::Array(items)) => items.iter().map(text).collect(),
+            Some(serde_json::Value::String(s)) => vec![s.clone()],
+            _ => Vec::new(),
+        };
+        let audit = self
+            .settings
+            .audit_claims
+            .iter()
+            .filter_map(|c| claims.get(c).map(|v| (c.clone(), text(v))))
+            .collect();
+        let expires_at = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+        Ok(Identity {
+            id,
+            kind: AuthKind::Jwt,
+            groups,
+            claims: audit,
+            expires_at,
+        })
+    }
+}
+
+/// The identity of a verified client certificate: its common name, or else its first DNS or
+/// URI name; groups: its organizational units.
+fn certificate_identity(der: &[u8]) -> Result<Identity, Unauthenticated> {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let unreadable = || Unauthenticated::Invalid("the client certificate cannot be read".into());
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| unreadable())?;
+    let subject = cert.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .map(str::to_owned);
+    let san = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|n| match n {
+                GeneralName::DNSName(d) => Some((*d).to_owned()),
+                GeneralName::URI(u) => Some((*u).to_owned()),
+                _ => None,
+            })
+        });
+    let id = cn.or(san).filter(|s| !s.is_empty()).ok_or_else(|| {
+        Unauthenticated::Invalid("the client certificate names no identity (CN or SAN)".into())
+    })?;
+    let groups = subject
+        .iter_organizational_unit()
+        .filter_map(|a| a.as_str().ok().map(str::to_owned))
+        .collect();
+    Ok(Identity {
+        id,
+        kind: AuthKind::Certificate,
+        groups,
+        claims: BTreeMap::new(),
+        expires_at: None,
+    })
+}
+
+/// Logs one audit line (target `jetwatch::audit`): who did what to what, and how it ended.
+/// Admin actions and refused requests are logged; ordinary traffic is not.
+pub fn audit(caller: Option<&Identity>, action: &str, target: &str, outcome: &str) {
+    let identity = caller.map_or("", |c| c.id.as_str());
+    if outcome == "allowed" {
+        tracing::info!(target: "jetwatch::audit", identity, action, target, outcome, "audit");
+    } else {
+        tracing::warn!(target: "jetwatch::audit", identity, action, target, outcome, "audit");
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restricting_cuts_requests_down_to_grants() {
+        let only = |p: &[&str]| Scope::Only(p.iter().map(|s| s.to_string()).collect());
+        let v = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let granted = only(&["events._widgets.>"]);
+        assert_eq!(restrict(&[], &granted), Some(v(&["events._widgets.>"])));
+        assert_eq!(
+            restrict(&v(&["events.>"]), &granted),
+            Some(v(&["events._widgets.>"]))
+        );
+        assert_eq!(
+            restrict(&v(&["events._widgets.w1"]), &granted),
+            Some(v(&["events._widgets.w1"]))
+        );
+        assert_eq!(restrict(&v(&["events._gadgets.>"]), &granted), None);
+        assert_eq!(restrict(&v(&[">"]), &Scope::Nothing), None);
+        assert_eq!(restrict(&v(&["a.b"]), &Scope::All), Some(v(&["a.b"])));
+    }
+}
