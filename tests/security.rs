@@ -556,3 +556,171 @@ fn authentication_without_tls_on_a_public_address_is_refused() {
     s.auth.allow_plaintext = true;
     s.validate().unwrap();
 }
+
+// --- TLS -------------------------------------------------------------------------------------
+
+struct Ca(rcgen::CertifiedIssuer<'static, rcgen::KeyPair>);
+
+fn new_ca(name: &str) -> Ca {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
+    };
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ca(rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap())
+}
+
+/// A certificate signed by `ca`: a server's for localhost and 127.0.0.1, or a client's named
+/// `client`. Returns (certificate PEM, key PEM).
+fn issue(ca: &Ca, client: Option<&str>) -> (String, String) {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose};
+    let mut p = match client {
+        None => CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap(),
+        Some(_) => CertificateParams::default(),
+    };
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::CommonName, client.unwrap_or("jetwatch"));
+    p.extended_key_usages = vec![match client {
+        None => ExtendedKeyUsagePurpose::ServerAuth,
+        Some(_) => ExtendedKeyUsagePurpose::ClientAuth,
+    }];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca.0).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+async fn tls_channel(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    identity: Option<&(String, String)>,
+) -> Result<Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://127.0.0.1:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+/// A publish over `channel`: Ok when the call got through TLS and authentication.
+async fn try_publish(channel: Channel, id: &str) -> Result<u64, tonic::Status> {
+    PublisherClient::new(channel)
+        .publish(api::PublishRequest {
+            event: Some(event(id, "/widgets", "w1")),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().sequence)
+}
+
+#[tokio::test]
+async fn client_certificates_identify_callers_and_certificates_rotate_under_open_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, other_ca) = (new_ca("clients-and-server"), new_ca("someone-else"));
+    let (server_crt, server_key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let clients_ca = dir.path().join("clients-ca.crt");
+    let (cert, key) = issue(&ca, None);
+    write_atomically(&server_crt, &cert);
+    write_atomically(&server_key, &key);
+    write_atomically(&clients_ca, &ca.0.pem());
+    let env = TestEnv::with(|s| {
+        s.tls.cert_file = Some(server_crt.clone());
+        s.tls.key_file = Some(server_key.clone());
+        s.tls.client_ca_file = Some(clients_ca.clone());
+        s.tls.reload_interval = Duration::from_millis(100);
+        s.auth.client_certificates = true;
+        s.auth.grants = vec![grant(
+            "alice",
+            &[Action::Subscribe, Action::Publish],
+            "events",
+            &[">"],
+        )];
+    })
+    .await;
+    let alice = issue(&ca, Some("alice"));
+    let mallory = issue(&other_ca, Some("alice"));
+
+    // Alice's certificate is her identity.
+    let channel = tls_channel(env.addr, &ca.0.pem(), Some(&alice))
+        .await
+        .unwrap();
+    let mut watcher = SubscriberClient::new(channel.clone())
+        .watch(open().bookmarks_ms(0).build())
+        .await
+        .unwrap()
+        .into_inner();
+    opened(&mut watcher).await;
+    let seq = try_publish(channel.clone(), "e1").await.unwrap();
+    assert_eq!(next_delivery(&mut watcher).await.sequence, seq);
+
+    // Plaintext to the TLS port, no client certificate, a certificate from another CA: refused.
+    let plaintext = async {
+        let c = Channel::from_shared(format!("http://{}", env.addr))
+            .unwrap()
+            .connect()
+            .await?;
+        try_publish(c, "p1").await.map_err(Into::into)
+    };
+    let plain: Result<u64, Box<dyn std::error::Error>> = plaintext.await;
+    assert!(plain.is_err(), "plaintext to a TLS port must fail");
+    for (case, identity) in [("no certificate", None), ("another CA", Some(&mallory))] {
+        let refused = match tls_channel(env.addr, &ca.0.pem(), identity).await {
+            Err(_) => true,
+            Ok(c) => try_publish(c, "x").await.is_err(),
+        };
+        assert!(refused, "{case} must be refused");
+    }
+
+    // Rotation: a new server certificate from a new CA, with no restart. New connections get
+    // it; the open stream carries on.
+    let new_ca = new_ca("rotated");
+    let (cert, key) = issue(&new_ca, None);
+    write_atomically(&server_key, &key);
+    write_atomically(&server_crt, &cert);
+    let rotated = eventually("the new certificate to be served", || {
+        let (pem, alice) = (new_ca.0.pem(), alice.clone());
+        async move { tls_channel(env.addr, &pem, Some(&alice)).await.ok() }
+    })
+    .await;
+    let seq = try_publish(rotated, "e2").await.unwrap();
+    assert_eq!(
+        next_delivery(&mut watcher).await.sequence,
+        seq,
+        "the stream opened before the rotation goes on"
+    );
+    assert!(
+        tls_channel(env.addr, &ca.0.pem(), Some(&alice))
+            .await
+            .is_err()
+            || try_publish(
+                tls_channel(env.addr, &ca.0.pem(), Some(&alice))
+                    .await
+                    .unwrap(),
+                "e3"
+            )
+            .await
+            .is_err(),
+        "the old certificate is no longer served"
+    );
+}
