@@ -48,6 +48,74 @@ pub struct ClientArgs {
         env = "JETWATCH_SERVER"
     )]
     pub server: String,
+    /// Bearer token (a static token or a JWT) sent with every call.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "JETWATCH_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Read the bearer token from this file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "JETWATCH_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// Use TLS, trusting this PEM CA bundle (an `https://` server address uses TLS with the
+    /// system's roots).
+    #[arg(long, value_name = "FILE", env = "JETWATCH_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "JETWATCH_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Key (PEM) of the client certificate.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "JETWATCH_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Name to verify the gateway's certificate against.
+    #[arg(long, value_name = "NAME", env = "JETWATCH_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+impl ClientArgs {
+    /// The client connection these flags describe.
+    pub fn connection(&self) -> anyhow::Result<crate::grpc::client::Connection> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        let tls =
+            (self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_server_name.is_some())
+                .then(|| crate::grpc::client::ClientTls {
+                    ca_file: self.tls_ca.clone(),
+                    cert_file: self.tls_cert.clone(),
+                    key_file: self.tls_key.clone(),
+                    server_name: self.tls_server_name.clone(),
+                });
+        Ok(crate::grpc::client::Connection {
+            addr: self.server.clone(),
+            token,
+            tls,
+        })
+    }
 }
 
 /// Flags of `publish`.
@@ -193,8 +261,8 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         None => std::io::read_to_string(std::io::stdin())?,
     };
     let events = parse_events(&text)?;
-    let channel = crate::grpc::client::connect(&args.client.server).await?;
-    let results = crate::grpc::client::publish_all(channel, &args.stream, events).await?;
+    let conn = args.client.connection()?;
+    let results = crate::grpc::client::publish_all(&conn, &args.stream, events).await?;
     let mut failed = 0;
     for r in results {
         let line = match r {
@@ -253,7 +321,7 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
         "json" => false,
         other => anyhow::bail!("unknown output `{other}`: use json or table"),
     };
-    let mut watcher = Watcher::watch(args.client.server.clone(), &options);
+    let mut watcher = Watcher::watch(args.client.connection()?, &options);
     if table {
         println!(
             "{:>10}  {:<30}  {:<36}  {:<24}  ID",
@@ -318,7 +386,7 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
 
 /// `jetwatch streams`.
 pub async fn streams(args: ClientArgs) -> anyhow::Result<()> {
-    let streams = crate::grpc::client::streams(&args.server).await?;
+    let streams = crate::grpc::client::streams(&args.connection()?).await?;
     println!(
         "{:<20} {:>10} {:>10} {:>12} {:>14} {:>10}  SUBJECTS",
         "STREAM", "FIRST", "LAST", "MESSAGES", "BYTES", "CONSUMERS"
@@ -340,7 +408,7 @@ pub async fn streams(args: ClientArgs) -> anyhow::Result<()> {
 
 /// `jetwatch subscriptions`.
 pub async fn subscriptions(args: SubscriptionsArgs) -> anyhow::Result<()> {
-    let durables = crate::grpc::client::durables(&args.client.server, &args.stream).await?;
+    let durables = crate::grpc::client::durables(&args.client.connection()?, &args.stream).await?;
     println!(
         "{:<20} {:<24} {:>10} {:>10} {:>10} {:>10}",
         "STREAM", "DURABLE", "DELIVERED", "ACKED", "PENDING", "IN-FLIGHT"

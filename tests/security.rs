@@ -724,3 +724,68 @@ async fn client_certificates_identify_callers_and_certificates_rotate_under_open
         "the old certificate is no longer served"
     );
 }
+
+// The CLI runs as a child process waited on synchronously: the gateway needs other threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_tokens_and_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("jwt.secret");
+    std::fs::write(&secret, JWT_SECRET).unwrap();
+    let ca = new_ca("cli-test");
+    let (cert, key) = issue(&ca, None);
+    let files: Vec<std::path::PathBuf> = [
+        "tls.crt", "tls.key", "ca.crt", "root.crt", "root.key", "token",
+    ]
+    .iter()
+    .map(|f| dir.path().join(f))
+    .collect();
+    std::fs::write(&files[0], cert).unwrap();
+    std::fs::write(&files[1], key).unwrap();
+    std::fs::write(&files[2], ca.0.pem()).unwrap();
+    let root = issue(&ca, Some("root"));
+    std::fs::write(&files[3], &root.0).unwrap();
+    std::fs::write(&files[4], &root.1).unwrap();
+    std::fs::write(&files[5], "alice-token\n").unwrap();
+    let env = TestEnv::with(|s| {
+        secured(s, &secret);
+        s.tls.cert_file = Some(files[0].clone());
+        s.tls.key_file = Some(files[1].clone());
+        s.tls.client_ca_file = Some(files[2].clone());
+        s.tls.client_auth = jetwatch::config::ClientAuth::Optional;
+        s.auth.client_certificates = true;
+        s.auth
+            .grants
+            .push(grant("root", &[Action::Admin], "*", &[">"]));
+    })
+    .await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_jetwatch"))
+            .args(args)
+            .args(["--server", &env.addr.to_string(), "--tls-ca"])
+            .arg(&files[2])
+            .args(["--tls-server-name", "localhost"])
+            .env_remove("JETWATCH_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = cli(&["streams"]);
+    assert!(
+        !ok && (out.contains("UNAUTHENTICATED") || out.contains("authentication required")),
+        "{out}"
+    );
+    let (ok, out) = cli(&["streams", "--token-file", files[5].to_str().unwrap()]);
+    assert!(ok && out.contains("events"), "{out}");
+    let (ok, out) = cli(&[
+        "streams",
+        "--tls-cert",
+        files[3].to_str().unwrap(),
+        "--tls-key",
+        files[4].to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("events"), "{out}");
+}

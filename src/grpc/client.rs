@@ -34,24 +34,120 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// Connects a channel to `addr` (`http://host:port`, or `host:port`).
-pub async fn connect(addr: &str) -> Result<Channel, ClientError> {
-    let url = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
+/// How to reach and authenticate to a gateway.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// `host:port` or a URL (`http://`, `https://`); several comma-separated for a
+    /// [`Watcher`], which moves to the next after a failure (others use the first).
+    pub addr: String,
+    /// A bearer token (static token or JWT) sent with every call.
+    pub token: Option<String>,
+    /// TLS settings; `None` uses TLS only for `https://` addresses, with the system's roots.
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS settings of a [`Connection`].
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// PEM CA bundle that signed the gateway's certificate.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate (mTLS).
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM key of the client certificate.
+    pub key_file: Option<std::path::PathBuf>,
+    /// The name to verify the gateway's certificate against (default: the address's host).
+    pub server_name: Option<String>,
+}
+
+impl From<String> for Connection {
+    fn from(addr: String) -> Connection {
+        Connection {
+            addr,
+            ..Connection::default()
+        }
+    }
+}
+
+impl From<&str> for Connection {
+    fn from(addr: &str) -> Connection {
+        Connection {
+            addr: addr.to_owned(),
+            ..Connection::default()
+        }
+    }
+}
+
+impl Connection {
+    /// The gateway addresses, in order.
+    pub fn addrs(&self) -> Vec<String> {
+        self.addr
+            .split(',')
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect()
+    }
+
+    /// `message` as a request carrying this connection's token.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            if let Ok(value) = format!("Bearer {token}").parse() {
+                request.metadata_mut().insert("authorization", value);
+            }
+        }
+        request
+    }
+}
+
+/// Connects a channel to the first gateway of `conn`.
+pub async fn connect(conn: &Connection) -> Result<Channel, ClientError> {
+    let addr = conn.addrs().into_iter().next().unwrap_or_default();
+    connect_to(conn, &addr).await
+}
+
+/// Connects a channel to `addr` with `conn`'s TLS settings.
+async fn connect_to(conn: &Connection, addr: &str) -> Result<Channel, ClientError> {
     let err = |reason: String| ClientError::Connect {
         addr: addr.to_owned(),
         reason,
     };
-    Endpoint::from_shared(url)
+    let tls = conn.tls.is_some() || addr.starts_with("https://");
+    let url = match addr.split_once("://") {
+        Some((_, rest)) if tls => format!("https://{rest}"),
+        Some(_) => addr.to_owned(),
+        None if tls => format!("https://{addr}"),
+        None => format!("http://{addr}"),
+    };
+    let mut endpoint = Endpoint::from_shared(url)
         .map_err(|e| err(e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| err(e.to_string()))
+        .tcp_nodelay(true);
+    if tls {
+        let settings = conn.tls.clone().unwrap_or_default();
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))
+        };
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        match &settings.ca_file {
+            Some(ca) => {
+                config = config.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?))
+            }
+            None => config = config.with_native_roots(),
+        }
+        if let (Some(cert), Some(key)) = (&settings.cert_file, &settings.key_file) {
+            config = config.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        if let Some(name) = &settings.server_name {
+            config = config.domain_name(name.clone());
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    endpoint.connect().await.map_err(|e| err(e.to_string()))
 }
 
 /// Where a watch starts.
@@ -143,22 +239,22 @@ pub type StreamInfo = api::StreamInfo;
 pub type DurableInfo = api::SubscriptionInfo;
 
 /// The gateway's streams.
-pub async fn streams(addr: &str) -> Result<Vec<StreamInfo>, ClientError> {
-    let mut admin = api::admin_client::AdminClient::new(connect(addr).await?);
+pub async fn streams(conn: &Connection) -> Result<Vec<StreamInfo>, ClientError> {
+    let mut admin = api::admin_client::AdminClient::new(connect(conn).await?);
     Ok(admin
-        .list_streams(api::ListStreamsRequest {})
+        .list_streams(conn.request(api::ListStreamsRequest {}))
         .await?
         .into_inner()
         .streams)
 }
 
 /// The durable subscriptions of `stream` (every declared stream when empty).
-pub async fn durables(addr: &str, stream: &str) -> Result<Vec<DurableInfo>, ClientError> {
-    let mut admin = api::admin_client::AdminClient::new(connect(addr).await?);
+pub async fn durables(conn: &Connection, stream: &str) -> Result<Vec<DurableInfo>, ClientError> {
+    let mut admin = api::admin_client::AdminClient::new(connect(conn).await?);
     Ok(admin
-        .list_subscriptions(api::ListSubscriptionsRequest {
+        .list_subscriptions(conn.request(api::ListSubscriptionsRequest {
             stream: stream.to_owned(),
-        })
+        }))
         .await?
         .into_inner()
         .subscriptions)
@@ -204,6 +300,8 @@ pub enum WatchItem {
 /// A `Watch` that survives disconnects.
 #[derive(Debug)]
 pub struct Watcher {
+    /// How to reach and authenticate to the gateways.
+    conn: Connection,
     /// Gateways to try, in turn.
     addrs: Vec<String>,
     /// The one in use.
@@ -218,23 +316,19 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// A watcher of `options` against the gateway at `addr`, opened on first use. `addr` may
-    /// list several gateways, comma-separated: after a failure the watcher resumes on the
-    /// next one.
-    pub fn watch(addr: impl Into<String>, options: &WatchOptions) -> Watcher {
-        Watcher::new(addr, options.to_open())
+    /// A watcher of `options` through `conn`, opened on first use. `conn.addr` may list
+    /// several gateways, comma-separated: after a failure the watcher resumes on the next one.
+    pub fn watch(conn: impl Into<Connection>, options: &WatchOptions) -> Watcher {
+        Watcher::new(conn, options.to_open())
     }
 
-    /// A watcher that opens `open` against the gateway at `addr` (one address, or several
+    /// A watcher that opens `open` through `conn` (one gateway address, or several
     /// comma-separated) on first use.
-    pub fn new(addr: impl Into<String>, open: api::Open) -> Watcher {
-        let addr = addr.into();
+    pub fn new(conn: impl Into<Connection>, open: api::Open) -> Watcher {
+        let conn = conn.into();
         Watcher {
-            addrs: addr
-                .split(',')
-                .map(|a| a.trim().to_owned())
-                .filter(|a| !a.is_empty())
-                .collect(),
+            addrs: conn.addrs(),
+            conn,
             current: 0,
             open,
             stream: None,
@@ -262,9 +356,9 @@ impl Watcher {
             .addrs
             .get(self.current)
             .ok_or_else(|| ClientError::Protocol("no gateway address given".into()))?;
-        let channel = connect(addr).await?;
+        let channel = connect_to(&self.conn, addr).await?;
         let mut client = api::subscriber_client::SubscriberClient::new(channel);
-        self.stream = Some(client.watch(open).await?.into_inner());
+        self.stream = Some(client.watch(self.conn.request(open)).await?.into_inner());
         Ok(())
     }
 
@@ -407,11 +501,11 @@ pub struct PublishOutcome {
 
 /// Publishes `events` over one `PublishStream`, returning one result per event, in order.
 pub async fn publish_all(
-    channel: Channel,
+    conn: &Connection,
     stream: &str,
     events: Vec<Event>,
 ) -> Result<Vec<Result<PublishOutcome, tonic::Status>>, ClientError> {
-    let mut client = api::publisher_client::PublisherClient::new(channel);
+    let mut client = api::publisher_client::PublisherClient::new(connect(conn).await?);
     let requests: Vec<api::PublishRequest> = events
         .iter()
         .map(|e| api::PublishRequest {
@@ -421,7 +515,7 @@ pub async fn publish_all(
         })
         .collect();
     let mut responses = client
-        .publish_stream(futures::stream::iter(requests))
+        .publish_stream(conn.request(futures::stream::iter(requests)))
         .await?
         .into_inner();
     let mut out = Vec::with_capacity(events.len());
