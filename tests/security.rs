@@ -789,3 +789,30 @@ async fn the_cli_sends_tokens_and_client_certificates() {
     ]);
     assert!(ok && out.contains("events"), "{out}");
 }
+
+#[tokio::test]
+async fn an_open_stream_ends_when_its_token_expires_saying_where_to_resume() {
+    let (env, _dir) = secured_env().await;
+    let channel = env.channel().await;
+    let seq = publish_as(&channel, "root-token", event("e1", "/widgets", "w1"))
+        .await
+        .unwrap()
+        .sequence;
+    let mut claims = carol_claims();
+    claims["exp"] = (now() + 2).into();
+    let mut stream = watch_as(
+        &channel,
+        &jwt(claims, JWT_SECRET),
+        open().earliest().bookmarks_ms(0).build(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_delivery(&mut stream).await.sequence, seq);
+    let status = next(&mut stream)
+        .await
+        .expect_err("the stream ends at expiry");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let (reason, meta) = error_info(&status);
+    assert_eq!(reason, "TOKEN_EXPIRED");
+    assert_eq!(meta["last_delivered_sequence"], seq.to_string());
+}

@@ -61,7 +61,26 @@ struct Out {
     shutdown: CancellationToken,
     /// The last sequence delivered (or passed by a bookmark): what a client resumes after.
     last_delivered: u64,
+    /// When the caller's credential expires: the stream ends then (UNAUTHENTICATED,
+    /// `TOKEN_EXPIRED`) so the client resumes with a new one.
+    expires: Option<tokio::time::Instant>,
     done: bool,
+}
+
+/// The instant `identity`'s credential expires, if it does.
+fn expiry(identity: Option<&crate::auth::Identity>) -> Option<tokio::time::Instant> {
+    let at = identity?.expires_at?;
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Some(tokio::time::Instant::now() + left)
+}
+
+fn expired() -> Error {
+    Error::Unauthenticated {
+        expired: true,
+        message: "the token has expired; resume with a new one".into(),
+    }
 }
 
 /// The response stream of a subscription: `Opened`, then items; ends with UNAVAILABLE carrying
@@ -71,6 +90,7 @@ fn respond(
     keep_control: bool,
     control: Option<mpsc::Receiver<Error>>,
     shutdown: CancellationToken,
+    expires: Option<tokio::time::Instant>,
 ) -> ResponseStream {
     let opened = Frame::Message(Box::new(api::SubscribeResponse {
         response: Some(api::subscribe_response::Response::Opened(api::Opened {
@@ -88,6 +108,7 @@ fn respond(
         control,
         shutdown,
         last_delivered: sub.start_sequence.saturating_sub(1),
+        expires,
         done: false,
     };
     Box::pin(futures::stream::unfold(state, |mut st| async move {
@@ -99,16 +120,27 @@ fn respond(
         }
         // Fast path: an item is ready and nothing ended the stream. Only an empty channel waits
         // on shutdown and the request side, which costs a registration each time.
-        let ready = if st.shutdown.is_cancelled() {
+        let ready = if st.shutdown.is_cancelled()
+            || st
+                .expires
+                .is_some_and(|at| tokio::time::Instant::now() >= at)
+        {
             None
         } else {
             st.items.try_recv().ok()
         };
+        let expires = st.expires;
         let next = match ready {
             Some(item) => item,
             None => tokio::select! {
                 biased;
                 () = st.shutdown.cancelled() => Err(Error::ShuttingDown),
+                () = async move {
+                    match expires {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => Err(expired()),
                 Some(e) = recv_control(&mut st.control) => Err(e),
                 item = st.items.recv() => match item {
                     Some(r) => r,
@@ -201,6 +233,7 @@ impl SubscriberService {
             }
         };
         let mut req = open_from_pb(open, &self.default_stream, &self.defaults, false)?;
+        let expires = expiry(caller.as_deref());
         req.caller = caller;
         let sub = self.engine.open(req).await?;
         let (error_tx, error_rx) = mpsc::channel(1);
@@ -234,6 +267,7 @@ impl SubscriberService {
             false,
             Some(error_rx),
             self.shutdown.clone(),
+            expires,
         )))
     }
 
@@ -248,6 +282,7 @@ impl SubscriberService {
             &self.defaults,
             true,
         )?;
+        let expires = expiry(caller.as_deref());
         req.caller = caller;
         let sub = self.engine.open(req).await?;
         Ok(Response::new(respond(
@@ -255,6 +290,7 @@ impl SubscriberService {
             true,
             None,
             self.shutdown.clone(),
+            expires,
         )))
     }
 }
