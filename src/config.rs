@@ -101,6 +101,33 @@ pub struct NatsSettings {
     /// with UNAVAILABLE (carrying their last delivered sequence). Default `30s`.
     #[serde(with = "humantime_serde")]
     pub outage_grace: Duration,
+    /// User name, with `password_file`. Default none.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// File holding the user's password (trailing newline ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// File holding a NATS authentication token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// File holding an NKey seed (`SU...`).
+    #[serde(default)]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A `.creds` file (user JWT and NKey seed, for operator mode).
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    /// PEM CA bundle the NATS servers' certificates are verified against (turns TLS on).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for NATS servers that verify clients, with `tls_key_file`.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse to connect without TLS. Default false (TLS as the server offers it).
+    #[serde(default)]
+    pub require_tls: bool,
 }
 
 /// `[publish]`.
@@ -664,6 +691,31 @@ impl Settings {
             );
         }
         self.validate_security(&names)?;
+        let n = &self.nats;
+        let methods = [
+            n.user.is_some() || n.password_file.is_some(),
+            n.token_file.is_some(),
+            n.nkey_seed_file.is_some(),
+            n.creds_file.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return invalid(
+                "nats".into(),
+                "use one of user/password_file, token_file, nkey_seed_file, creds_file".into(),
+            );
+        }
+        if n.user.is_some() != n.password_file.is_some() {
+            return invalid(
+                "nats.password_file".into(),
+                "set both user and password_file".into(),
+            );
+        }
+        if n.tls_cert_file.is_some() != n.tls_key_file.is_some() {
+            return invalid(
+                "nats.tls_key_file".into(),
+                "set both tls_cert_file and tls_key_file".into(),
+            );
+        }
         if !names.contains(self.publish.default_stream.as_str()) {
             return invalid(
                 "publish.default_stream".into(),

@@ -816,3 +816,81 @@ async fn an_open_stream_ends_when_its_token_expires_saying_where_to_resume() {
     assert_eq!(reason, "TOKEN_EXPIRED");
     assert_eq!(meta["last_delivered_sequence"], seq.to_string());
 }
+
+/// The NATS permissions the gateway needs for a stream `events` (README "Securing jetwatch").
+const NATS_PERMISSIONS: &str = r#"
+  publish = { allow = [
+    "events.>",
+    "$JS.API.INFO",
+    "$JS.API.STREAM.INFO.events", "$JS.API.STREAM.CREATE.events", "$JS.API.STREAM.UPDATE.events",
+    "$JS.API.STREAM.MSG.GET.events",
+    "$JS.API.DIRECT.GET.events", "$JS.API.DIRECT.GET.events.>",
+    "$JS.API.CONSUMER.CREATE.events", "$JS.API.CONSUMER.CREATE.events.>",
+    "$JS.API.CONSUMER.INFO.events.*", "$JS.API.CONSUMER.DELETE.events.*",
+    "$JS.API.CONSUMER.LIST.events", "$JS.API.CONSUMER.NAMES.events",
+    "$JS.API.CONSUMER.MSG.NEXT.events.*",
+    "$JS.ACK.events.>"
+  ] }
+  subscribe = { allow = ["_INBOX.>"] }
+"#;
+
+#[tokio::test]
+async fn the_gateway_works_on_a_nats_server_with_tls_and_a_user_of_least_privilege() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca("nats");
+    let (cert, key) = issue(&ca, None);
+    let (crt, key_file, ca_file, password) = (
+        dir.path().join("nats.crt"),
+        dir.path().join("nats.key"),
+        dir.path().join("ca.crt"),
+        dir.path().join("password"),
+    );
+    std::fs::write(&crt, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    std::fs::write(&ca_file, ca.0.pem()).unwrap();
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let nats_config = format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n\
+         authorization {{ users = [ {{ user: jetwatch, password: s3cret, permissions: {{ {NATS_PERMISSIONS} }} }} ] }}\n",
+        crt.display(),
+        key_file.display()
+    );
+    let env = TestEnv::with_nats_config(&nats_config, |s| {
+        s.nats.user = Some("jetwatch".into());
+        s.nats.password_file = Some(password.clone());
+        s.nats.tls_ca_file = Some(ca_file.clone());
+        s.nats.request_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let mut publisher = env.publisher().await;
+    let mut client = env.subscriber().await;
+    let seq = publish(&mut publisher, widget("s1", "w1", "modified")).await;
+    let mut replay = watch(&mut client, open().earliest().bookmarks_ms(0).build()).await;
+    opened(&mut replay).await;
+    assert_eq!(next_delivery(&mut replay).await.sequence, seq);
+    let mut snapshot = watch(&mut client, open().snapshot().bookmarks_ms(0).build()).await;
+    opened(&mut snapshot).await;
+    assert_eq!(next_delivery(&mut snapshot).await.sequence, seq);
+    let mut sub = subscribe(
+        &mut client,
+        open()
+            .durable("d")
+            .explicit()
+            .earliest()
+            .bookmarks_ms(0)
+            .build(),
+    )
+    .await;
+    opened(&mut sub.responses).await;
+    let d = next_delivery(&mut sub.responses).await;
+    sub.ack(vec![d.sequence]).await;
+    let listed = env
+        .admin()
+        .await
+        .list_subscriptions(api::ListSubscriptionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .subscriptions;
+    assert_eq!(listed.len(), 1);
+}

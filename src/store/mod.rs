@@ -148,6 +148,47 @@ impl Store {
     }
 }
 
+/// The connect options carrying `settings`' credentials and TLS.
+async fn credentials(settings: &NatsSettings) -> Result<async_nats::ConnectOptions, StoreError> {
+    let secret = |path: &std::path::Path, what: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| StoreError::Unavailable {
+                context: format!("reading the NATS {what} file {}", path.display()),
+                source: Some(Box::new(e)),
+            })
+    };
+    let mut options = async_nats::ConnectOptions::new();
+    if let (Some(user), Some(path)) = (&settings.user, &settings.password_file) {
+        options = options.user_and_password(user.clone(), secret(path, "password")?);
+    }
+    if let Some(path) = &settings.token_file {
+        options = options.token(secret(path, "token")?);
+    }
+    if let Some(path) = &settings.nkey_seed_file {
+        options = options.nkey(secret(path, "NKey seed")?);
+    }
+    if let Some(path) = &settings.creds_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| StoreError::Unavailable {
+                context: format!("reading the NATS credentials file {}", path.display()),
+                source: Some(Box::new(e)),
+            })?;
+    }
+    if let Some(ca) = &settings.tls_ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&settings.tls_cert_file, &settings.tls_key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if settings.require_tls {
+        options = options.require_tls(true);
+    }
+    Ok(options)
+}
+
 /// Opens one connection named `name` to the servers of `settings.url` (comma-separated).
 async fn connect_one(
     settings: &NatsSettings,
@@ -168,7 +209,8 @@ async fn connect_one(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let options = async_nats::ConnectOptions::new()
+    let options = credentials(settings)
+        .await?
         .name(name)
         .connection_timeout(settings.connect_timeout)
         .request_timeout(Some(settings.request_timeout))
