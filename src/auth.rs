@@ -10,6 +10,9 @@
 //! for JWT signatures and claims, `x509-parser` for reading (already verified) certificates.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::JwkSet;
@@ -85,6 +88,35 @@ pub struct AuthSetupError {
     pub reason: String,
 }
 
+/// A per-identity limit was reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Limited {
+    /// Too many open subscriptions.
+    #[error("this identity already has {0} subscriptions open, the most allowed (auth.max_subscriptions_per_identity)")]
+    Subscriptions(usize),
+    /// Publishing too fast; retry after the duration.
+    #[error("this identity publishes faster than allowed (auth.publish_rate_per_identity); retry in {0:?}")]
+    PublishRate(Duration),
+}
+
+/// One open subscription counted against its identity; dropping it gives the slot back.
+#[derive(Debug)]
+pub struct SubscriptionSlot(Option<(Arc<Mutex<HashMap<String, usize>>>, String)>);
+
+impl Drop for SubscriptionSlot {
+    fn drop(&mut self) {
+        if let Some((open, id)) = self.0.take() {
+            let mut open = open.lock();
+            if let Some(count) = open.get_mut(&id) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(&id);
+                }
+            }
+        }
+    }
+}
+
 /// Which subjects of a stream an identity may touch for an action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
@@ -100,6 +132,11 @@ pub enum Scope {
 #[derive(Debug)]
 pub struct Auth {
     enabled: bool,
+    /// Open subscriptions per identity, and the limit (0: none).
+    subscriptions: Arc<Mutex<HashMap<String, usize>>>,
+    max_subscriptions: usize,
+    /// Publish rate per identity (a GCRA token bucket from `governor`).
+    publish_rate: Option<governor::DefaultKeyedRateLimiter<String>>,
     /// SHA-256 (hex) of each token → its identity and groups.
     tokens: HashMap<String, (String, Vec<String>)>,
     jwt: Option<Jwt>,
@@ -128,6 +165,9 @@ impl Auth {
     pub fn open() -> Auth {
         Auth {
             enabled: false,
+            subscriptions: Arc::default(),
+            max_subscriptions: 0,
+            publish_rate: None,
             tokens: HashMap::new(),
             jwt: None,
             certificates: false,
@@ -207,8 +247,17 @@ impl Auth {
                 })
             }
         };
+        let publish_rate =
+            std::num::NonZeroU32::new(settings.publish_rate_per_identity).map(|rate| {
+                let burst =
+                    std::num::NonZeroU32::new(settings.publish_burst_per_identity).unwrap_or(rate);
+                governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+            });
         Ok(Auth {
             enabled: settings.enabled(),
+            subscriptions: Arc::default(),
+            max_subscriptions: settings.max_subscriptions_per_identity,
+            publish_rate,
             tokens,
             jwt,
             certificates: settings.client_certificates,
@@ -219,6 +268,38 @@ impl Auth {
     /// Whether callers must authenticate.
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Counts one more open subscription of `caller`, refusing it past the per-identity limit;
+    /// the count goes down when the returned guard is dropped.
+    pub fn admit_subscription(
+        &self,
+        caller: Option<&Identity>,
+    ) -> Result<SubscriptionSlot, Limited> {
+        let Some(caller) = caller.filter(|_| self.max_subscriptions > 0) else {
+            return Ok(SubscriptionSlot(None));
+        };
+        let mut open = self.subscriptions.lock();
+        let count = open.entry(caller.id.clone()).or_default();
+        if *count >= self.max_subscriptions {
+            return Err(Limited::Subscriptions(self.max_subscriptions));
+        }
+        *count += 1;
+        Ok(SubscriptionSlot(Some((
+            self.subscriptions.clone(),
+            caller.id.clone(),
+        ))))
+    }
+
+    /// Takes `n` publishes from `caller`'s budget, or says how long to wait.
+    pub fn admit_publish(&self, caller: Option<&Identity>) -> Result<(), Limited> {
+        let (Some(limiter), Some(caller)) = (&self.publish_rate, caller) else {
+            return Ok(());
+        };
+        use governor::clock::Clock;
+        limiter.check_key(&caller.id).map_err(|not_until| {
+            Limited::PublishRate(not_until.wait_time_from(limiter.clock().now()))
+        })
     }
 
     /// The caller's identity: `Ok(None)` when authentication is off.

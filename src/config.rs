@@ -377,6 +377,14 @@ pub struct AuthSettings {
     pub allow_plaintext: bool,
     /// What identities and groups may do; anything not granted is denied.
     pub grants: Vec<Grant>,
+    /// Subscriptions (Watch and Subscribe streams) one identity may have open at once; further
+    /// ones are RESOURCE_EXHAUSTED. 0: no limit. Default 0.
+    pub max_subscriptions_per_identity: usize,
+    /// Events per second one identity may publish (a token bucket refilled at this rate);
+    /// over it, RESOURCE_EXHAUSTED with `google.rpc.RetryInfo`. 0: no limit. Default 0.
+    pub publish_rate_per_identity: u32,
+    /// Events one identity may publish in a burst above the rate. Default 0: the rate itself.
+    pub publish_burst_per_identity: u32,
 }
 
 impl AuthSettings {

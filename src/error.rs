@@ -99,6 +99,14 @@ pub enum Error {
     /// A limit was reached (subscriptions, window).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A rate limit was reached; retry after the duration.
+    #[error("{message}")]
+    RateLimited {
+        /// What was limited.
+        message: String,
+        /// When a retry may succeed.
+        retry_after: std::time::Duration,
+    },
     /// NATS is unreachable or lost for longer than the grace period.
     #[error("NATS is unavailable ({reason}); retry, possibly on another gateway")]
     Unavailable {
@@ -131,6 +139,18 @@ impl Error {
         Error::InvalidArgument {
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+}
+
+impl From<crate::auth::Limited> for Error {
+    fn from(l: crate::auth::Limited) -> Error {
+        match l {
+            crate::auth::Limited::PublishRate(retry_after) => Error::RateLimited {
+                message: l.to_string(),
+                retry_after,
+            },
+            crate::auth::Limited::Subscriptions(_) => Error::ResourceExhausted(l.to_string()),
         }
     }
 }

@@ -153,6 +153,7 @@ impl Publisher {
             .ok_or_else(|| Error::StreamNotFound(stream.clone()))?;
         let mut event = req.event;
         let caller = req.caller.as_deref();
+        inner.auth.admit_publish(caller)?;
         if let Some(identity) = caller {
             // Who published, from the verified identity: whatever the client sent is replaced
             // (the CloudEvents `authcontext` extension).

@@ -894,3 +894,63 @@ async fn the_gateway_works_on_a_nats_server_with_tls_and_a_user_of_least_privile
         .subscriptions;
     assert_eq!(listed.len(), 1);
 }
+
+#[tokio::test]
+async fn each_identity_is_held_to_its_own_subscription_and_publish_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("jwt.secret");
+    std::fs::write(&secret, JWT_SECRET).unwrap();
+    let env = TestEnv::with(|s| {
+        secured(s, &secret);
+        s.auth.max_subscriptions_per_identity = 2;
+        s.auth.publish_rate_per_identity = 1;
+        s.auth.publish_burst_per_identity = 3;
+    })
+    .await;
+    let channel = env.channel().await;
+    let o = || open().bookmarks_ms(0).build();
+    let first = watch_as(&channel, "alice-token", o()).await.unwrap();
+    let _second = watch_as(&channel, "alice-token", o()).await.unwrap();
+    assert_code(
+        watch_as(&channel, "alice-token", o()).await,
+        Code::ResourceExhausted,
+        "LIMIT_EXCEEDED",
+        "a third subscription",
+    );
+    // Another identity has its own allowance; a closed stream gives its slot back.
+    let _root = watch_as(&channel, "root-token", o()).await.unwrap();
+    drop(first);
+    eventually("alice's slot to come back", || {
+        let channel = channel.clone();
+        async move { watch_as(&channel, "alice-token", o()).await.ok() }
+    })
+    .await;
+    // The burst passes, then RESOURCE_EXHAUSTED with RetryInfo; root is unaffected.
+    let mut refused = None;
+    for i in 0..10 {
+        match publish_as(
+            &channel,
+            "alice-token",
+            event(&format!("r{i}"), "/widgets", "w1"),
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let status = refused.expect("publishing faster than the rate is refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(error_info(&status).0, "RATE_LIMITED");
+    use tonic_types::StatusExt;
+    let retry = status.get_details_retry_info().expect("RetryInfo");
+    assert!(retry
+        .retry_delay
+        .is_some_and(|d| d <= Duration::from_secs(1)));
+    publish_as(&channel, "root-token", event("root1", "/widgets", "w1"))
+        .await
+        .expect("another identity publishes");
+}

@@ -71,6 +71,8 @@ pub struct Subscription {
     /// the transport reports each sent delivery's sequence here. Its capacity is the widest
     /// window `Credit` can open, so reporting never waits.
     pub sent: Option<mpsc::Sender<u64>>,
+    /// Counts it against its identity's subscription limit until dropped.
+    pub slot: crate::auth::SubscriptionSlot,
 }
 
 /// The subscription engine of one gateway.
@@ -171,6 +173,7 @@ impl Engine {
             ));
         };
         req.subjects = subjects;
+        let slot = inner.auth.admit_subscription(caller)?;
         let Some(stream_settings) = inner.settings.stream(&req.stream) else {
             return Err(Error::StreamNotFound(req.stream));
         };
@@ -236,6 +239,7 @@ impl Engine {
                 control: control_tx,
                 window,
                 sent: sent_tx,
+                slot,
             });
         }
         let state = inner.store.stream_state(&req.stream).await?;
@@ -285,6 +289,7 @@ impl Engine {
             control: control_tx,
             window,
             sent: None,
+            slot,
         })
     }
 

@@ -95,6 +95,11 @@ pub fn to_status(e: Error, last_delivered: Option<u64>) -> Status {
             (Code::OutOfRange, "HISTORY_EXPIRED")
         }
         Error::ResourceExhausted(_) => (Code::ResourceExhausted, "LIMIT_EXCEEDED"),
+        Error::RateLimited { retry_after, .. } => {
+            details.set_retry_info(Some(*retry_after));
+            meta.insert("retry_after_ms".into(), retry_after.as_millis().to_string());
+            (Code::ResourceExhausted, "RATE_LIMITED")
+        }
         Error::Unavailable { .. } => (Code::Unavailable, "NATS_UNAVAILABLE"),
         Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
         Error::Unimplemented(_) => (Code::Unimplemented, "UNIMPLEMENTED"),

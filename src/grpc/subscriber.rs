@@ -56,6 +56,8 @@ struct Out {
     sent: Option<mpsc::Sender<u64>>,
     /// Keeps the control channel open for Watch (which has no client messages).
     _control: Option<mpsc::Sender<Control>>,
+    /// The subscription's place in its identity's limit, given back when the stream ends.
+    _slot: crate::auth::SubscriptionSlot,
     /// Errors found on the request side (e.g. a second `Open`).
     control: Option<mpsc::Receiver<Error>>,
     shutdown: CancellationToken,
@@ -105,6 +107,7 @@ fn respond(
         window: sub.window,
         sent: sub.sent,
         _control: keep_control.then_some(sub.control),
+        _slot: sub.slot,
         control,
         shutdown,
         last_delivered: sub.start_sequence.saturating_sub(1),
