@@ -101,7 +101,10 @@ pub enum Limited {
 
 /// One open subscription counted against its identity; dropping it gives the slot back.
 #[derive(Debug)]
-pub struct SubscriptionSlot(Option<(Arc<Mutex<HashMap<String, usize>>>, String)>);
+pub struct SubscriptionSlot(Option<(OpenCounts, String)>);
+
+/// Open subscriptions per identity.
+type OpenCounts = Arc<Mutex<HashMap<String, usize>>>;
 
 impl Drop for SubscriptionSlot {
     fn drop(&mut self) {
@@ -133,7 +136,7 @@ pub enum Scope {
 pub struct Auth {
     enabled: bool,
     /// Open subscriptions per identity, and the limit (0: none).
-    subscriptions: Arc<Mutex<HashMap<String, usize>>>,
+    subscriptions: OpenCounts,
     max_subscriptions: usize,
     /// Publish rate per identity (a GCRA token bucket from `governor`).
     publish_rate: Option<governor::DefaultKeyedRateLimiter<String>>,
