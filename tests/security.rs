@@ -954,3 +954,54 @@ async fn each_identity_is_held_to_its_own_subscription_and_publish_limits() {
         .await
         .expect("another identity publishes");
 }
+
+#[tokio::test]
+async fn es256_tokens_are_verified_with_keys_from_a_jwks_file() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("jwt.secret");
+    std::fs::write(&secret, JWT_SECRET).unwrap();
+    // An ES256 key pair: the public half as a JWK, the private half signs.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let point = key.public_key_raw();
+    assert_eq!(point.len(), 65, "an uncompressed P-256 point");
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = serde_json::json!({ "keys": [{
+        "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+        "x": b64(&point[1..33]), "y": b64(&point[33..]),
+    }]});
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, jwks.to_string()).unwrap();
+    let env = TestEnv::with(|s| {
+        secured(s, &secret);
+        s.auth.jwt.as_mut().unwrap().jwks_file = Some(jwks_file.clone());
+    })
+    .await;
+    let channel = env.channel().await;
+    let sign = |kid: &str, der: &[u8]| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(
+            &header,
+            &carol_claims(),
+            &jsonwebtoken::EncodingKey::from_ec_der(der),
+        )
+        .unwrap()
+    };
+    let good = sign("k1", &key.serialize_der());
+    watch_as(&channel, &good, open().bookmarks_ms(0).build())
+        .await
+        .expect("a token signed with the JWKS key");
+    let other = rcgen::KeyPair::generate().unwrap();
+    for (case, token) in [
+        ("another key, same kid", sign("k1", &other.serialize_der())),
+        ("an unknown kid", sign("k2", &key.serialize_der())),
+    ] {
+        assert_code(
+            watch_as(&channel, &token, open().bookmarks_ms(0).build()).await,
+            Code::Unauthenticated,
+            "UNAUTHENTICATED",
+            case,
+        );
+    }
+}
