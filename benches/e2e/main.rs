@@ -16,6 +16,8 @@
 //! - `pushdown`: one resource among many subjects, with and without subject pushdown.
 //! - `burst`: bursts larger than the history to 256 and 1,000 watchers (no gap, bounded
 //!   consumers), with history sizes of 1 MiB, 32 MiB and 512 MiB.
+//! - `security`: PublishStream and fan-out to 256 watchers with TLS, client certificates and
+//!   grants, next to the same runs on a plain gateway.
 //! - `failover`: a 3-node NATS cluster, the R3 stream's leader killed under steady publishing
 //!   and a live watcher: how long publishing is unavailable and deliveries stall.
 //! - `soak` (only when named in `JETWATCH_BENCH`): publishing, watchers, durables and
@@ -221,6 +223,8 @@ enum Scenario {
     Pushdown,
     /// A burst larger than the history to many live watchers: no gap, bounded consumers.
     Burst,
+    /// What TLS and authentication cost.
+    Security,
     /// The stream leader of a 3-node cluster killed under load.
     Failover,
     /// A long random workload, sampled for leaks (not in the default set).
@@ -229,7 +233,7 @@ enum Scenario {
 
 impl Scenario {
     /// Every scenario; all but the last run by default.
-    const ALL: [Scenario; 10] = [
+    const ALL: [Scenario; 11] = [
         Scenario::Publish,
         Scenario::Watch,
         Scenario::Fanout,
@@ -238,6 +242,7 @@ impl Scenario {
         Scenario::Snapshot,
         Scenario::Pushdown,
         Scenario::Burst,
+        Scenario::Security,
         Scenario::Failover,
         Scenario::Soak,
     ];
@@ -252,6 +257,7 @@ impl Scenario {
             Scenario::Snapshot => "snapshot",
             Scenario::Pushdown => "pushdown",
             Scenario::Burst => "burst",
+            Scenario::Security => "security",
             Scenario::Failover => "failover",
             Scenario::Soak => "soak",
         }
@@ -271,6 +277,7 @@ impl Scenario {
             Scenario::Snapshot => snapshot::run(o).await,
             Scenario::Pushdown => pushdown::run(o).await,
             Scenario::Burst => burst::run(o).await,
+            Scenario::Security => security::run(o).await,
             Scenario::Failover => failover::run(o).await,
             Scenario::Soak => soak::run(o).await,
         }
@@ -288,6 +295,7 @@ mod latency;
 mod memory;
 mod publish;
 mod pushdown;
+mod security;
 mod snapshot;
 mod soak;
 mod watch;
@@ -351,11 +359,20 @@ impl Env {
 
     /// Like [`Env::start`], with `fanout` appended to the gateway's `[fanout]` section.
     async fn start_with(fanout: &str) -> Result<Env> {
+        Env::start_tls(fanout, None).await
+    }
+
+    /// Like [`Env::start_with`]; clients reach the gateway with `tls` when set.
+    async fn start_tls(
+        fanout: &str,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Env> {
         let dir = tempfile::tempdir()?;
         let store = dir.path().join("nats");
         let nats = tokio::task::block_in_place(|| NatsServer::start(&store, 0))
             .context("cannot start nats-server")?;
         let mut gateway = Gateway::spawn(&nats.url(), dir.path(), fanout)?;
+        gateway.tls = tls;
         gateway.wait_ready().await?;
         let js = jetstream::new(async_nats::connect(nats.url()).await?);
         create_raw_stream(&js).await?;
@@ -383,6 +400,8 @@ struct Gateway {
     metrics: SocketAddr,
     /// Its stdout and stderr, quoted when it fails to start.
     log: PathBuf,
+    /// TLS for clients, when the gateway serves TLS.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Gateway {
@@ -411,6 +430,7 @@ impl Gateway {
             addr,
             metrics,
             log,
+            tls: None,
         })
     }
 
@@ -452,9 +472,19 @@ impl Gateway {
 
     /// A new gRPC channel: its own HTTP/2 connection.
     async fn channel(&self) -> Result<Channel> {
-        Ok(Endpoint::from_shared(format!("http://{}", self.addr))?
-            .connect()
-            .await?)
+        Ok(match &self.tls {
+            None => {
+                Endpoint::from_shared(format!("http://{}", self.addr))?
+                    .connect()
+                    .await?
+            }
+            Some(tls) => {
+                Endpoint::from_shared(format!("https://{}", self.addr))?
+                    .tls_config(tls.clone())?
+                    .connect()
+                    .await?
+            }
+        })
     }
 
     /// The process id.
