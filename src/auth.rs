@@ -164,20 +164,6 @@ impl std::fmt::Debug for Jwt {
 }
 
 impl Auth {
-    /// Authentication off: everyone may do everything.
-    pub fn open() -> Auth {
-        Auth {
-            enabled: false,
-            subscriptions: Arc::default(),
-            max_subscriptions: 0,
-            publish_rate: None,
-            tokens: HashMap::new(),
-            jwt: None,
-            certificates: false,
-            grants: Vec::new(),
-        }
-    }
-
     /// Builds the identity sources and grants of `settings` (validated), reading key files.
     pub fn new(settings: &AuthSettings) -> Result<Auth, AuthSetupError> {
         let setup = |key: &str, reason: String| AuthSetupError {

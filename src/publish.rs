@@ -159,7 +159,7 @@ impl Publisher {
             // (the CloudEvents `authcontext` extension).
             stamp_authcontext(&mut event, identity);
         }
-        codec::validate(&event, usize::MAX).map_err(Error::InvalidEvent)?;
+        codec::validate_rules(&event).map_err(Error::InvalidEvent)?;
         let subject = template
             .render(&event)
             .map_err(|e| Error::invalid("event", e.to_string()))?;
@@ -172,14 +172,8 @@ impl Publisher {
         }
         let encoded = codec::encode(&event).map_err(|e| Error::invalid("event", e.to_string()))?;
         let msg_id = codec::dedup_key(&event.source, &event.id);
-        // The size as NATS counts it, headers the publish adds included, against the smaller
-        // of the configured limit and the connected server's max_payload (read each time: a
-        // reconnect may land on a server with another limit).
-        let size = crate::store::publish_size(&encoded, &msg_id, req.expected_subject_sequence);
-        let limit = inner.max_event_bytes.min(inner.store.max_payload());
-        if size > limit {
-            return Err(Error::EventTooLarge { size, limit });
-        }
+        // The store refuses a message over the configured limit or the server's max_payload,
+        // measured as NATS counts it (EventTooLarge), before sending it.
         let ack = inner
             .store
             .publish(
@@ -187,6 +181,7 @@ impl Publisher {
                 encoded,
                 &msg_id,
                 req.expected_subject_sequence,
+                inner.max_event_bytes,
             )
             .await?;
         Ok(InFlight {

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -180,16 +179,6 @@ async fn clients_of_a_killed_gateway_resume_on_another_with_no_gap_and_nothing_l
     env.wait_ack_floor("d", last).await;
     durable_task.abort();
     let seen = seen.lock().clone();
-    let distinct: BTreeSet<u64> = seen.iter().copied().collect();
-    assert_eq!(
-        distinct,
-        (1..=last).collect::<BTreeSet<_>>(),
-        "the durable lost nothing"
-    );
-    let redelivered = seen.len() - distinct.len();
-    assert!(
-        redelivered <= window as usize,
-        "{redelivered} redeliveries, more than the window"
-    );
+    assert_durable_lost_nothing(&seen, last, window as usize);
     drop(g2);
 }

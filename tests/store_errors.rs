@@ -63,7 +63,7 @@ async fn a_missing_stream_or_durable_is_not_found() {
 async fn a_wrong_expected_sequence_names_both_sequences_through_to_the_service_error() {
     let (store, _settings, _nats, _dir) = store_with("").await;
     let first = store
-        .publish("events.a".into(), encoded(10), "id-1", Some(0))
+        .publish("events.a".into(), encoded(10), "id-1", Some(0), usize::MAX)
         .await
         .unwrap()
         .ack()
@@ -71,7 +71,7 @@ async fn a_wrong_expected_sequence_names_both_sequences_through_to_the_service_e
         .unwrap();
     assert_eq!(first.sequence, 1);
     let refused = store
-        .publish("events.a".into(), encoded(10), "id-2", Some(0))
+        .publish("events.a".into(), encoded(10), "id-2", Some(0), usize::MAX)
         .await
         .unwrap()
         .ack()
@@ -104,7 +104,7 @@ async fn a_message_over_max_payload_is_too_large_with_its_size_as_nats_counts_it
     let expected_size =
         jetwatch::store::message_size(&message.headers, 5000) + "Nats-Msg-Id: id-1\r\n".len();
     let refused = match store
-        .publish("events.a".into(), message, "id-1", None)
+        .publish("events.a".into(), message, "id-1", None, usize::MAX)
         .await
     {
         Err(e) => e,

@@ -15,26 +15,9 @@ pub(super) async fn run(o: &Options) -> Result<Vec<Row>> {
         let m = o.scaled(events, 100);
         let label = format!("fan-{subscribers}");
 
-        let tasks = open_watches(&env.gateway, n, WATCH_WINDOW)
-            .await?
-            .into_iter()
-            .map(|mut w| {
-                tokio::spawn(async move {
-                    drain_watch(&mut w, Until::Deliveries(m as u64), |_| {}).await?;
-                    Ok(Instant::now())
-                })
-            })
-            .collect();
-        let publisher = RawPublisher::new(&env.js, GATEWAY_STREAM)?;
-        let (gateway, gateway_consumers) = deliver_to_all(
-            &env.js,
-            GATEWAY_STREAM,
-            tasks,
-            publisher.publish(m, None, |i| BenchEvent::new(&label, i, 1_000, &data)),
-        )
-        .await
-        .with_context(|| format!("gateway fan-out to {n}"))?;
-        let gateway = rate(n * m, gateway);
+        let (gateway, gateway_consumers) = gateway_fan_out(&env, n, m, &label, &data)
+            .await
+            .with_context(|| format!("gateway fan-out to {n}"))?;
 
         let (raw, raw_consumers) = raw_fan_out(&env, n, m, &label, &data).await?;
 

@@ -980,6 +980,37 @@ async fn open_raw_readers(env: &Env, n: usize) -> Result<Vec<RawReader>> {
     Ok(readers)
 }
 
+/// Opens `n` live Watch streams on `env`'s gateway, publishes `m` events (raw, pipelined) and
+/// waits until every watcher has them all. Returns the aggregate deliveries/s and the most
+/// JetStream consumers seen on the stream meanwhile.
+async fn gateway_fan_out(
+    env: &Env,
+    n: usize,
+    m: usize,
+    label: &str,
+    data: &Bytes,
+) -> Result<(f64, usize)> {
+    let tasks = open_watches(&env.gateway, n, WATCH_WINDOW)
+        .await?
+        .into_iter()
+        .map(|mut w| {
+            tokio::spawn(async move {
+                drain_watch(&mut w, Until::Deliveries(m as u64), |_| {}).await?;
+                Ok(Instant::now())
+            })
+        })
+        .collect();
+    let publisher = RawPublisher::new(&env.js, GATEWAY_STREAM)?;
+    let (elapsed, consumers) = deliver_to_all(
+        &env.js,
+        GATEWAY_STREAM,
+        tasks,
+        publisher.publish(m, None, |i| BenchEvent::new(label, i, 1_000, data)),
+    )
+    .await?;
+    Ok((rate(n * m, elapsed), consumers))
+}
+
 /// Runs `publish` while every subscriber task counts its deliveries, and samples the stream's
 /// JetStream consumers meanwhile. Returns the time from the first publish until the last
 /// subscriber got its last event, and the most consumers seen.

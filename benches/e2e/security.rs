@@ -41,25 +41,7 @@ async fn measure(o: &Options, env: Env, label: &str) -> Result<(f64, f64)> {
     ensure_stored(&env.js, GATEWAY_STREAM, n).await?;
 
     let (watchers, m) = (o.scaled(256, 1), o.scaled(4_000, 100));
-    let tasks = open_watches(&env.gateway, watchers, WATCH_WINDOW)
-        .await?
-        .into_iter()
-        .map(|mut w| {
-            tokio::spawn(async move {
-                drain_watch(&mut w, Until::Deliveries(m as u64), |_| {}).await?;
-                Ok(Instant::now())
-            })
-        })
-        .collect();
-    let publisher = RawPublisher::new(&env.js, GATEWAY_STREAM)?;
-    let (elapsed, _) = deliver_to_all(
-        &env.js,
-        GATEWAY_STREAM,
-        tasks,
-        publisher.publish(m, None, |i| BenchEvent::new("sec-fan", i, 1_000, &data)),
-    )
-    .await?;
-    let fanout = rate(watchers * m, elapsed);
+    let (fanout, _) = gateway_fan_out(&env, watchers, m, "sec-fan", &data).await?;
     println!(
         "{label:<11} PublishStream {} ev/s, fan-out to {watchers}: {} ev/s",
         thousands(publish),

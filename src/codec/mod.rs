@@ -214,6 +214,12 @@ pub fn validate(event: &Event, max_size: usize) -> Result<(), InvalidEvent> {
     validate::validate(event, max_size)
 }
 
+/// Every rule of [`validate`] but the size, for callers that measure the size themselves (the
+/// publish path measures the NATS message it sends, headers it adds included).
+pub fn validate_rules(event: &Event) -> Result<(), InvalidEvent> {
+    validate::validate_rules(event)
+}
+
 /// Reads an event in the CloudEvents JSON event format (structured mode).
 pub fn event_from_json(json: &[u8]) -> Result<Event, CodecError> {
     json::event_from_json(json)

@@ -17,17 +17,24 @@ pub struct PublishAck {
 
 impl Store {
     /// Sends one publish and returns a future for its acknowledgement, so callers can pipeline.
+    /// A message larger than `max_bytes` or the connected server's `max_payload` (read each
+    /// time: a reconnect may land on a server with another limit), measured as NATS counts it
+    /// with the headers added here, is refused without being sent.
     pub async fn publish(
         &self,
         subject: String,
         encoded: Encoded,
         msg_id: &str,
         expected_subject_sequence: Option<u64>,
+        max_bytes: usize,
     ) -> Result<PendingAck, StoreError> {
         self.connected_for("publishing")?;
         let expected = expected_subject_sequence;
         let size = publish_size(&encoded, msg_id, expected);
-        let limit = self.max_payload();
+        let limit = self.max_payload().min(max_bytes);
+        if size > limit {
+            return Err(StoreError::TooLarge { size, limit });
+        }
         let mut msg = jetstream::message::PublishMessage::build()
             .payload(encoded.payload)
             .headers(encoded.headers)

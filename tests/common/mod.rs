@@ -646,16 +646,7 @@ impl TestEnv {
 
 /// The gateway's `/metrics` page.
 pub async fn metrics_text(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut page = String::new();
-    tcp.read_to_string(&mut page).await.unwrap();
-    page
+    soak::metrics_page(addr).await
 }
 
 /// The value of the unlabelled metric `name` on the gateway's `/metrics` page.
@@ -668,4 +659,20 @@ pub async fn metric(addr: SocketAddr, name: &str) -> u64 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// Checks what a durable's client received (`seen`, in order, redeliveries included) against a
+/// stream of sequences `1..=last`: nothing lost, at most `window` redeliveries.
+pub fn assert_durable_lost_nothing(seen: &[u64], last: u64, window: usize) {
+    let distinct: std::collections::BTreeSet<u64> = seen.iter().copied().collect();
+    assert_eq!(
+        distinct,
+        (1..=last).collect::<std::collections::BTreeSet<_>>(),
+        "the durable lost nothing"
+    );
+    let redelivered = seen.len() - distinct.len();
+    assert!(
+        redelivered <= window,
+        "{redelivered} redeliveries, more than the window"
+    );
 }

@@ -378,7 +378,9 @@ async fn durable(
     }
 }
 
-async fn metrics_page(addr: SocketAddr) -> String {
+/// The gateway's `/metrics` page (also `common::metrics_text`: this file stands alone for the
+/// benchmark that includes it).
+pub async fn metrics_page(addr: SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr)
         .await
