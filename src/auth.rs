@@ -12,14 +12,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Action, AuthSettings, Grant, JwtSettings};
+use crate::config::{
+    Action, AuthSettings, CertificateGroup, CertificateName, Grant, JwtSettings, StaticToken,
+    TokensFile,
+};
 
 /// How a caller proved who they are (the CloudEvents `authcontext` `authtype`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +60,8 @@ pub struct Identity {
     pub claims: BTreeMap<String, String>,
     /// When the credential stops being valid (a JWT's `exp`).
     pub expires_at: Option<SystemTime>,
+    /// The SHA-256 (hex) of the static token it presented, which can be revoked.
+    pub token_sha256: Option<String>,
 }
 
 /// What a call presented.
@@ -140,11 +146,64 @@ pub struct Auth {
     max_subscriptions: usize,
     /// Publish rate per identity (a GCRA token bucket from `governor`).
     publish_rate: Option<governor::DefaultKeyedRateLimiter<String>>,
-    /// SHA-256 (hex) of each token → its identity and groups.
-    tokens: HashMap<String, (String, Vec<String>)>,
+    /// SHA-256 (hex) of each static token → its identity and groups; swapped whole when
+    /// `auth.tokens_file` changes.
+    tokens: RwLock<Arc<Tokens>>,
+    /// The tokens of the configuration file itself (never reloaded).
+    configured: Vec<StaticToken>,
     jwt: Option<Jwt>,
-    certificates: bool,
+    certificates: Option<CertificateMapping>,
     grants: Vec<Grant>,
+}
+
+/// Static tokens by the hex SHA-256 of the token.
+type Tokens = HashMap<String, TokenEntry>;
+
+#[derive(Debug)]
+struct TokenEntry {
+    identity: String,
+    groups: Vec<String>,
+    /// Cancelled when the token is revoked (or its identity or groups change): open streams
+    /// authenticated by it end.
+    revoked: CancellationToken,
+}
+
+/// Which names of a client certificate make its identity and groups.
+#[derive(Debug, Clone)]
+struct CertificateMapping {
+    identity: Vec<CertificateName>,
+    groups: Vec<CertificateGroup>,
+}
+
+/// Builds the token table from `list`, keeping the revocation handle of every token that stays
+/// the same in `old` and cancelling those of tokens gone or changed.
+fn token_table(list: &[StaticToken], old: Option<&Tokens>) -> Tokens {
+    let mut table = Tokens::new();
+    for t in list {
+        let digest = t.sha256.to_ascii_lowercase();
+        let kept = old
+            .and_then(|o| o.get(&digest))
+            .filter(|e| e.identity == t.identity && e.groups == t.groups);
+        table.insert(
+            digest,
+            TokenEntry {
+                identity: t.identity.clone(),
+                groups: t.groups.clone(),
+                revoked: kept.map_or_else(CancellationToken::new, |e| e.revoked.clone()),
+            },
+        );
+    }
+    if let Some(old) = old {
+        for (digest, e) in old {
+            let same = table
+                .get(digest)
+                .is_some_and(|n| n.identity == e.identity && n.groups == e.groups);
+            if !same {
+                e.revoked.cancel();
+            }
+        }
+    }
+    table
 }
 
 struct Jwt {
@@ -170,16 +229,13 @@ impl Auth {
             key: key.to_owned(),
             reason,
         };
-        let tokens = settings
-            .tokens
-            .iter()
-            .map(|t| {
-                (
-                    t.sha256.to_ascii_lowercase(),
-                    (t.identity.clone(), t.groups.clone()),
-                )
-            })
-            .collect();
+        let mut listed = settings.tokens.clone();
+        if let Some(path) = &settings.tokens_file {
+            let file =
+                TokensFile::read(path).map_err(|e| setup("auth.tokens_file", e.to_string()))?;
+            listed.extend(file.tokens);
+        }
+        let tokens = RwLock::new(Arc::new(token_table(&listed, None)));
         let jwt = match &settings.jwt {
             None => None,
             Some(j) => {
@@ -248,9 +304,80 @@ impl Auth {
             max_subscriptions: settings.max_subscriptions_per_identity,
             publish_rate,
             tokens,
+            configured: settings.tokens.clone(),
             jwt,
-            certificates: settings.client_certificates,
+            certificates: settings.client_certificates.then(|| CertificateMapping {
+                identity: settings.certificate_identity.clone(),
+                groups: settings.certificate_groups.clone(),
+            }),
             grants: settings.grants.clone(),
+        })
+    }
+
+    /// Re-reads `path` (the `auth.tokens_file`) every `every`; a changed file replaces the
+    /// file's tokens, and streams of tokens removed or changed end. A file that cannot be read
+    /// or is invalid is logged and the tokens in force are kept.
+    pub fn spawn_token_reloader(
+        self: &Arc<Self>,
+        path: std::path::PathBuf,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let auth = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last = std::fs::read(&path).ok();
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(auth) = auth.upgrade() else { return };
+                let read = tokio::task::spawn_blocking({
+                    let path = path.clone();
+                    move || std::fs::read(&path).map(|b| (b, TokensFile::read(&path)))
+                })
+                .await;
+                let (bytes, file) = match read {
+                    Ok(Ok(read)) => read,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, path = %path.display(), "auth: cannot read the tokens file; keeping the tokens in force");
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                if last.as_ref() == Some(&bytes) {
+                    continue;
+                }
+                match file {
+                    Ok(file) => {
+                        let mut listed = auth.configured.clone();
+                        listed.extend(file.tokens);
+                        let mut tokens = auth.tokens.write();
+                        let table = token_table(&listed, Some(&tokens));
+                        tracing::info!(tokens = table.len(), "auth: tokens file reloaded");
+                        *tokens = Arc::new(table);
+                        last = Some(bytes);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "auth: tokens file refused; keeping the tokens in force");
+                    }
+                }
+            }
+        })
+    }
+
+    /// Cancelled when the static token `caller` authenticated with is revoked; `None` for
+    /// other credentials (a JWT ends at its expiry instead).
+    pub fn revocation(&self, caller: Option<&Identity>) -> Option<CancellationToken> {
+        let digest = caller?.token_sha256.as_ref()?;
+        let tokens = self.tokens.read();
+        Some(match tokens.get(digest) {
+            Some(e) => e.revoked.clone(),
+            None => {
+                // Revoked between authentication and now.
+                let gone = CancellationToken::new();
+                gone.cancel();
+                gone
+            }
         })
     }
 
@@ -299,8 +426,8 @@ impl Auth {
         if let Some(token) = c.bearer {
             return self.bearer(token).map(Some);
         }
-        if let (true, Some(der)) = (self.certificates, c.peer_certificate) {
-            return certificate_identity(der).map(Some);
+        if let (Some(mapping), Some(der)) = (&self.certificates, c.peer_certificate) {
+            return certificate_identity(der, mapping).map(Some);
         }
         Err(Unauthenticated::Invalid(
             "authentication required: send `authorization: Bearer <token>`".into(),
@@ -309,13 +436,14 @@ impl Auth {
 
     fn bearer(&self, token: &str) -> Result<Identity, Unauthenticated> {
         let digest = hex(&Sha256::digest(token.as_bytes()));
-        if let Some((id, groups)) = self.tokens.get(&digest) {
+        if let Some(entry) = self.tokens.read().get(&digest) {
             return Ok(Identity {
-                id: id.clone(),
+                id: entry.identity.clone(),
                 kind: AuthKind::Token,
-                groups: groups.clone(),
+                groups: entry.groups.clone(),
                 claims: BTreeMap::new(),
                 expires_at: None,
+                token_sha256: Some(digest),
             });
         }
         match &self.jwt {
@@ -472,40 +600,68 @@ impl Jwt {
             groups,
             claims: audit,
             expires_at,
+            token_sha256: None,
         })
     }
 }
 
-/// The identity of a verified client certificate: its common name, or else its first DNS or
-/// URI name; groups: its organizational units.
-fn certificate_identity(der: &[u8]) -> Result<Identity, Unauthenticated> {
+/// The identity of a verified client certificate: the first of `mapping.identity`'s names the
+/// certificate has; its groups: the values of `mapping.groups`' subject attributes.
+fn certificate_identity(
+    der: &[u8],
+    mapping: &CertificateMapping,
+) -> Result<Identity, Unauthenticated> {
     use x509_parser::extensions::GeneralName;
     use x509_parser::prelude::{FromDer, X509Certificate};
     let unreadable = || Unauthenticated::Invalid("the client certificate cannot be read".into());
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| unreadable())?;
     let subject = cert.subject();
-    let cn = subject
-        .iter_common_name()
-        .next()
-        .and_then(|a| a.as_str().ok())
-        .map(str::to_owned);
-    let san = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .and_then(|san| {
-            san.value.general_names.iter().find_map(|n| match n {
-                GeneralName::DNSName(d) => Some((*d).to_owned()),
-                GeneralName::URI(u) => Some((*u).to_owned()),
-                _ => None,
-            })
-        });
-    let id = cn.or(san).filter(|s| !s.is_empty()).ok_or_else(|| {
-        Unauthenticated::Invalid("the client certificate names no identity (CN or SAN)".into())
-    })?;
-    let groups = subject
-        .iter_organizational_unit()
-        .filter_map(|a| a.as_str().ok().map(str::to_owned))
+    let san = cert.subject_alternative_name().ok().flatten();
+    let alt = |want: CertificateName| {
+        san.as_ref().and_then(|san| {
+            san.value
+                .general_names
+                .iter()
+                .find_map(|n| match (want, n) {
+                    (CertificateName::Dns, GeneralName::DNSName(v))
+                    | (CertificateName::Uri, GeneralName::URI(v))
+                    | (CertificateName::Email, GeneralName::RFC822Name(v)) => Some((*v).to_owned()),
+                    _ => None,
+                })
+        })
+    };
+    let id = mapping
+        .identity
+        .iter()
+        .find_map(|&name| {
+            match name {
+                CertificateName::Cn => subject
+                    .iter_common_name()
+                    .next()
+                    .and_then(|a| a.as_str().ok())
+                    .map(str::to_owned),
+                other => alt(other),
+            }
+            .filter(|s| !s.is_empty())
+        })
+        .ok_or_else(|| {
+            Unauthenticated::Invalid(
+                "the client certificate has none of the names that make an identity (auth.certificate_identity)".into(),
+            )
+        })?;
+    let groups = mapping
+        .groups
+        .iter()
+        .flat_map(|g| match g {
+            CertificateGroup::Ou => subject
+                .iter_organizational_unit()
+                .filter_map(|a| a.as_str().ok().map(str::to_owned))
+                .collect::<Vec<_>>(),
+            CertificateGroup::O => subject
+                .iter_organization()
+                .filter_map(|a| a.as_str().ok().map(str::to_owned))
+                .collect(),
+        })
         .collect();
     Ok(Identity {
         id,
@@ -513,6 +669,7 @@ fn certificate_identity(der: &[u8]) -> Result<Identity, Unauthenticated> {
         groups,
         claims: BTreeMap::new(),
         expires_at: None,
+        token_sha256: None,
     })
 }
 

@@ -229,6 +229,12 @@ impl Settings {
                 "needs tls.cert_file and tls.key_file".into(),
             );
         }
+        if tls.client_crl_file.is_some() && tls.client_ca_file.is_none() {
+            return invalid(
+                "tls.client_crl_file",
+                "needs tls.client_ca_file (revocation lists of client certificates' CAs)".into(),
+            );
+        }
         let auth = &self.auth;
         if auth.client_certificates && tls.client_ca_file.is_none() {
             return invalid(
@@ -237,18 +243,18 @@ impl Settings {
             );
         }
         for (i, t) in auth.tokens.iter().enumerate() {
-            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return invalid(
-                    &format!("auth.tokens[{i}].sha256"),
-                    "64 hex digits: the SHA-256 of the token, not the token".into(),
-                );
+            if let Err((field, reason)) = t.check() {
+                return invalid(&format!("auth.tokens[{i}].{field}"), reason.into());
             }
-            if t.identity.is_empty() {
-                return invalid(
-                    &format!("auth.tokens[{i}].identity"),
-                    "must not be empty".into(),
-                );
-            }
+        }
+        if auth.certificate_identity.is_empty() {
+            return invalid(
+                "auth.certificate_identity",
+                "name at least one of cn, dns, uri, email".into(),
+            );
+        }
+        if auth.tokens_file.is_some() && auth.reload_interval.is_zero() {
+            return invalid("auth.reload_interval", "must be more than 0".into());
         }
         if let Some(jwt) = &auth.jwt {
             if jwt.hs256_secret_file.is_none() && jwt.jwks_file.is_none() {
@@ -313,6 +319,11 @@ pub struct TlsSettings {
     /// PEM bundle of the CAs whose client certificates are accepted (mTLS). Unset: clients
     /// are not asked for certificates.
     pub client_ca_file: Option<PathBuf>,
+    /// PEM file of certificate revocation lists of those CAs: a client certificate listed there
+    /// is refused at the handshake. Reloaded like the other files, so revoking takes effect
+    /// for new connections without a restart. Only client (leaf) certificates are checked; a
+    /// certificate whose CA has no list in the file is accepted. Unset: no revocation check.
+    pub client_crl_file: Option<PathBuf>,
     /// With `client_ca_file`: `required` (every client presents a certificate of those CAs) or
     /// `optional` (clients without one may still authenticate otherwise). Default `required`.
     pub client_auth: ClientAuth,
@@ -334,6 +345,7 @@ impl Default for TlsSettings {
             cert_file: None,
             key_file: None,
             client_ca_file: None,
+            client_crl_file: None,
             client_auth: ClientAuth::Required,
             reload_interval: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
@@ -361,17 +373,30 @@ pub enum ClientAuth {
 
 /// `[auth]`: identities and grants. With no identity source configured (no tokens, no JWT,
 /// no client certificates), every caller may do everything, as on a laptop.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// Static bearer tokens; only their SHA-256 hashes are stored here.
     pub tokens: Vec<StaticToken>,
     /// JSON Web Tokens from an identity provider.
     pub jwt: Option<JwtSettings>,
-    /// Verified TLS client certificates identify callers (identity: the certificate's common
-    /// name, or else its first DNS or URI name; groups: its organizational units). Needs
-    /// `tls.client_ca_file`.
+    /// A file of further static tokens (TOML: `[[tokens]]` entries like `auth.tokens`), read
+    /// at start-up and re-read every `reload_interval`: a token added works and a token removed
+    /// (revoked) is refused without a restart, and open streams of a revoked token end with
+    /// UNAUTHENTICATED. A broken file is refused and the tokens in force are kept.
+    pub tokens_file: Option<PathBuf>,
+    /// How often `tokens_file` is checked for changes. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// Verified TLS client certificates identify callers. Needs `tls.client_ca_file`.
     pub client_certificates: bool,
+    /// Which names of a client certificate make its identity, in order: the first one the
+    /// certificate has wins. `cn` (subject common name), `dns`, `uri`, `email` (subject
+    /// alternative names). Default `["cn", "dns", "uri"]`.
+    pub certificate_identity: Vec<CertificateName>,
+    /// Which subject attributes of a client certificate make its groups: `ou`
+    /// (organizational units), `o` (organizations). Default `["ou"]`.
+    pub certificate_groups: Vec<CertificateGroup>,
     /// Allow authentication on a listener without TLS that is not on loopback (bearer tokens
     /// would cross the network in clear). Default false: `serve` refuses to start.
     pub allow_plaintext: bool,
@@ -390,7 +415,103 @@ pub struct AuthSettings {
 impl AuthSettings {
     /// Whether callers must authenticate.
     pub fn enabled(&self) -> bool {
-        !self.tokens.is_empty() || self.jwt.is_some() || self.client_certificates
+        !self.tokens.is_empty()
+            || self.tokens_file.is_some()
+            || self.jwt.is_some()
+            || self.client_certificates
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            tokens: Vec::new(),
+            tokens_file: None,
+            reload_interval: Duration::from_secs(10),
+            jwt: None,
+            client_certificates: false,
+            certificate_identity: vec![
+                CertificateName::Cn,
+                CertificateName::Dns,
+                CertificateName::Uri,
+            ],
+            certificate_groups: vec![CertificateGroup::Ou],
+            allow_plaintext: false,
+            grants: Vec::new(),
+            max_subscriptions_per_identity: 0,
+            publish_rate_per_identity: 0,
+            publish_burst_per_identity: 0,
+        }
+    }
+}
+
+/// A name of a client certificate that can be its identity (`auth.certificate_identity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertificateName {
+    /// The subject's common name.
+    Cn,
+    /// A DNS subject alternative name.
+    Dns,
+    /// A URI subject alternative name (e.g. a SPIFFE ID).
+    Uri,
+    /// An email (RFC 822) subject alternative name.
+    Email,
+}
+
+/// A subject attribute of a client certificate that names groups (`auth.certificate_groups`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertificateGroup {
+    /// Organizational units.
+    Ou,
+    /// Organizations.
+    O,
+}
+
+/// The file of `auth.tokens_file`: `[[tokens]]` entries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensFile {
+    /// The tokens.
+    #[serde(default)]
+    pub tokens: Vec<StaticToken>,
+}
+
+impl TokensFile {
+    /// Reads and checks a tokens file.
+    pub fn read(path: &std::path::Path) -> Result<TokensFile, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: "auth.tokens_file".into(),
+            reason: format!("{}: {reason}", path.display()),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+        let file: TokensFile = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| invalid(e.to_string()))?;
+        for (i, t) in file.tokens.iter().enumerate() {
+            t.check()
+                .map_err(|(field, reason)| invalid(format!("tokens[{i}].{field}: {reason}")))?;
+        }
+        Ok(file)
+    }
+}
+
+impl StaticToken {
+    /// Checks the hash and identity: the failing field and why.
+    fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err((
+                "sha256",
+                "64 hex digits: the SHA-256 of the token, not the token",
+            ));
+        }
+        if self.identity.is_empty() {
+            return Err(("identity", "must not be empty"));
+        }
+        Ok(())
     }
 }
 

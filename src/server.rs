@@ -106,6 +106,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
     let auth = Arc::new(
         crate::auth::Auth::new(&settings.auth).map_err(|e| StartError::Other(e.to_string()))?,
     );
+    if let Some(path) = &settings.auth.tokens_file {
+        auth.spawn_token_reloader(path.clone(), settings.auth.reload_interval);
+    }
     let tls = crate::tls::ReloadingTls::from_settings(&settings.tls)
         .map_err(|e| StartError::Other(format!("TLS: {e}")))?;
     let store = Store::connect(&settings.nats).await?;

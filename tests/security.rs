@@ -1005,3 +1005,237 @@ async fn es256_tokens_are_verified_with_keys_from_a_jwks_file() {
         );
     }
 }
+
+fn tokens_file(tokens: &[(&str, &str)]) -> String {
+    tokens
+        .iter()
+        .map(|(token, identity)| {
+            format!(
+                "[[tokens]]\nsha256 = \"{}\"\nidentity = \"{identity}\"\n",
+                sha256(token)
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_token_revoked_in_the_tokens_file_is_refused_and_its_open_streams_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("jwt.secret");
+    std::fs::write(&secret, JWT_SECRET).unwrap();
+    let file = dir.path().join("tokens.toml");
+    write_atomically(
+        &file,
+        &tokens_file(&[("dave-token", "dave"), ("erin-token", "erin")]),
+    );
+    let env = TestEnv::with(|s| {
+        secured(s, &secret);
+        s.auth.tokens_file = Some(file.clone());
+        s.auth.reload_interval = Duration::from_millis(100);
+        for who in ["dave", "erin"] {
+            s.auth.grants.push(grant(
+                who,
+                &[Action::Subscribe],
+                "events",
+                &["events.widgets._.>"],
+            ));
+        }
+    })
+    .await;
+    let channel = env.channel().await;
+    let o = || open().bookmarks_ms(0).build();
+    let mut dave = watch_as(&channel, "dave-token", o()).await.unwrap();
+    let mut erin = watch_as(&channel, "erin-token", o()).await.unwrap();
+    let seq = publish_as(&channel, "root-token", event("e1", "/widgets", "w1"))
+        .await
+        .unwrap()
+        .sequence;
+    assert_eq!(next_delivery(&mut dave).await.sequence, seq);
+    assert_eq!(next_delivery(&mut erin).await.sequence, seq);
+
+    // A broken file is refused: the tokens in force stay.
+    write_atomically(&file, "[[tokens]]\nsha256 = \"not-a-hash\"\n");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    watch_as(&channel, "dave-token", o())
+        .await
+        .expect("a broken file revokes nothing");
+
+    // Dave's token is removed, frank's added: no restart.
+    write_atomically(
+        &file,
+        &tokens_file(&[("erin-token", "erin"), ("frank-token", "frank")]),
+    );
+    let status = next(&mut dave)
+        .await
+        .expect_err("dave's open stream ends when his token is revoked");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let (reason, meta) = error_info(&status);
+    assert_eq!(reason, "UNAUTHENTICATED");
+    assert_eq!(meta["last_delivered_sequence"], seq.to_string());
+    assert_code(
+        watch_as(&channel, "dave-token", o()).await,
+        Code::Unauthenticated,
+        "UNAUTHENTICATED",
+        "a revoked token",
+    );
+    // Frank has no grant but is known now: PERMISSION_DENIED, not UNAUTHENTICATED.
+    assert_code(
+        watch_as(&channel, "frank-token", o()).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+        "a token added to the file",
+    );
+    // Erin's token stayed: her stream goes on.
+    let seq = publish_as(&channel, "root-token", event("e2", "/widgets", "w1"))
+        .await
+        .unwrap()
+        .sequence;
+    assert_eq!(next_delivery(&mut erin).await.sequence, seq);
+}
+
+/// A client certificate from `ca` with the given common name, SANs, organizations, OUs and
+/// serial number. Returns (certificate PEM, key PEM).
+fn issue_client(
+    ca: &Ca,
+    cn: Option<&str>,
+    sans: Vec<rcgen::SanType>,
+    organizations: &[&str],
+    serial: u64,
+) -> (String, String) {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose};
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    if let Some(cn) = cn {
+        p.distinguished_name.push(DnType::CommonName, cn);
+    }
+    for o in organizations {
+        p.distinguished_name.push(DnType::OrganizationName, *o);
+    }
+    p.distinguished_name
+        .push(DnType::OrganizationalUnitName, "ignored-ou");
+    p.subject_alt_names = sans;
+    p.serial_number = Some(rcgen::SerialNumber::from(serial));
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca.0).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A revocation list of `ca` listing `serials`.
+fn crl(ca: &Ca, serials: &[u64]) -> String {
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2025, 1, 1),
+        next_update: rcgen::date_time_ymd(2099, 1, 1),
+        crl_number: rcgen::SerialNumber::from(serials.len() as u64 + 1),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(*s),
+                revocation_time: rcgen::date_time_ymd(2025, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params.signed_by(&ca.0).unwrap().pem().unwrap()
+}
+
+#[tokio::test]
+async fn certificate_names_map_to_identities_as_configured_and_revoked_certificates_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca("mapping");
+    let files: Vec<std::path::PathBuf> = ["tls.crt", "tls.key", "ca.crt", "ca.crl"]
+        .iter()
+        .map(|f| dir.path().join(f))
+        .collect();
+    let (cert, key) = issue(&ca, None);
+    write_atomically(&files[0], &cert);
+    write_atomically(&files[1], &key);
+    write_atomically(&files[2], &ca.0.pem());
+    write_atomically(&files[3], &crl(&ca, &[]));
+    let spiffe = "spiffe://test/ns/apps/sa/publisher";
+    let env = TestEnv::with(|s| {
+        s.tls.cert_file = Some(files[0].clone());
+        s.tls.key_file = Some(files[1].clone());
+        s.tls.client_ca_file = Some(files[2].clone());
+        s.tls.client_crl_file = Some(files[3].clone());
+        s.tls.reload_interval = Duration::from_millis(100);
+        s.auth.client_certificates = true;
+        s.auth.certificate_identity = vec![jetwatch::config::CertificateName::Uri];
+        s.auth.certificate_groups = vec![jetwatch::config::CertificateGroup::O];
+        s.auth.grants = vec![
+            grant(spiffe, &[Action::Publish], "events", &[">"]),
+            grant("group:readers", &[Action::Subscribe], "events", &[">"]),
+        ];
+    })
+    .await;
+    let uri = |u: &str| rcgen::SanType::URI(rcgen::string::Ia5String::try_from(u).unwrap());
+    // The URI SAN is the identity, whatever the common name says.
+    let publisher = issue_client(&ca, Some("root"), vec![uri(spiffe)], &[], 1);
+    // The organization is the group; the OU is not.
+    let reader = issue_client(&ca, None, vec![uri("spiffe://test/r")], &["readers"], 2);
+    // A common name alone is no identity under this mapping.
+    let cn_only = issue_client(&ca, Some("alice"), vec![], &["readers"], 3);
+
+    let channel = tls_channel(env.addr, &ca.0.pem(), Some(&publisher))
+        .await
+        .unwrap();
+    let seq = try_publish(channel.clone(), "m1").await.unwrap();
+    let stored = SubscriberClient::new(channel.clone())
+        .watch(open().earliest().build())
+        .await;
+    assert_eq!(
+        stored.err().map(|s| s.code()),
+        Some(Code::PermissionDenied),
+        "the publisher has no subscribe grant"
+    );
+    let reading = tls_channel(env.addr, &ca.0.pem(), Some(&reader))
+        .await
+        .unwrap();
+    let mut watch = SubscriberClient::new(reading.clone())
+        .watch(open().earliest().build())
+        .await
+        .unwrap()
+        .into_inner();
+    opened(&mut watch).await;
+    let d = next_delivery(&mut watch).await;
+    assert_eq!(d.sequence, seq);
+    let authid = d
+        .event
+        .as_ref()
+        .and_then(|e| e.attributes.get("authid"))
+        .and_then(|a| a.attr.clone());
+    assert_eq!(
+        authid,
+        Some(ce::cloud_event::cloud_event_attribute_value::Attr::CeString(spiffe.into())),
+        "the event names the certificate's identity"
+    );
+    let nameless = tls_channel(env.addr, &ca.0.pem(), Some(&cn_only))
+        .await
+        .unwrap();
+    let refused = try_publish(nameless, "m2").await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+
+    // Revoking the publisher's certificate: new connections with it fail, without a restart;
+    // the reader's still works.
+    write_atomically(&files[3], &crl(&ca, &[1]));
+    eventually("the revoked certificate to be refused", || {
+        let (pem, publisher) = (ca.0.pem(), publisher.clone());
+        async move {
+            match tls_channel(env.addr, &pem, Some(&publisher)).await {
+                Err(_) => Some(()),
+                Ok(c) => try_publish(c, "m3").await.is_err().then_some(()),
+            }
+        }
+    })
+    .await;
+    let again = tls_channel(env.addr, &ca.0.pem(), Some(&reader))
+        .await
+        .unwrap();
+    SubscriberClient::new(again)
+        .watch(open().earliest().build())
+        .await
+        .expect("a certificate not revoked still works");
+}

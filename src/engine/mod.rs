@@ -108,6 +108,11 @@ struct Inner {
 }
 
 impl Engine {
+    /// The gateway's identities and grants.
+    pub fn auth(&self) -> &Arc<crate::auth::Auth> {
+        &self.inner.auth
+    }
+
     /// Creates the engine, which keeps `gauges` current; everything it spawns stops when
     /// `shutdown` is cancelled.
     pub fn new(

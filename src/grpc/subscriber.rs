@@ -66,6 +66,8 @@ struct Out {
     /// When the caller's credential expires: the stream ends then (UNAUTHENTICATED,
     /// `TOKEN_EXPIRED`) so the client resumes with a new one.
     expires: Option<tokio::time::Instant>,
+    /// Cancelled when the caller's static token is revoked: the stream ends (UNAUTHENTICATED).
+    revoked: Option<CancellationToken>,
     done: bool,
 }
 
@@ -76,6 +78,13 @@ fn expiry(identity: Option<&crate::auth::Identity>) -> Option<tokio::time::Insta
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
     Some(tokio::time::Instant::now() + left)
+}
+
+fn token_revoked() -> Error {
+    Error::Unauthenticated {
+        expired: false,
+        message: "the token was revoked".into(),
+    }
 }
 
 fn expired() -> Error {
@@ -93,6 +102,7 @@ fn respond(
     control: Option<mpsc::Receiver<Error>>,
     shutdown: CancellationToken,
     expires: Option<tokio::time::Instant>,
+    revoked: Option<CancellationToken>,
 ) -> ResponseStream {
     let opened = Frame::Message(Box::new(api::SubscribeResponse {
         response: Some(api::subscribe_response::Response::Opened(api::Opened {
@@ -112,6 +122,7 @@ fn respond(
         shutdown,
         last_delivered: sub.start_sequence.saturating_sub(1),
         expires,
+        revoked,
         done: false,
     };
     Box::pin(futures::stream::unfold(state, |mut st| async move {
@@ -127,12 +138,14 @@ fn respond(
             || st
                 .expires
                 .is_some_and(|at| tokio::time::Instant::now() >= at)
+            || st.revoked.as_ref().is_some_and(|r| r.is_cancelled())
         {
             None
         } else {
             st.items.try_recv().ok()
         };
         let expires = st.expires;
+        let revocation = st.revoked.clone();
         let next = match ready {
             Some(item) => item,
             None => tokio::select! {
@@ -144,6 +157,12 @@ fn respond(
                         None => std::future::pending().await,
                     }
                 } => Err(expired()),
+                () = async move {
+                    match revocation {
+                        Some(r) => r.cancelled_owned().await,
+                        None => std::future::pending().await,
+                    }
+                } => Err(token_revoked()),
                 Some(e) = recv_control(&mut st.control) => Err(e),
                 item = st.items.recv() => match item {
                     Some(r) => r,
@@ -237,6 +256,7 @@ impl SubscriberService {
         };
         let mut req = open_from_pb(open, &self.default_stream, &self.defaults, false)?;
         let expires = expiry(caller.as_deref());
+        let revoked = self.engine.auth().revocation(caller.as_deref());
         req.caller = caller;
         let sub = self.engine.open(req).await?;
         let (error_tx, error_rx) = mpsc::channel(1);
@@ -271,6 +291,7 @@ impl SubscriberService {
             Some(error_rx),
             self.shutdown.clone(),
             expires,
+            revoked,
         )))
     }
 
@@ -286,6 +307,7 @@ impl SubscriberService {
             true,
         )?;
         let expires = expiry(caller.as_deref());
+        let revoked = self.engine.auth().revocation(caller.as_deref());
         req.caller = caller;
         let sub = self.engine.open(req).await?;
         Ok(Response::new(respond(
@@ -294,6 +316,7 @@ impl SubscriberService {
             None,
             self.shutdown.clone(),
             expires,
+            revoked,
         )))
     }
 }
