@@ -90,8 +90,10 @@ const SUBSCRIBERS_PER_CONNECTION: usize = 100;
 const DEADLINE: Duration = Duration::from_secs(600);
 /// Data bytes of the events of the throughput scenarios.
 const EVENT_BYTES: usize = 512;
-/// Data bytes of the events flowing past a stalled subscriber.
+/// Data bytes of small events (flowing past a stalled subscriber; the fan-out size scale).
 const SMALL_EVENT_BYTES: usize = 64;
+/// Data bytes of large events (the fan-out size scale).
+const LARGE_EVENT_BYTES: usize = 4096;
 
 /// The gateway's configuration file: the settings the bench relies on, spelled out.
 fn gateway_config() -> String {
@@ -557,6 +559,22 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .context("no VmRSS in /proc status")
+}
+
+/// CPU time (user + system) process `pid` has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14,
+    // stime 15, in clock ticks of USER_HZ (100 on Linux).
+    let rest = stat.rsplit_once(')').context("no command in /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i - 3)
+            .context("short /proc stat")?
+            .parse::<u64>()? as f64)
+    };
+    Ok((ticks(14)? + ticks(15)?) / 100.0)
 }
 
 /// Records the largest RSS of `pid` in `peak` every 50 ms until `stop`.
@@ -1147,6 +1165,8 @@ enum Figure {
     MiB(f64),
     /// A plain count.
     Count(f64),
+    /// Seconds (of CPU time).
+    Seconds(f64),
 }
 
 impl Figure {
@@ -1156,7 +1176,8 @@ impl Figure {
             | Figure::Millis(v)
             | Figure::KiB(v)
             | Figure::MiB(v)
-            | Figure::Count(v) => v,
+            | Figure::Count(v)
+            | Figure::Seconds(v) => v,
         }
     }
 }
@@ -1169,6 +1190,7 @@ impl fmt::Display for Figure {
             Figure::KiB(v) => write!(f, "{v:.1} KiB"),
             Figure::MiB(v) => write!(f, "{v:.1} MiB"),
             Figure::Count(v) => write!(f, "{v:.0}"),
+            Figure::Seconds(v) => write!(f, "{v:.2} s"),
         }
     }
 }

@@ -45,7 +45,7 @@ async fn idle_subscriptions(o: &Options) -> Result<Row> {
          {per:.1} KiB each"
     );
     drop((first, opened));
-    Ok(Row::new("memory per idle sub", Figure::KiB(per)).goal(Goal::AtMost(Figure::KiB(32.0))))
+    Ok(Row::new("memory per idle sub", Figure::KiB(per)).goal(Goal::AtMost(Figure::KiB(16.0))))
 }
 
 /// Small events flow to one live reader, past a subscriber that never reads when `stall` is

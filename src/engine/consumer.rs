@@ -25,8 +25,8 @@ use tracing::Instrument;
 
 use super::snapshot::SnapshotBoundary;
 use super::{
-    decode_stored, lost, outage, AckMode, Control, Item, Matcher, OpenRequest, Shared, Start, Stop,
-    StoredEvent, Window,
+    decode_stored, lost, outage, AckMode, Batch, Control, Item, Matcher, OpenRequest, Shared,
+    Start, Stop, StoredEvent, Window,
 };
 use crate::config::Settings;
 use crate::error::Error;
@@ -52,7 +52,7 @@ pub(super) struct Params<'a> {
     pub(super) settings: &'a Settings,
     pub(super) dead_letter_subject: Option<String>,
     pub(super) shared: Shared,
-    pub(super) tx: mpsc::Sender<Result<Item, Error>>,
+    pub(super) tx: mpsc::Sender<Result<Batch, Error>>,
     pub(super) control: mpsc::Receiver<Control>,
     pub(super) window: Window,
     /// AUTO mode: sequences the transport has sent (acknowledged then).
@@ -173,7 +173,7 @@ struct Task {
     stream: String,
     heartbeat: Option<Duration>,
     batch: usize,
-    tx: mpsc::Sender<Result<Item, Error>>,
+    tx: mpsc::Sender<Result<Batch, Error>>,
     control: mpsc::Receiver<Control>,
     window: Window,
     /// AUTO mode: sequences the transport has sent.
@@ -481,7 +481,7 @@ impl Task {
 
     async fn send(&mut self, item: Item) -> Result<(), Stop> {
         tokio::select! {
-            r = self.tx.send(Ok(item)) => r.map_err(|_| Stop::Quiet),
+            r = self.tx.send(Ok(Batch::One(item))) => r.map_err(|_| Stop::Quiet),
             () = self.shared.shutdown.cancelled() => Err(Stop::Quiet),
         }
     }

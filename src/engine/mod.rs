@@ -45,7 +45,7 @@ use hub::Hub;
 pub(crate) use lifecycle::{lost, outage, Shared, Stop};
 pub(crate) use start::{consumer_start, resolve as resolve_start};
 pub(crate) use types::decode_stored;
-pub use types::{AckMode, Control, Item, OnExpired, OpenRequest, Start, StoredEvent};
+pub use types::{AckMode, Batch, Control, Item, OnExpired, OpenRequest, Start, StoredEvent};
 pub(crate) use window::Matcher;
 pub use window::Window;
 
@@ -61,8 +61,8 @@ pub struct Subscription {
     pub start_sequence: u64,
     /// The stream's last sequence when it opened.
     pub last_sequence: u64,
-    /// Items; an `Err` ends the subscription.
-    pub items: mpsc::Receiver<Result<Item, Error>>,
+    /// Items, alone or in runs; an `Err` ends the subscription.
+    pub items: mpsc::Receiver<Result<Batch, Error>>,
     /// Acks, nacks, terms and credit from the client.
     pub control: mpsc::Sender<Control>,
     /// The window; the transport reports sent items to it.

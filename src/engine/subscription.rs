@@ -11,7 +11,9 @@
 //! the snapshot, which makes the hand-off to live changes exact.
 //!
 //! Backpressure: every delivery takes a permit from the window, returned when the transport
-//! has sent it. When the client stops reading, the task waits for a permit (holding nothing
+//! has sent it. Deliveries go to the transport in runs ([`Batch::Deliveries`]): permits are
+//! taken several at a time, and a run is handed over whenever the task is about to wait (for
+//! the ring, a read, a permit) or reaches `batch` events, so batching never delays an event. When the client stops reading, the task waits for a permit (holding nothing
 //! beyond its window) while the shared reader and other subscribers go on; a task that falls
 //! behind the ring simply catches up later.
 
@@ -27,7 +29,7 @@ use tracing::Instrument;
 use super::hub::{Hub, RingRead};
 use super::snapshot::SnapshotBoundary;
 use super::{
-    decode_stored, lost, outage, Control, Item, Matcher, Shared, Stop, StoredEvent, Window,
+    decode_stored, lost, outage, Batch, Control, Item, Matcher, Shared, Stop, StoredEvent, Window,
 };
 use crate::error::Error;
 use crate::store::{StartAt, StoreError};
@@ -43,7 +45,7 @@ pub(super) struct Params {
     pub(super) snapshot: Option<u64>,
     pub(super) heartbeat: Option<Duration>,
     pub(super) batch: usize,
-    pub(super) tx: mpsc::Sender<Result<Item, Error>>,
+    pub(super) tx: mpsc::Sender<Result<Batch, Error>>,
     pub(super) control: mpsc::Receiver<Control>,
     pub(super) window: Window,
 }
@@ -84,9 +86,13 @@ struct Task {
     heartbeat: Option<Duration>,
     next_bookmark: Option<Instant>,
     batch: usize,
-    tx: mpsc::Sender<Result<Item, Error>>,
+    tx: mpsc::Sender<Result<Batch, Error>>,
     control: mpsc::Receiver<Control>,
     window: Window,
+    /// Window permits taken and not yet used by a delivery.
+    permits: usize,
+    /// Deliveries gathered for the next run, each holding a permit.
+    run: Vec<Arc<StoredEvent>>,
 }
 
 impl Task {
@@ -103,12 +109,15 @@ impl Task {
             tx: p.tx,
             control: p.control,
             window: p.window,
+            permits: 0,
+            run: Vec::new(),
         }
     }
 
     async fn run(&mut self) -> Result<(), Stop> {
         let mut tail = self.hub.watch_tail();
-        let mut buf: Vec<Arc<StoredEvent>> = Vec::with_capacity(self.batch);
+        // Grows on first use: an idle subscriber allocates nothing for it.
+        let mut buf: Vec<Arc<StoredEvent>> = Vec::new();
         let mut ticker = self.heartbeat.map(|h| {
             let mut t = tokio::time::interval_at(Instant::now() + h, h);
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -127,6 +136,7 @@ impl Task {
                 RingRead::Behind { .. } => self.catch_up().await?,
                 RingRead::Events { next } if buf.is_empty() => {
                     self.cursor = self.cursor.max(next);
+                    self.flush().await?;
                     tokio::select! {
                         changed = tail.changed() => {
                             if changed.is_err() {
@@ -148,6 +158,9 @@ impl Task {
                         }
                         self.cursor = sequence + 1;
                     }
+                    // Hand the run over before looking at the ring again: a run waits for
+                    // nothing.
+                    self.flush().await?;
                     if let Some(t) = ticker.as_mut() {
                         if t.tick().now_or_never().is_some() {
                             self.bookmark().await?;
@@ -210,6 +223,7 @@ impl Task {
                 return Ok(());
             }
             let cursor = self.cursor;
+            self.flush().await?;
             let read = match &pushdown {
                 Some(subject) => {
                     self.interruptible(catchup.filtered(cursor, subject))
@@ -236,6 +250,7 @@ impl Task {
                 // The replica that answered holds nothing more, yet the ring starts later: the
                 // messages in between were deleted, do not match, or that replica lags. Only
                 // the stream's leader may say which.
+                self.flush().await?;
                 let store = self.shared.store.clone();
                 let stream = self.hub.stream.clone();
                 let next = self
@@ -310,7 +325,16 @@ impl Task {
             let mut boundary = SnapshotBoundary::new(reader.initial_pending(), last);
             let mut taken = false;
             while !boundary.complete() {
-                let raw = match self.interruptible(reader.next()).await? {
+                // A message at hand is taken at once; before waiting for the server, the run
+                // gathered so far goes to the client.
+                let ready = match reader.next().now_or_never() {
+                    Some(ready) => ready,
+                    None => {
+                        self.flush().await?;
+                        self.interruptible(reader.next()).await?
+                    }
+                };
+                let raw = match ready {
                     Some(Ok(raw)) => raw,
                     failed => {
                         tracing::debug!(?failed, "snapshot read interrupted");
@@ -350,19 +374,38 @@ impl Task {
         }
     }
 
-    /// Sends one delivery, waiting for a window permit first.
+    /// Adds one delivery to the run, waiting for a window permit first (after handing the run
+    /// over, so the transport can send it and return permits); a full run is handed over.
     async fn deliver(&mut self, event: Arc<StoredEvent>) -> Result<(), Stop> {
-        if self.window.available() == 0 {
-            let window = self.window.clone();
-            self.interruptible(window.acquire()).await?;
-        } else {
-            self.window.acquire().await;
+        if self.permits == 0 {
+            // Take what is free, up to a run's worth, in one semaphore operation.
+            self.permits = self.window.try_take(self.batch);
+            if self.permits == 0 {
+                self.flush().await?;
+                let window = self.window.clone();
+                self.interruptible(window.acquire()).await?;
+                self.permits = 1;
+            }
         }
-        self.send(Item::Delivery {
-            event,
-            delivery_count: 1,
-        })
-        .await
+        self.permits -= 1;
+        if self.run.capacity() == 0 {
+            // Room for every delivery the permits in hand allow: one allocation per run.
+            self.run.reserve_exact(self.permits + 1);
+        }
+        self.run.push(event);
+        if self.run.len() >= self.batch {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the gathered run to the transport.
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if self.run.is_empty() {
+            return Ok(());
+        }
+        let run = std::mem::take(&mut self.run);
+        self.send_batch(Batch::Deliveries(run)).await
     }
 
     async fn bookmark(&mut self) -> Result<(), Stop> {
@@ -378,7 +421,13 @@ impl Task {
         .await
     }
 
+    /// Sends a bookmark or snapshot end, after the deliveries before it.
     async fn send(&mut self, item: Item) -> Result<(), Stop> {
+        self.flush().await?;
+        self.send_batch(Batch::One(item)).await
+    }
+
+    async fn send_batch(&mut self, item: Batch) -> Result<(), Stop> {
         // Fast path: room in the channel (the window guarantees it for deliveries). Waiting on
         // shutdown per item would register with the gateway-wide cancellation token each time,
         // a lock every subscription shares.

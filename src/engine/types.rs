@@ -121,6 +121,17 @@ pub enum Item {
     },
 }
 
+/// What a subscription task hands its transport in one channel message: one item, or a run
+/// of first deliveries (one channel operation and one wake-up for many events).
+#[derive(Debug)]
+pub enum Batch {
+    /// One item.
+    One(Item),
+    /// First deliveries (`delivery_count` 1) of these events, in sequence order; each holds
+    /// one window permit until the transport has sent it.
+    Deliveries(Vec<Arc<StoredEvent>>),
+}
+
 /// What a client says after `Open`.
 #[derive(Debug, Clone)]
 pub enum Control {

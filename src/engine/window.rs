@@ -67,6 +67,26 @@ impl Window {
         }
     }
 
+    /// Takes up to `n` of the permits free now, without waiting: how many it took.
+    pub(super) fn try_take(&self, n: usize) -> usize {
+        loop {
+            let free = self.permits.available_permits().min(n);
+            if free == 0 {
+                return 0;
+            }
+            match self.permits.try_acquire_many(free as u32) {
+                Ok(p) => {
+                    p.forget();
+                    return free;
+                }
+                // Fewer free than seen a moment ago (a `Credit` never lowers them; only
+                // another taker could): look again.
+                Err(tokio::sync::TryAcquireError::NoPermits) => continue,
+                Err(tokio::sync::TryAcquireError::Closed) => return 0,
+            }
+        }
+    }
+
     /// Waits until at least one permit is free, without taking it.
     pub(super) async fn wait_available(&self) {
         let _permit = self.permits.acquire().await;
@@ -97,8 +117,15 @@ impl Window {
 
     /// Called by the transport once `item` has been handed to the client.
     pub fn sent(&self, item: &Item) {
-        if self.release_on_send && matches!(item, Item::Delivery { .. }) {
-            self.release(1);
+        if matches!(item, Item::Delivery { .. }) {
+            self.sent_deliveries(1);
+        }
+    }
+
+    /// Called by the transport once `n` deliveries have been handed to the client.
+    pub fn sent_deliveries(&self, n: usize) {
+        if self.release_on_send && n > 0 {
+            self.release(n);
         }
     }
 }

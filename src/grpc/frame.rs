@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{http, Body, BoxFuture, StdError};
 use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService};
 use tonic::Status;
@@ -60,6 +60,14 @@ impl Frame {
                 delivery_count: *delivery_count,
             },
             other => Frame::Message(Box::new(item_to_pb(other))),
+        }
+    }
+
+    /// The first delivery of `event`.
+    pub fn first_delivery(event: &StoredEvent) -> Frame {
+        Frame::Delivery {
+            body: delivery_body(event),
+            delivery_count: 1,
         }
     }
 
@@ -127,9 +135,24 @@ impl<D: Message + Default + Send + 'static> Codec for FrameCodec<D> {
 #[derive(Debug)]
 pub struct FrameEncoder;
 
+/// First capacity of a stream's encode and decode buffers. tonic's default is 8 KiB per
+/// buffer, allocated when a stream opens: most of an idle Watch's memory. Busy streams grow
+/// their buffers as they write (up to the 32 KiB yield threshold per write).
+const STREAM_BUFFER_BYTES: usize = 1024;
+/// Bytes tonic gathers from ready frames before handing them to HTTP/2 (its default).
+const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
+
+fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(STREAM_BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
+}
+
 impl Encoder for FrameEncoder {
     type Item = Frame;
     type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffer_settings()
+    }
 
     fn encode(&mut self, item: Frame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         item.encode(dst)
@@ -144,6 +167,10 @@ pub struct ProstDecoder<D>(PhantomData<D>);
 impl<D: Message + Default> Decoder for ProstDecoder<D> {
     type Item = D;
     type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffer_settings()
+    }
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
         D::decode(src)

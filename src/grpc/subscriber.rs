@@ -1,6 +1,7 @@
 //! `jetwatch.v1.Subscriber`: `Watch` and `Subscribe`.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -13,7 +14,7 @@ use super::frame::Frame;
 use super::pb::jetwatch::v1 as api;
 use super::status::to_status;
 use crate::config::SubscribeSettings;
-use crate::engine::{Control, Engine, Item, Subscription, Window};
+use crate::engine::{Batch, Control, Engine, Item, StoredEvent, Subscription, Window};
 use crate::error::Error;
 
 /// The Subscriber service.
@@ -49,7 +50,11 @@ pub(crate) type ResponseStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>
 /// State of one response stream.
 struct Out {
     opened: Option<Frame>,
-    items: mpsc::Receiver<Result<Item, Error>>,
+    items: mpsc::Receiver<Result<Batch, Error>>,
+    /// The rest of the run of deliveries being sent, and how many of the run were sent
+    /// (their window permits return together when the run is done).
+    run: std::vec::IntoIter<Arc<StoredEvent>>,
+    run_sent: usize,
     /// The subscription's window, told about each item sent.
     window: Window,
     /// Where sent sequences are reported (subscriptions that acknowledge as sent).
@@ -114,6 +119,8 @@ fn respond(
     let state = Out {
         opened: Some(opened),
         items: sub.items,
+        run: Vec::new().into_iter(),
+        run_sent: 0,
         window: sub.window,
         sent: sub.sent,
         _control: keep_control.then_some(sub.control),
@@ -132,74 +139,112 @@ fn respond(
         if let Some(opened) = st.opened.take() {
             return Some((Ok(opened), st));
         }
-        // Fast path: an item is ready and nothing ended the stream. Only an empty channel waits
-        // on shutdown and the request side, which costs a registration each time.
-        let ready = if st.shutdown.is_cancelled()
-            || st
-                .expires
-                .is_some_and(|at| tokio::time::Instant::now() >= at)
-            || st.revoked.as_ref().is_some_and(|r| r.is_cancelled())
-        {
-            None
-        } else {
-            st.items.try_recv().ok()
-        };
-        let expires = st.expires;
-        let revocation = st.revoked.clone();
-        let next = match ready {
-            Some(item) => item,
-            None => tokio::select! {
-                biased;
-                () = st.shutdown.cancelled() => Err(Error::ShuttingDown),
-                () = async move {
-                    match expires {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => Err(expired()),
-                () = async move {
-                    match revocation {
-                        Some(r) => r.cancelled_owned().await,
-                        None => std::future::pending().await,
-                    }
-                } => Err(token_revoked()),
-                Some(e) = recv_control(&mut st.control) => Err(e),
-                item = st.items.recv() => match item {
-                    Some(r) => r,
-                    None => Err(Error::Unavailable { reason: "the subscription stopped".into() }),
+        loop {
+            // The run in hand goes first: no channel operation, no wake-up per event.
+            if let Some(frame) = st.next_of_run() {
+                return Some((Ok(frame), st));
+            }
+            // Fast path: an item is ready and nothing ended the stream. Only an empty channel waits
+            // on shutdown and the request side, which costs a registration each time.
+            let ready = if st.shutdown.is_cancelled()
+                || st
+                    .expires
+                    .is_some_and(|at| tokio::time::Instant::now() >= at)
+                || st.revoked.as_ref().is_some_and(|r| r.is_cancelled())
+            {
+                None
+            } else {
+                st.items.try_recv().ok()
+            };
+            let expires = st.expires;
+            let revocation = st.revoked.clone();
+            let next = match ready {
+                Some(item) => item,
+                None => tokio::select! {
+                    biased;
+                    () = st.shutdown.cancelled() => Err(Error::ShuttingDown),
+                    () = async move {
+                        match expires {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => Err(expired()),
+                    () = async move {
+                        match revocation {
+                            Some(r) => r.cancelled_owned().await,
+                            None => std::future::pending().await,
+                        }
+                    } => Err(token_revoked()),
+                    Some(e) = recv_control(&mut st.control) => Err(e),
+                    item = st.items.recv() => match item {
+                        Some(r) => r,
+                        None => Err(Error::Unavailable { reason: "the subscription stopped".into() }),
+                    },
                 },
-            },
-        };
-        match next {
-            Ok(item) => {
-                match &item {
-                    Item::Delivery { event, .. } => {
-                        st.last_delivered = st.last_delivered.max(event.sequence)
-                    }
-                    Item::Bookmark { sequence, .. } | Item::SnapshotEnd { sequence } => {
-                        st.last_delivered = st.last_delivered.max(*sequence)
-                    }
+            };
+            let next = match next {
+                Ok(Batch::Deliveries(run)) => {
+                    st.run = run.into_iter();
+                    continue;
                 }
-                st.window.sent(&item);
-                if let Item::Delivery { event, .. } = &item {
-                    if let Some(sent) = &st.sent {
-                        // Capacity is the window: this never fails while the task lives.
-                        let _ = sent.try_send(event.sequence);
+                Ok(Batch::One(item)) => Ok(item),
+                Err(e) => Err(e),
+            };
+            return match next {
+                Ok(item) => {
+                    match &item {
+                        Item::Delivery { event, .. } => {
+                            st.last_delivered = st.last_delivered.max(event.sequence)
+                        }
+                        Item::Bookmark { sequence, .. } | Item::SnapshotEnd { sequence } => {
+                            st.last_delivered = st.last_delivered.max(*sequence)
+                        }
                     }
-                    crate::telemetry::COUNTERS
-                        .deliveries
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    st.window.sent(&item);
+                    if let Item::Delivery { event, .. } = &item {
+                        if let Some(sent) = &st.sent {
+                            // Capacity is the window: this never fails while the task lives.
+                            let _ = sent.try_send(event.sequence);
+                        }
+                        crate::telemetry::COUNTERS
+                            .deliveries
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Some((Ok(Frame::of(&item)), st))
                 }
-                Some((Ok(Frame::of(&item)), st))
-            }
-            Err(e) => {
-                st.done = true;
-                // Whatever ends an open subscription says where it got to, so the client can
-                // resume without a gap.
-                Some((Err(to_status(e, Some(st.last_delivered))), st))
-            }
+                Err(e) => {
+                    st.done = true;
+                    // Whatever ends an open subscription says where it got to, so the client can
+                    // resume without a gap.
+                    Some((Err(to_status(e, Some(st.last_delivered))), st))
+                }
+            };
         }
     }))
+}
+
+impl Out {
+    /// The next delivery of the run in hand, if any.
+    fn next_of_run(&mut self) -> Option<Frame> {
+        let event = self.run.next()?;
+        self.last_delivered = self.last_delivered.max(event.sequence);
+        self.run_sent += 1;
+        if self.run.len() == 0 {
+            self.run_done();
+        }
+        Some(Frame::first_delivery(&event))
+    }
+
+    /// The last delivery of a run was handed over: its permits return, and it is counted.
+    fn run_done(&mut self) {
+        self.window.sent_deliveries(self.run_sent);
+        crate::telemetry::COUNTERS
+            .deliveries
+            .fetch_add(self.run_sent as u64, std::sync::atomic::Ordering::Relaxed);
+        self.run_sent = 0;
+        // Let the run's buffer go: an idle stream holds none.
+        self.run = Vec::new().into_iter();
+    }
 }
 
 /// A client message after `Open`, as engine control.
