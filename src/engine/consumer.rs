@@ -52,8 +52,8 @@ pub(super) struct Params<'a> {
     pub(super) settings: &'a Settings,
     pub(super) dead_letter_subject: Option<String>,
     pub(super) shared: Shared,
-    pub(super) tx: mpsc::Sender<Result<Batch, Error>>,
-    pub(super) control: mpsc::Receiver<Control>,
+    pub(super) tx: mpsc::Sender<Result<Batch, Box<Error>>>,
+    pub(super) control: mpsc::Receiver<Box<Control>>,
     pub(super) window: Window,
     /// AUTO mode: sequences the transport has sent (acknowledged then).
     pub(super) sent: Option<mpsc::Receiver<u64>>,
@@ -173,8 +173,8 @@ struct Task {
     stream: String,
     heartbeat: Option<Duration>,
     batch: usize,
-    tx: mpsc::Sender<Result<Batch, Error>>,
-    control: mpsc::Receiver<Control>,
+    tx: mpsc::Sender<Result<Batch, Box<Error>>>,
+    control: mpsc::Receiver<Box<Control>>,
     window: Window,
     /// AUTO mode: sequences the transport has sent.
     sent: Option<mpsc::Receiver<u64>>,
@@ -193,7 +193,7 @@ impl Task {
         // Settle what the client said before it left, then release what it still holds so
         // other clients get it at once.
         while let Ok(c) = self.control.try_recv() {
-            let _ = self.on_control(c).await;
+            let _ = self.on_control(*c).await;
         }
         while let Some(Ok(seq)) = self.sent.as_mut().map(mpsc::Receiver::try_recv) {
             self.on_sent(seq).await;
@@ -203,7 +203,7 @@ impl Task {
         }
         if let Err(Stop::Fail(e)) = result {
             tracing::info!(error = %e, "subscription ended with an error");
-            let _ = self.tx.send(Err(e)).await;
+            let _ = self.tx.send(Err(Box::new(e))).await;
         }
     }
 
@@ -346,7 +346,7 @@ impl Task {
         loop {
             tokio::select! {
                 out = &mut work => return Ok(out),
-                Some(c) = self.control.recv() => self.on_control(c).await?,
+                Some(c) = self.control.recv() => self.on_control(*c).await?,
                 Some(seq) = recv_sent(&mut self.sent) => self.on_sent(seq).await,
                 () = outage(&mut outage_rx) => return Err(lost()),
                 () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),

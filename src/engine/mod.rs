@@ -62,9 +62,9 @@ pub struct Subscription {
     /// The stream's last sequence when it opened.
     pub last_sequence: u64,
     /// Items, alone or in runs; an `Err` ends the subscription.
-    pub items: mpsc::Receiver<Result<Batch, Error>>,
+    pub items: mpsc::Receiver<Result<Batch, Box<Error>>>,
     /// Acks, nacks, terms and credit from the client.
-    pub control: mpsc::Sender<Control>,
+    pub control: mpsc::Sender<Box<Control>>,
     /// The window; the transport reports sent items to it.
     pub window: Window,
     /// For subscriptions that acknowledge as sent through JetStream (durables in AUTO mode):

@@ -45,8 +45,8 @@ pub(super) struct Params {
     pub(super) snapshot: Option<u64>,
     pub(super) heartbeat: Option<Duration>,
     pub(super) batch: usize,
-    pub(super) tx: mpsc::Sender<Result<Batch, Error>>,
-    pub(super) control: mpsc::Receiver<Control>,
+    pub(super) tx: mpsc::Sender<Result<Batch, Box<Error>>>,
+    pub(super) control: mpsc::Receiver<Box<Control>>,
     pub(super) window: Window,
 }
 
@@ -60,7 +60,9 @@ pub(super) fn spawn(p: Params) {
             let mut task = Task::new(p);
             tracing::debug!(cursor = task.cursor, "subscription started");
             let result = match snapshot {
-                Some(last) => match task.snapshot(last).await {
+                // Boxed, like catch-up below: the task's future stays small while it waits for
+                // live events, which is what most subscriptions do most of the time.
+                Some(last) => match Box::pin(task.snapshot(last)).await {
                     Ok(()) => task.run().await,
                     Err(stop) => Err(stop),
                 },
@@ -68,7 +70,7 @@ pub(super) fn spawn(p: Params) {
             };
             if let Err(Stop::Fail(e)) = result {
                 tracing::info!(error = %e, "subscription ended with an error");
-                let _ = tx.send(Err(e)).await;
+                let _ = tx.send(Err(Box::new(e))).await;
             }
         }
         .instrument(span),
@@ -86,8 +88,8 @@ struct Task {
     heartbeat: Option<Duration>,
     next_bookmark: Option<Instant>,
     batch: usize,
-    tx: mpsc::Sender<Result<Batch, Error>>,
-    control: mpsc::Receiver<Control>,
+    tx: mpsc::Sender<Result<Batch, Box<Error>>>,
+    control: mpsc::Receiver<Box<Control>>,
     window: Window,
     /// Window permits taken and not yet used by a delivery.
     permits: usize,
@@ -133,7 +135,7 @@ impl Task {
                 .read()
                 .read_from(self.cursor, self.batch, &mut buf);
             match read {
-                RingRead::Behind { .. } => self.catch_up().await?,
+                RingRead::Behind { .. } => Box::pin(self.catch_up()).await?,
                 RingRead::Events { next } if buf.is_empty() => {
                     self.cursor = self.cursor.max(next);
                     self.flush().await?;
@@ -144,7 +146,7 @@ impl Task {
                             }
                         }
                         () = tick(&mut ticker) => self.bookmark().await?,
-                        Some(c) = self.control.recv() => self.on_control(c),
+                        Some(c) = self.control.recv() => self.on_control(*c),
                         () = outage(&mut outage_rx) => return Err(lost()),
                         () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
                         () = self.tx.closed() => return Err(Stop::Quiet),
@@ -179,7 +181,7 @@ impl Task {
         loop {
             tokio::select! {
                 out = &mut work => return Ok(out),
-                Some(c) = self.control.recv() => self.on_control(c),
+                Some(c) = self.control.recv() => self.on_control(*c),
                 () = outage(&mut outage_rx) => return Err(lost()),
                 () = self.shared.shutdown.cancelled() => return Err(Stop::Quiet),
                 () = self.tx.closed() => return Err(Stop::Quiet),

@@ -50,7 +50,7 @@ pub(crate) type ResponseStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>
 /// State of one response stream.
 struct Out {
     opened: Option<Frame>,
-    items: mpsc::Receiver<Result<Batch, Error>>,
+    items: mpsc::Receiver<Result<Batch, Box<Error>>>,
     /// The rest of the run of deliveries being sent, and how many of the run were sent
     /// (their window permits return together when the run is done).
     run: std::vec::IntoIter<Arc<StoredEvent>>,
@@ -60,7 +60,7 @@ struct Out {
     /// Where sent sequences are reported (subscriptions that acknowledge as sent).
     sent: Option<mpsc::Sender<u64>>,
     /// Keeps the control channel open for Watch (which has no client messages).
-    _control: Option<mpsc::Sender<Control>>,
+    _control: Option<mpsc::Sender<Box<Control>>>,
     /// The subscription's place in its identity's limit, given back when the stream ends.
     _slot: crate::auth::SubscriptionSlot,
     /// Errors found on the request side (e.g. a second `Open`).
@@ -162,23 +162,23 @@ fn respond(
                 Some(item) => item,
                 None => tokio::select! {
                     biased;
-                    () = st.shutdown.cancelled() => Err(Error::ShuttingDown),
+                    () = st.shutdown.cancelled() => Err(Box::new(Error::ShuttingDown)),
                     () = async move {
                         match expires {
                             Some(at) => tokio::time::sleep_until(at).await,
                             None => std::future::pending().await,
                         }
-                    } => Err(expired()),
+                    } => Err(Box::new(expired())),
                     () = async move {
                         match revocation {
                             Some(r) => r.cancelled_owned().await,
                             None => std::future::pending().await,
                         }
-                    } => Err(token_revoked()),
-                    Some(e) = recv_control(&mut st.control) => Err(e),
+                    } => Err(Box::new(token_revoked())),
+                    Some(e) = recv_control(&mut st.control) => Err(Box::new(e)),
                     item = st.items.recv() => match item {
                         Some(r) => r,
-                        None => Err(Error::Unavailable { reason: "the subscription stopped".into() }),
+                        None => Err(Box::new(Error::Unavailable { reason: "the subscription stopped".into() })),
                     },
                 },
             };
@@ -188,7 +188,7 @@ fn respond(
                     continue;
                 }
                 Ok(Batch::One(item)) => Ok(item),
-                Err(e) => Err(e),
+                Err(e) => Err(*e),
             };
             return match next {
                 Ok(item) => {
@@ -319,7 +319,7 @@ impl SubscriberService {
                 };
                 match control_from_pb(msg.request) {
                     Ok(c) => {
-                        if control.send(c).await.is_err() {
+                        if control.send(Box::new(c)).await.is_err() {
                             break;
                         }
                     }
