@@ -8,7 +8,9 @@ use super::*;
 pub(super) async fn run(o: &Options) -> Result<Vec<Row>> {
     // (subscribers, events, event bytes, compare with raw): fewer events for more subscribers
     // keeps every run short. 4,000 raw consumers on one server and a 2-core machine measure
-    // the machine, not JetStream, so that run is the gateway's alone.
+    // the machine, not JetStream, so that run is the gateway's alone; so is the 4 KiB one:
+    // 256 raw consumers of 4 KiB events never finished on a 2-core machine (the bench client
+    // fell behind and the server cut it off as a slow consumer, losing messages).
     let runs = [
         (1, 20_000, EVENT_BYTES, true),
         (16, 20_000, EVENT_BYTES, true),
@@ -16,7 +18,7 @@ pub(super) async fn run(o: &Options) -> Result<Vec<Row>> {
         (1_000, 2_000, EVENT_BYTES, true),
         (4_000, 500, EVENT_BYTES, false),
         (256, 4_000, SMALL_EVENT_BYTES, true),
-        (256, 2_000, LARGE_EVENT_BYTES, true),
+        (256, 1_000, LARGE_EVENT_BYTES, false),
     ];
     let env = Env::start().await?;
     let mut rows = Vec::new();

@@ -39,10 +39,13 @@ const DELIVERY_COUNT: u32 = 4;
 pub enum Frame {
     /// A delivery: the event's shared encoding plus this delivery's count.
     Delivery {
-        /// `Delivery` without `delivery_count`, shared by every subscriber.
-        body: Bytes,
+        /// The event, whose `Delivery` encoding without `delivery_count` is shared by every
+        /// subscriber (borrowed when written: no reference count per delivery on the bytes).
+        event: Arc<StoredEvent>,
         /// 1 on first delivery.
         delivery_count: u32,
+        /// More frames of the same run follow at once (a burst is being written).
+        more: bool,
     },
     /// Any other response (rare: opened, bookmarks, snapshot end), encoded as usual.
     Message(Box<api::SubscribeResponse>),
@@ -56,18 +59,37 @@ impl Frame {
                 event,
                 delivery_count,
             } => Frame::Delivery {
-                body: delivery_body(event),
+                event: event.clone(),
                 delivery_count: *delivery_count,
+                more: false,
             },
             other => Frame::Message(Box::new(item_to_pb(other))),
         }
     }
 
-    /// The first delivery of `event`.
-    pub fn first_delivery(event: &StoredEvent) -> Frame {
+    /// The first delivery of `event`; `more` when other frames of its run follow at once.
+    pub fn first_delivery(event: Arc<StoredEvent>, more: bool) -> Frame {
         Frame::Delivery {
-            body: delivery_body(event),
+            event,
             delivery_count: 1,
+            more,
+        }
+    }
+
+    /// The encoded length of a delivery frame that more frames follow at once.
+    fn burst_len(&self) -> Option<usize> {
+        match self {
+            Frame::Delivery {
+                event,
+                delivery_count,
+                more: true,
+            } => {
+                let body = delivery_body(event);
+                let count = u64::from(*delivery_count);
+                let inner = body.len() + 1 + encoded_len_varint(count);
+                Some(1 + encoded_len_varint(inner as u64) + inner)
+            }
+            _ => None,
         }
     }
 
@@ -75,17 +97,20 @@ impl Frame {
     fn encode(&self, dst: &mut impl BufMut) -> Result<(), prost::EncodeError> {
         match self {
             Frame::Delivery {
-                body,
+                event,
                 delivery_count,
+                ..
             } => {
+                let body = delivery_body(event);
                 let count = u64::from(*delivery_count);
                 let count_len = if count == 0 {
                     0
                 } else {
                     1 + encoded_len_varint(count)
                 };
+                let inner = body.len() + count_len;
                 encode_key(RESPONSE_DELIVERY, WireType::LengthDelimited, dst);
-                encode_varint((body.len() + count_len) as u64, dst);
+                encode_varint(inner as u64, dst);
                 dst.put_slice(body);
                 if count != 0 {
                     encode_key(DELIVERY_COUNT, WireType::Varint, dst);
@@ -99,11 +124,10 @@ impl Frame {
 }
 
 /// The event's `Delivery` encoding without `delivery_count`, made on first use and shared.
-pub fn delivery_body(event: &StoredEvent) -> Bytes {
+pub fn delivery_body(event: &StoredEvent) -> &Bytes {
     event
         .wire
         .get_or_init(|| Bytes::from(delivery_to_pb(event, 0).encode_to_vec()))
-        .clone()
 }
 
 /// A codec that writes [`Frame`]s and reads requests of type `D` like prost.
@@ -155,6 +179,14 @@ impl Encoder for FrameEncoder {
     }
 
     fn encode(&mut self, item: Frame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        if let Some(len) = item.burst_len() {
+            // A burst: make room for a whole write at once, instead of growing the buffer
+            // from its small first size by doubling (a copy per step). Only when the frame
+            // does not fit; a trickle of single frames grows the buffer as it needs.
+            if dst.chunk_mut().len() < len {
+                dst.reserve(len.max(YIELD_THRESHOLD_BYTES));
+            }
+        }
         item.encode(dst)
             .map_err(|e| Status::internal(format!("cannot encode a response: {e}")))
     }
@@ -301,6 +333,13 @@ mod tests {
                 item_to_pb(&item),
                 "delivery_count {delivery_count}"
             );
+            if delivery_count == 1 {
+                let mut burst = Vec::new();
+                let frame = Frame::first_delivery(event.clone(), true);
+                frame.encode(&mut burst).unwrap();
+                assert_eq!(burst, bytes, "a frame of a run is the same bytes");
+                assert_eq!(frame.burst_len(), Some(bytes.len()));
+            }
         }
     }
 

@@ -229,10 +229,11 @@ impl Out {
         let event = self.run.next()?;
         self.last_delivered = self.last_delivered.max(event.sequence);
         self.run_sent += 1;
-        if self.run.len() == 0 {
+        let more = self.run.len() > 0;
+        if !more {
             self.run_done();
         }
-        Some(Frame::first_delivery(&event))
+        Some(Frame::first_delivery(event, more))
     }
 
     /// The last delivery of a run was handed over: its permits return, and it is counted.
