@@ -184,8 +184,9 @@ pub struct FanoutSettings {
     /// that start a little in the past or fall a little behind; counts content plus per-entry
     /// overhead, so it bounds real memory. Default 33554432 (32 MiB).
     pub history_bytes: usize,
-    /// Events a subscriber takes from the shared history per step, and messages one history
-    /// read asks JetStream for. Default 256.
+    /// Events a subscriber takes from the shared history per step, the most deliveries it
+    /// hands its client's stream at once, and messages one history read asks JetStream for.
+    /// Default 256.
     pub batch: usize,
     /// History reads (batched direct gets, no JetStream consumer) the gateway runs at once, for
     /// all subscribers behind the shared history together; further reads wait their turn in

@@ -76,8 +76,8 @@ pub(super) async fn run(o: &Options) -> Result<Vec<Row>> {
 
     let mut rows = Vec::new();
     for (name, quantile, goal) in [
-        ("p50", 0.5, Goal::None),
-        ("p99", 0.99, Goal::AtMost(Figure::Millis(5.0))),
+        ("p50", 0.5, Goal::AtMost(Figure::Millis(1.0))),
+        ("p99", 0.99, Goal::AtMost(Figure::Millis(2.0))),
         ("max", 1.0, Goal::None),
     ] {
         let at = |h: &Histogram<u64>| Figure::Millis(h.value_at_quantile(quantile) as f64 / 1e3);

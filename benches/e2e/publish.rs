@@ -42,5 +42,5 @@ pub(super) async fn run(o: &Options) -> Result<Vec<Row>> {
     );
     Ok(vec![Row::new("publish (1 stream)", Figure::Rate(gateway))
         .raw(Figure::Rate(raw))
-        .goal(Goal::RatioAtLeast(0.7))])
+        .goal(Goal::RatioAtLeast(0.9))])
 }

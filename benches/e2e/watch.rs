@@ -51,5 +51,5 @@ pub(super) async fn run(o: &Options) -> Result<Vec<Row>> {
         Figure::Rate(gateway),
     )
     .raw(Figure::Rate(raw))
-    .goal(Goal::RatioAtLeast(0.8))])
+    .goal(Goal::RatioAtLeast(0.95))])
 }
