@@ -315,6 +315,9 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
             .parse()
             .map_err(|e| anyhow::anyhow!("--from: {e}"))?,
         durable: args.durable.clone(),
+        // A durable consumes only what was printed: each delivery is acknowledged after it is
+        // written out, so stopping early (--limit, Ctrl-C) leaves the rest for the next run.
+        explicit_acks: args.durable.is_some(),
     };
     let table = match args.output.as_str() {
         "table" => true,
@@ -330,10 +333,13 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
     }
     let mut count = 0u64;
     let mut replay_until = 0u64;
+    let mut last_acked = None;
     loop {
         let item = tokio::select! {
             item = watcher.next() => item?,
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => {
+                return settle_durable(&args, last_acked).await;
+            }
         };
         match item {
             WatchItem::Opened {
@@ -371,9 +377,16 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
                 if replay_until > 0 && sequence % 10_000 == 0 {
                     eprintln!("replay progress: {sequence} of {replay_until}");
                 }
+                if args.durable.is_some() {
+                    use std::io::Write;
+                    // Written out before it is consumed.
+                    std::io::stdout().flush()?;
+                    watcher.ack(sequence).await?;
+                    last_acked = Some(sequence);
+                }
                 count += 1;
                 if args.limit.is_some_and(|l| count >= l) {
-                    return Ok(());
+                    return settle_durable(&args, last_acked).await;
                 }
             }
             WatchItem::SnapshotEnd { sequence } => {
@@ -381,6 +394,34 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
             }
             WatchItem::Bookmark { .. } => {}
         }
+    }
+}
+
+/// Before a durable watch exits: waits (up to 5 s) until the gateway has recorded the
+/// acknowledgement of the last printed event, so the next run starts right after it.
+async fn settle_durable(args: &WatchArgs, last_acked: Option<u64>) -> anyhow::Result<()> {
+    let (Some(durable), Some(last)) = (&args.durable, last_acked) else {
+        return Ok(());
+    };
+    let conn = args.client.connection()?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let recorded = crate::grpc::client::durables(&conn, &args.stream)
+            .await?
+            .into_iter()
+            .any(|d| &d.durable == durable && d.ack_floor_sequence >= last);
+        if recorded {
+            eprintln!("durable `{durable}` consumed up to sequence {last}");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!(
+                "durable `{durable}`: the acknowledgement of sequence {last} was not confirmed; \
+                 the next run may show it again"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

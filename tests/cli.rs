@@ -139,3 +139,154 @@ async fn dev_runs_nats_and_the_gateway_and_stops_both_on_sigterm() {
         "the JetStream data dir is kept"
     );
 }
+
+/// The sequences a `jetwatch watch -o json` printed.
+fn printed_sequences(stdout: &[u8]) -> Vec<u64> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["sequence"].as_u64().expect("a sequence"))
+        .collect()
+}
+
+/// Runs a `jetwatch watch` to completion (bounded: a watch that hangs fails the test).
+async fn run_watch(args: Vec<String>) -> std::process::Output {
+    let child = jetwatch()
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let waited = tokio::task::spawn_blocking(move || child.wait_with_output());
+    match tokio::time::timeout(Duration::from_secs(30), waited).await {
+        Ok(out) => out.unwrap().unwrap(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("`jetwatch {}` did not finish", args.join(" "));
+        }
+    }
+}
+
+// The CLI runs as a child process: the in-process gateway needs other threads meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_watch_consumes_only_what_it_printed() {
+    let env = common::TestEnv::start().await;
+    let mut publisher = env.publisher().await;
+    let total = 20;
+    common::publish_n(&mut publisher, "d", total).await;
+    let watch = |limit: usize| {
+        [
+            "watch",
+            "--server",
+            &env.addr.to_string(),
+            "--durable",
+            "cli-durable",
+            "--from",
+            "earliest",
+            "-o",
+            "json",
+            "--limit",
+            &limit.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    // Runs of 3 events: each starts right after what the one before printed, although the
+    // gateway sends a whole window (256) ahead to every run.
+    let mut seen = Vec::new();
+    for limit in [3, 3, 3, total as usize - 9] {
+        let out = run_watch(watch(limit)).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = printed_sequences(&out.stdout);
+        assert_eq!(printed.len(), limit, "{printed:?}");
+        seen.extend(printed);
+    }
+    assert_eq!(seen[..3], [1, 2, 3]);
+    // Events the gateway had sent ahead and a run did not print come back to a later run
+    // (JetStream may redeliver them after newer ones): each is printed exactly once.
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "every event printed exactly once across the runs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_durable_watch_resumes_after_the_last_event_it_printed() {
+    let env = common::TestEnv::start().await;
+    let mut publisher = env.publisher().await;
+    // More output than a pipe holds: the watch blocks writing while events keep arriving.
+    let total = 600usize;
+    let big = "x".repeat(1000);
+    for i in 0..total {
+        let mut e = common::widget(&format!("i{i}"), "w1", "modified");
+        e.data =
+            Some(jetwatch::grpc::pb::io::cloudevents::v1::cloud_event::Data::TextData(big.clone()));
+        common::publish(&mut publisher, e).await;
+    }
+    let server = env.addr.to_string();
+    let args = [
+        "watch",
+        "--server",
+        &server,
+        "--durable",
+        "cli-interrupted",
+        "--from",
+        "earliest",
+        "-o",
+        "json",
+    ];
+    let mut child = jetwatch()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let it fill the pipe and receive more than it printed, then interrupt it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut bytes).unwrap();
+        let status = child.wait().unwrap();
+        (bytes, status)
+    });
+    let (bytes, status) = tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .expect("the interrupted watch exits")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let printed = printed_sequences(&bytes);
+    assert!(
+        !printed.is_empty() && printed.len() < total,
+        "interrupted part-way: printed {}",
+        printed.len()
+    );
+    let rest = total - printed.len();
+    let mut args: Vec<String> = args.map(str::to_owned).to_vec();
+    args.extend(["--limit".to_owned(), rest.to_string()]);
+    let out = run_watch(args).await;
+    assert_eq!(printed, (1..=printed.len() as u64).collect::<Vec<_>>());
+    let mut seen = printed;
+    seen.extend(printed_sequences(&out.stdout));
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "the resumed watch prints exactly what the interrupted one did not"
+    );
+}

@@ -205,6 +205,11 @@ pub struct WatchOptions {
     pub from: StartFrom,
     /// A durable name, to keep the position in JetStream.
     pub durable: Option<String>,
+    /// Acknowledge each delivery with [`Watcher::ack`] once it has been handled, instead of
+    /// the gateway counting it as consumed when it sends it. With a durable, only what was
+    /// acknowledged is consumed: deliveries received but not handled (a client that stops
+    /// early or is interrupted) come back on the next open.
+    pub explicit_acks: bool,
 }
 
 impl WatchOptions {
@@ -227,10 +232,18 @@ impl WatchOptions {
                 position: Some(position),
             }),
             durable: self.durable.clone().unwrap_or_default(),
+            ack_mode: if self.explicit_acks {
+                api::AckMode::Explicit as i32
+            } else {
+                api::AckMode::Unspecified as i32
+            },
             ..Default::default()
         }
     }
 }
+
+/// Acknowledgements a [`Watcher`] queues before waiting for the stream to take them.
+const ACKS_IN_FLIGHT: usize = 256;
 
 /// A stream, as the admin API lists it.
 pub type StreamInfo = api::StreamInfo;
@@ -308,6 +321,8 @@ pub struct Watcher {
     current: usize,
     open: api::Open,
     stream: Option<tonic::Streaming<api::SubscribeResponse>>,
+    /// The request side of a `Subscribe` stream (explicit acknowledgements), while open.
+    requests: Option<tokio::sync::mpsc::Sender<api::SubscribeRequest>>,
     /// The next sequence to ask for after a reconnect.
     resume_from: Option<u64>,
     backoff: Duration,
@@ -332,6 +347,7 @@ impl Watcher {
             current: 0,
             open,
             stream: None,
+            requests: None,
             resume_from: None,
             backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
@@ -358,7 +374,43 @@ impl Watcher {
             .ok_or_else(|| ClientError::Protocol("no gateway address given".into()))?;
         let channel = connect_to(&self.conn, addr).await?;
         let mut client = api::subscriber_client::SubscriberClient::new(channel);
-        self.stream = Some(client.watch(self.conn.request(open)).await?.into_inner());
+        if open.ack_mode == api::AckMode::Explicit as i32 {
+            // Acknowledgements need the client's side of the stream: `Subscribe`.
+            let (tx, rx) = tokio::sync::mpsc::channel(ACKS_IN_FLIGHT);
+            let first = api::SubscribeRequest {
+                request: Some(api::subscribe_request::Request::Open(open)),
+            };
+            tx.try_send(first)
+                .map_err(|_| ClientError::Protocol("cannot queue the open request".into()))?;
+            let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+            self.stream = Some(
+                client
+                    .subscribe(self.conn.request(requests))
+                    .await?
+                    .into_inner(),
+            );
+            self.requests = Some(tx);
+        } else {
+            self.stream = Some(client.watch(self.conn.request(open)).await?.into_inner());
+        }
+        Ok(())
+    }
+
+    /// Acknowledges `sequence` (with [`WatchOptions::explicit_acks`]): the delivery is
+    /// handled and, for a durable, consumed. An acknowledgement that cannot reach the gateway
+    /// (the stream broke) is dropped: the delivery comes back after the reconnect.
+    pub async fn ack(&mut self, sequence: u64) -> Result<(), ClientError> {
+        let Some(requests) = &self.requests else {
+            return Err(ClientError::Protocol(
+                "acknowledgements need WatchOptions::explicit_acks".into(),
+            ));
+        };
+        let ack = api::SubscribeRequest {
+            request: Some(api::subscribe_request::Request::Ack(api::Ack {
+                sequences: vec![sequence],
+            })),
+        };
+        let _ = requests.send(ack).await;
         Ok(())
     }
 
@@ -386,6 +438,7 @@ impl Watcher {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     self.stream = None;
+                    self.requests = None;
                     continue;
                 }
                 Err(status) if interrupted(&status) => {
@@ -394,6 +447,7 @@ impl Watcher {
                     }
                     tracing::warn!(message = status.message(), "watch interrupted; resuming");
                     self.stream = None;
+                    self.requests = None;
                     self.next_gateway();
                     continue;
                 }
