@@ -198,7 +198,7 @@ async fn a_durable_watch_consumes_only_what_it_printed() {
     // Runs of 3 events: each starts right after what the one before printed, although the
     // gateway sends a whole window (256) ahead to every run.
     let mut seen = Vec::new();
-    for limit in [3, 3, 3, total as usize - 9] {
+    for limit in [3, 3, 3, total - 9] {
         let out = run_watch(watch(limit)).await;
         assert!(
             out.status.success(),
