@@ -10,6 +10,15 @@ use crate::config::Settings;
 use crate::devnats::NatsServer;
 use crate::server;
 
+/// `println!` that returns the write's error instead of panicking, so a closed output
+/// (`jetwatch ... | head -1`) ends the command quietly (see `main`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 /// jetwatch: a fan-out broker for resource-change CloudEvents on NATS JetStream.
 #[derive(Debug, Parser)]
 #[command(name = "jetwatch", version, about, long_about = None)]
@@ -274,7 +283,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
                 serde_json::json!({ "error": { "code": format!("{:?}", status.code()), "message": status.message() } })
             }
         };
-        println!("{line}");
+        out!("{line}");
     }
     if failed > 0 {
         anyhow::bail!("{failed} event(s) were refused");
@@ -326,9 +335,12 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
     };
     let mut watcher = Watcher::watch(args.client.connection()?, &options);
     if table {
-        println!(
+        out!(
             "{:>10}  {:<30}  {:<36}  {:<24}  ID",
-            "SEQUENCE", "TIME", "TYPE", "SUBJECT"
+            "SEQUENCE",
+            "TIME",
+            "TYPE",
+            "SUBJECT"
         );
     }
     let mut count = 0u64;
@@ -363,13 +375,14 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
                         .map(|t| crate::event::format_timestamp(&t))
                         .unwrap_or_default();
                     let subject_attr = event.subject().unwrap_or("");
-                    println!(
+                    out!(
                         "{sequence:>10}  {time:<30}  {:<36}  {subject_attr:<24}  {}",
-                        event.ty, event.id
+                        event.ty,
+                        event.id
                     );
                 } else {
                     let json = crate::codec::event_to_json(&event)?;
-                    println!(
+                    out!(
                         "{}",
                         serde_json::json!({ "sequence": sequence, "subject": subject, "event": json })
                     );
@@ -428,12 +441,17 @@ async fn settle_durable(args: &WatchArgs, last_acked: Option<u64>) -> anyhow::Re
 /// `jetwatch streams`.
 pub async fn streams(args: ClientArgs) -> anyhow::Result<()> {
     let streams = crate::grpc::client::streams(&args.connection()?).await?;
-    println!(
+    out!(
         "{:<20} {:>10} {:>10} {:>12} {:>14} {:>10}  SUBJECTS",
-        "STREAM", "FIRST", "LAST", "MESSAGES", "BYTES", "CONSUMERS"
+        "STREAM",
+        "FIRST",
+        "LAST",
+        "MESSAGES",
+        "BYTES",
+        "CONSUMERS"
     );
     for s in streams {
-        println!(
+        out!(
             "{:<20} {:>10} {:>10} {:>12} {:>14} {:>10}  {}",
             s.name,
             s.first_sequence,
@@ -450,14 +468,24 @@ pub async fn streams(args: ClientArgs) -> anyhow::Result<()> {
 /// `jetwatch subscriptions`.
 pub async fn subscriptions(args: SubscriptionsArgs) -> anyhow::Result<()> {
     let durables = crate::grpc::client::durables(&args.client.connection()?, &args.stream).await?;
-    println!(
+    out!(
         "{:<20} {:<24} {:>10} {:>10} {:>10} {:>10}",
-        "STREAM", "DURABLE", "DELIVERED", "ACKED", "PENDING", "IN-FLIGHT"
+        "STREAM",
+        "DURABLE",
+        "DELIVERED",
+        "ACKED",
+        "PENDING",
+        "IN-FLIGHT"
     );
     for s in durables {
-        println!(
+        out!(
             "{:<20} {:<24} {:>10} {:>10} {:>10} {:>10}",
-            s.stream, s.durable, s.delivered_sequence, s.ack_floor_sequence, s.pending, s.in_flight
+            s.stream,
+            s.durable,
+            s.delivered_sequence,
+            s.ack_floor_sequence,
+            s.pending,
+            s.in_flight
         );
     }
     Ok(())

@@ -23,14 +23,27 @@ async fn main() -> anyhow::Result<()> {
     jetwatch::telemetry::init_tracing(level);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(args) => cli::serve(cli::settings_from(&args)?, shutdown).await,
         Command::Dev(args) => cli::dev(args, shutdown).await,
         Command::Publish(args) => cli::publish(args).await,
         Command::Watch(args) => cli::watch(args, shutdown).await,
         Command::Streams(args) => cli::streams(args).await,
         Command::Subscriptions(args) => cli::subscriptions(args).await,
+    };
+    match result {
+        // The reader of our output went away (`| head`): nothing more to say to anyone.
+        Err(e) if closed_output(&e) => Ok(()),
+        other => other,
     }
+}
+
+/// Whether `e` is a write to a closed pipe.
+fn closed_output(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

@@ -290,3 +290,50 @@ async fn an_interrupted_durable_watch_resumes_after_the_last_event_it_printed() 
         "the resumed watch prints exactly what the interrupted one did not"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_end_quietly_when_their_output_is_closed() {
+    let env = common::TestEnv::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let lines: String = (0..20)
+        .map(|i| {
+            format!(
+                "{{\"specversion\":\"1.0\",\"id\":\"p{i}\",\"source\":\"/widgets\",\
+                 \"type\":\"com.example.widget.added\",\"subject\":\"w{i}\"}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&events, lines).unwrap();
+    let server = env.addr.to_string();
+    for args in [
+        vec![
+            "publish",
+            "--server",
+            &server,
+            "-f",
+            events.to_str().unwrap(),
+        ],
+        vec!["streams", "--server", &server],
+    ] {
+        let mut child = jetwatch()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -0`: the reader is gone before the first line.
+        drop(child.stdout.take());
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("panicked"),
+            "`jetwatch {}` with a closed output: {} {stderr}",
+            args.join(" "),
+            out.status
+        );
+    }
+}
