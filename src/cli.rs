@@ -244,7 +244,9 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 pub async fn dev(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone();
     let port = args.nats_port;
-    let nats = tokio::task::spawn_blocking(move || NatsServer::start(&data_dir, port)).await??;
+    // Started from this thread, which lives as long as the process: the server is bound to
+    // die with it (a blocking-pool thread would exit when idle and take the server along).
+    let nats = NatsServer::start_owned(&data_dir, port)?;
     tracing::info!(url = %nats.url(), data_dir = %args.data_dir.display(), "local nats-server with JetStream started");
     let serve_args = ServeArgs {
         config: args.config,

@@ -34,6 +34,22 @@ pub enum DevNatsError {
     /// The server did not report its port in time.
     #[error("nats-server did not become ready within {0:?}; see {1}")]
     NotReady(Duration, String),
+    /// Another process uses the data directory.
+    #[error(
+        "the data directory {dir} is in use by pid {pid} (another `jetwatch dev`, or a \
+         nats-server left from one); stop it, or pass another --data-dir"
+    )]
+    InUse {
+        /// The directory.
+        dir: String,
+        /// The process using it, as far as known.
+        pid: String,
+    },
+    /// The requested port is taken.
+    #[error(
+        "port {0} is in use; stop what listens there, or pass --nats-port 0 for any free port"
+    )]
+    PortInUse(u16),
 }
 
 /// The project's tools folder path for the pinned server.
@@ -75,6 +91,65 @@ pub struct NatsServer {
     store_dir: PathBuf,
     /// A configuration file passed with `-c` (command-line flags still win).
     config: Option<PathBuf>,
+    /// The lock on the data directory, held while this value lives (and released by the
+    /// system when the process dies, however it dies).
+    _lock: std::fs::File,
+    /// Run the server so that it dies with this process (`jetwatch dev`).
+    die_with_parent: bool,
+}
+
+/// The lock file of a data directory.
+const LOCK_FILE: &str = "jetwatch-dev.lock";
+
+/// Locks `store_dir` for this process, or says who holds it: another process with the lock,
+/// or a nats-server still running on the directory (left from a killed `jetwatch dev`).
+fn lock_store(store_dir: &Path) -> Result<std::fs::File, DevNatsError> {
+    use std::io::{Seek, Write};
+    let path = store_dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    let in_use = |pid: String| DevNatsError::InUse {
+        dir: store_dir.display().to_string(),
+        pid,
+    };
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(in_use(pid.trim().to_owned()));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+    }
+    if let Some(pid) = running_server(&store_dir.join("ports")) {
+        return Err(in_use(format!("{pid} (nats-server)")));
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+/// The pid of a nats-server that announced itself in `ports_dir` and still runs.
+fn running_server(ports_dir: &Path) -> Option<u32> {
+    std::fs::read_dir(ports_dir).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid: u32 = name
+            .strip_suffix(".ports")?
+            .rsplit('_')
+            .next()?
+            .parse()
+            .ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+        (comm.trim() == "nats-server" && !zombie).then_some(pid)
+    })
 }
 
 impl NatsServer {
@@ -84,6 +159,14 @@ impl NatsServer {
         NatsServer::start_with_config(store_dir, port, "")
     }
 
+    /// Like [`NatsServer::start`], for `jetwatch dev`: the server gets SIGKILL when the
+    /// calling thread's process dies, even by SIGKILL (through `setpriv --pdeathsig` when the
+    /// system has it). Call it from a thread that lives as long as the process (the kernel
+    /// sends the signal when the thread that started the child exits).
+    pub fn start_owned(store_dir: &Path, port: u16) -> Result<NatsServer, DevNatsError> {
+        NatsServer::start_inner(store_dir, port, "", true)
+    }
+
     /// Like [`NatsServer::start`], with `config` (nats-server configuration syntax, e.g.
     /// `max_pending: 1MB`) written to a file in `store_dir` and passed with `-c`.
     pub fn start_with_config(
@@ -91,8 +174,21 @@ impl NatsServer {
         port: u16,
         config: &str,
     ) -> Result<NatsServer, DevNatsError> {
+        NatsServer::start_inner(store_dir, port, config, false)
+    }
+
+    fn start_inner(
+        store_dir: &Path,
+        port: u16,
+        config: &str,
+        die_with_parent: bool,
+    ) -> Result<NatsServer, DevNatsError> {
         let bin = find_binary()?;
         std::fs::create_dir_all(store_dir)?;
+        let lock = lock_store(store_dir)?;
+        if port != 0 && std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            return Err(DevNatsError::PortInUse(port));
+        }
         let config = if config.trim().is_empty() {
             None
         } else {
@@ -106,6 +202,8 @@ impl NatsServer {
             port,
             store_dir: store_dir.to_path_buf(),
             config,
+            _lock: lock,
+            die_with_parent,
         };
         server.spawn()?;
         Ok(server)
@@ -121,7 +219,16 @@ impl NatsServer {
         } else {
             self.port.to_string()
         };
-        let mut command = Command::new(&self.bin);
+        // `setpriv --pdeathsig` sets the parent-death signal and then executes the server in
+        // the same process: no code of ours runs between fork and exec.
+        let setpriv = Path::new("/usr/bin/setpriv");
+        let mut command = if self.die_with_parent && setpriv.is_file() {
+            let mut c = Command::new(setpriv);
+            c.args(["--pdeathsig", "KILL", "--"]).arg(&self.bin);
+            c
+        } else {
+            Command::new(&self.bin)
+        };
         if let Some(config) = &self.config {
             command.arg("-c").arg(config);
         }

@@ -113,6 +113,40 @@ async fn dev_runs_nats_and_the_gateway_and_stops_both_on_sigterm() {
         .unwrap();
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 
+    // A second `jetwatch dev` on the same data directory, or on the same NATS port, is
+    // refused before it touches anything, saying why.
+    let nats_port = std::fs::read_to_string(ports.path()).unwrap();
+    let nats_port: serde_json::Value = serde_json::from_str(&nats_port).unwrap();
+    let nats_port = nats_port["nats"][0]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let other = dir.path().join("other");
+    for (data_dir, nats, expected) in [
+        (&data, "0", "is in use by pid"),
+        (
+            &other,
+            nats_port.as_str(),
+            "is in use; stop what listens there",
+        ),
+    ] {
+        let second = jetwatch()
+            .args(["dev", "--nats-port", nats, "--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&second.stderr);
+        assert!(!second.status.success() && err.contains(expected), "{err}");
+    }
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the first server is untouched"
+    );
+
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -336,4 +370,71 @@ async fn commands_end_quietly_when_their_output_is_closed() {
             out.status
         );
     }
+}
+
+#[tokio::test]
+async fn the_nats_server_of_a_killed_dev_dies_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = jetwatch()
+        .args(["dev", "--nats-port", "0", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = common::eventually("the local nats-server to start", || {
+        let ports = data.join("ports");
+        async move {
+            let entry = std::fs::read_dir(ports).ok()?.flatten().next()?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.trim_end_matches(".ports")
+                .rsplit('_')
+                .next()?
+                .parse::<i32>()
+                .ok()
+        }
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    common::eventually(
+        "the nats-server to die with `jetwatch dev`",
+        || async move {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+            stat.map_or(true, |s| s.contains(") Z")).then_some(())
+        },
+    )
+    .await;
+    // The data directory is free again.
+    let mut again = jetwatch()
+        .args(["dev", "--nats-port", "0", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::eventually("a new `jetwatch dev` to run on the directory", || {
+        let ports = data.join("ports");
+        async move {
+            let entry = std::fs::read_dir(ports).ok()?.flatten().next()?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let new = name.trim_end_matches(".ports").rsplit('_').next()?;
+            (new.parse::<i32>().ok()? != pid).then_some(())
+        }
+    })
+    .await;
+    assert!(again.try_wait().unwrap().is_none(), "it keeps running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(again.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || again.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
 }
