@@ -39,6 +39,9 @@ pub enum Command {
     Publish(PublishArgs),
     /// Watch a stream like `kubectl get -w`: filtered, resumable, JSON lines or a table.
     Watch(WatchArgs),
+    /// The current state of every matching resource (its last event), then exit, like
+    /// `kubectl get`; `--source S --subject X` for one resource (exit code 3 if it has none).
+    Get(GetArgs),
     /// List the gateway's streams with their sequences and counts.
     Streams(ClientArgs),
     /// List durable subscriptions with their positions.
@@ -154,6 +157,9 @@ pub struct WatchArgs {
     /// A CESQL filter, e.g. "type LIKE '%.deleted'".
     #[arg(long, value_name = "EXPRESSION")]
     pub filter: Option<String>,
+    /// Only events whose attribute equals a value (repeatable), e.g. `--exact type=com.x.y`.
+    #[arg(long, value_name = "ATTRIBUTE=VALUE", value_parser = attribute_value)]
+    pub exact: Vec<(String, String)>,
     /// Where to start: new, earliest, snapshot, a sequence number, or an RFC 3339 time.
     #[arg(long, default_value = "new")]
     pub from: String,
@@ -167,6 +173,50 @@ pub struct WatchArgs {
     #[arg(long)]
     pub limit: Option<u64>,
 }
+
+/// Flags of `get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The stream (default: the gateway's default stream).
+    #[arg(long, default_value = "")]
+    pub stream: String,
+    /// NATS subject patterns of the resources (repeatable).
+    #[arg(long = "subject-pattern", value_name = "PATTERN")]
+    pub subjects: Vec<String>,
+    /// A CESQL filter, e.g. "type LIKE '%.added'".
+    #[arg(long, value_name = "EXPRESSION")]
+    pub filter: Option<String>,
+    /// Only resources whose attribute equals a value (repeatable).
+    #[arg(long, value_name = "ATTRIBUTE=VALUE", value_parser = attribute_value)]
+    pub exact: Vec<(String, String)>,
+    /// One resource: its CloudEvents `source` (with `--subject`).
+    #[arg(long, requires = "subject")]
+    pub source: Option<String>,
+    /// One resource: its CloudEvents `subject` (with `--source`).
+    #[arg(long, requires = "source")]
+    pub subject: Option<String>,
+    /// Output: `json` (one line per event) or `table`.
+    #[arg(long, short = 'o', default_value = "table")]
+    pub output: String,
+}
+
+/// `ATTRIBUTE=VALUE`.
+fn attribute_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}`: expected ATTRIBUTE=VALUE")),
+    }
+}
+
+/// The exit code of `jetwatch get` when the resource asked for does not exist.
+pub const EXIT_NOT_FOUND: i32 = 3;
+
+/// `jetwatch get` found no resource (its exit code is [`EXIT_NOT_FOUND`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(pub String);
 
 /// Flags of `subscriptions`.
 #[derive(Debug, Args)]
@@ -325,25 +375,16 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
             .from
             .parse()
             .map_err(|e| anyhow::anyhow!("--from: {e}"))?,
+        exact: args.exact.iter().cloned().collect(),
         durable: args.durable.clone(),
         // A durable consumes only what was printed: each delivery is acknowledged after it is
         // written out, so stopping early (--limit, Ctrl-C) leaves the rest for the next run.
         explicit_acks: args.durable.is_some(),
     };
-    let table = match args.output.as_str() {
-        "table" => true,
-        "json" => false,
-        other => anyhow::bail!("unknown output `{other}`: use json or table"),
-    };
+    let table = table_output(&args.output)?;
     let mut watcher = Watcher::watch(args.client.connection()?, &options);
     if table {
-        out!(
-            "{:>10}  {:<30}  {:<36}  {:<24}  ID",
-            "SEQUENCE",
-            "TIME",
-            "TYPE",
-            "SUBJECT"
-        );
+        print_header()?;
     }
     let mut count = 0u64;
     let mut replay_until = 0u64;
@@ -372,23 +413,7 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
                 event,
                 ..
             } => {
-                if table {
-                    let time = stored_at
-                        .map(|t| crate::event::format_timestamp(&t))
-                        .unwrap_or_default();
-                    let subject_attr = event.subject().unwrap_or("");
-                    out!(
-                        "{sequence:>10}  {time:<30}  {:<36}  {subject_attr:<24}  {}",
-                        event.ty,
-                        event.id
-                    );
-                } else {
-                    let json = crate::codec::event_to_json(&event)?;
-                    out!(
-                        "{}",
-                        serde_json::json!({ "sequence": sequence, "subject": subject, "event": json })
-                    );
-                }
+                print_delivery(table, sequence, &subject, stored_at, &event)?;
                 if replay_until > 0 && sequence % 10_000 == 0 {
                     eprintln!("replay progress: {sequence} of {replay_until}");
                 }
@@ -409,6 +434,109 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
             }
             WatchItem::Bookmark { .. } => {}
         }
+    }
+}
+
+fn print_header() -> anyhow::Result<()> {
+    out!(
+        "{:>10}  {:<30}  {:<36}  {:<24}  ID",
+        "SEQUENCE",
+        "TIME",
+        "TYPE",
+        "SUBJECT"
+    );
+    Ok(())
+}
+
+/// One delivery as a table row or a JSON line.
+fn print_delivery(
+    table: bool,
+    sequence: u64,
+    subject: &str,
+    stored_at: Option<chrono::DateTime<chrono::Utc>>,
+    event: &crate::event::Event,
+) -> anyhow::Result<()> {
+    if table {
+        let time = stored_at
+            .map(|t| crate::event::format_timestamp(&t))
+            .unwrap_or_default();
+        let subject_attr = event.subject().unwrap_or("");
+        out!(
+            "{sequence:>10}  {time:<30}  {:<36}  {subject_attr:<24}  {}",
+            event.ty,
+            event.id
+        );
+    } else {
+        let json = crate::codec::event_to_json(event)?;
+        out!(
+            "{}",
+            serde_json::json!({ "sequence": sequence, "subject": subject, "event": json })
+        );
+    }
+    Ok(())
+}
+
+/// Whether `output` asks for a table (`table`) or JSON lines (`json`).
+fn table_output(output: &str) -> anyhow::Result<bool> {
+    match output {
+        "table" => Ok(true),
+        "json" => Ok(false),
+        other => anyhow::bail!("unknown output `{other}`: use json or table"),
+    }
+}
+
+/// `jetwatch get`: a snapshot of the matching resources, printed, then exit.
+pub async fn get(args: GetArgs) -> anyhow::Result<()> {
+    use crate::grpc::client::{StartFrom, WatchItem, WatchOptions, Watcher};
+    let table = table_output(&args.output)?;
+    let mut exact: std::collections::BTreeMap<String, String> = args.exact.into_iter().collect();
+    let one = match (&args.source, &args.subject) {
+        (Some(source), Some(subject)) => {
+            exact.insert("source".into(), source.clone());
+            exact.insert("subject".into(), subject.clone());
+            Some(format!("source `{source}`, subject `{subject}`"))
+        }
+        _ => None,
+    };
+    let options = WatchOptions {
+        stream: args.stream,
+        subjects: args.subjects,
+        sql: args.filter,
+        exact,
+        from: StartFrom::Snapshot,
+        durable: None,
+        explicit_acks: false,
+    };
+    let mut watcher = Watcher::watch(args.client.connection()?, &options);
+    let mut found = 0u64;
+    loop {
+        match watcher.next().await? {
+            WatchItem::Delivery {
+                sequence,
+                subject,
+                stored_at,
+                event,
+                ..
+            } => {
+                if table && found == 0 {
+                    print_header()?;
+                }
+                found += 1;
+                print_delivery(table, sequence, &subject, stored_at, &event)?;
+            }
+            WatchItem::SnapshotEnd { .. } => break,
+            WatchItem::Opened { .. } | WatchItem::Bookmark { .. } => {}
+        }
+    }
+    match one {
+        Some(resource) if found == 0 => {
+            Err(NotFound(format!("no resource with {resource}")).into())
+        }
+        None if found == 0 => {
+            eprintln!("no resources found");
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -28,12 +28,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(args) => cli::dev(args, shutdown).await,
         Command::Publish(args) => cli::publish(args).await,
         Command::Watch(args) => cli::watch(args, shutdown).await,
+        Command::Get(args) => cli::get(args).await,
         Command::Streams(args) => cli::streams(args).await,
         Command::Subscriptions(args) => cli::subscriptions(args).await,
     };
     match result {
         // The reader of our output went away (`| head`): nothing more to say to anyone.
         Err(e) if closed_output(&e) => Ok(()),
+        Err(e) if e.is::<cli::NotFound>() => {
+            eprintln!("{e}");
+            std::process::exit(cli::EXIT_NOT_FOUND);
+        }
         other => other,
     }
 }

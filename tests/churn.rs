@@ -49,7 +49,18 @@ async fn thousands_of_watches_opened_and_cancelled_leave_nothing_behind() {
     let _serial = SERIAL.lock().await;
     let env = TestEnv::start().await;
     env.publish_raw_burst(2_000, 256).await;
-    let channel = env.channel().await;
+    // Hundreds of streams cancelled at once while the gateway is sending to them: frames
+    // already on their way arrive for streams the client has reset. The client's HTTP/2
+    // library remembers only 10 reset streams by default and answers frames for the others
+    // with a reset of its own, closing the whole connection after 1,024 of those (its
+    // defence against reset floods). What this test measures is the gateway, so the client
+    // remembers enough of them (jetwatch's own client does the same).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", env.addr))
+        .unwrap()
+        .http2_max_concurrent_reset_streams(4096)
+        .connect()
+        .await
+        .unwrap();
     // Warm up: one of each kind, so lazily created state (the shared reader, pools) exists.
     let kinds = [
         open().bookmarks_ms(100).build(),

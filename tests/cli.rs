@@ -19,7 +19,15 @@ fn help_names_every_sub_command_and_flag() {
     let out = jetwatch().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    for word in ["serve", "dev"] {
+    for word in [
+        "serve",
+        "dev",
+        "publish",
+        "watch",
+        "get",
+        "streams",
+        "subscriptions",
+    ] {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
     let out = jetwatch().args(["serve", "--help"]).output().unwrap();
@@ -437,4 +445,44 @@ async fn the_nats_server_of_a_killed_dev_dies_with_it() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_prints_the_current_state_and_exits_three_for_a_missing_resource() {
+    let env = common::TestEnv::start().await;
+    let mut publisher = env.publisher().await;
+    common::publish(&mut publisher, common::widget("a1", "w1", "added")).await;
+    common::publish(&mut publisher, common::widget("a2", "w2", "added")).await;
+    let w1 = common::publish(&mut publisher, common::widget("m1", "w1", "modified")).await;
+    let server = env.addr.to_string();
+    let get = |extra: &[&str]| {
+        let mut args = vec!["get", "--server", server.as_str(), "-o", "json"];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+
+    let all = run_watch(get(&[])).await;
+    assert!(
+        all.status.success(),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
+    let mut sequences = printed_sequences(&all.stdout);
+    sequences.sort_unstable();
+    assert_eq!(sequences, [2, w1], "the last event of each resource");
+
+    let one = run_watch(get(&["--source", "/widgets", "--subject", "w1"])).await;
+    assert!(one.status.success());
+    assert_eq!(printed_sequences(&one.stdout), [w1]);
+
+    let added = run_watch(get(&["--exact", "type=com.example.widget.added"])).await;
+    assert_eq!(
+        printed_sequences(&added.stdout),
+        [2],
+        "w1's last event is a modification"
+    );
+
+    let missing = run_watch(get(&["--source", "/widgets", "--subject", "nope"])).await;
+    assert_eq!(missing.status.code(), Some(3), "{missing:?}");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no resource"));
 }

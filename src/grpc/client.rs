@@ -121,7 +121,11 @@ async fn connect_to(conn: &Connection, addr: &str) -> Result<Channel, ClientErro
     let mut endpoint = Endpoint::from_shared(url)
         .map_err(|e| err(e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // Streams cancelled while the gateway sends to them still receive the frames already
+        // on their way; the HTTP/2 library remembers only 10 reset streams by default and
+        // closes the connection after 1,024 frames for forgotten ones. Remember more.
+        .http2_max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED);
     if tls {
         let settings = conn.tls.clone().unwrap_or_default();
         let read = |path: &std::path::Path| {
@@ -201,6 +205,8 @@ pub struct WatchOptions {
     pub subjects: Vec<String>,
     /// A CESQL filter.
     pub sql: Option<String>,
+    /// Attributes that must equal these values (the `exact` filter), with `sql` if both.
+    pub exact: std::collections::BTreeMap<String, String>,
     /// Where to start.
     pub from: StartFrom,
     /// A durable name, to keep the position in JetStream.
@@ -213,6 +219,27 @@ pub struct WatchOptions {
 }
 
 impl WatchOptions {
+    /// The `sql` and `exact` filters, both when both are given.
+    fn filter(&self) -> Option<api::Filter> {
+        use api::filter::Filter;
+        let sql = self.sql.clone().map(|sql| api::Filter {
+            filter: Some(Filter::Sql(sql)),
+        });
+        let exact = (!self.exact.is_empty()).then(|| api::Filter {
+            filter: Some(Filter::Exact(api::AttributeMap {
+                attributes: self.exact.clone().into_iter().collect(),
+            })),
+        });
+        match (sql, exact) {
+            (Some(a), Some(b)) => Some(api::Filter {
+                filter: Some(Filter::All(api::FilterList {
+                    filters: vec![a, b],
+                })),
+            }),
+            (a, b) => a.or(b),
+        }
+    }
+
     fn to_open(&self) -> api::Open {
         use api::start_position::Position;
         let position = match self.from {
@@ -225,9 +252,7 @@ impl WatchOptions {
         api::Open {
             stream: self.stream.clone(),
             subjects: self.subjects.clone(),
-            filter: self.sql.clone().map(|sql| api::Filter {
-                filter: Some(api::filter::Filter::Sql(sql)),
-            }),
+            filter: self.filter(),
             start: Some(api::StartPosition {
                 position: Some(position),
             }),
@@ -241,6 +266,9 @@ impl WatchOptions {
         }
     }
 }
+
+/// Recently cancelled streams a connection remembers (see `connect_to`).
+const RESET_STREAMS_REMEMBERED: usize = 4096;
 
 /// Acknowledgements a [`Watcher`] queues before waiting for the stream to take them.
 const ACKS_IN_FLIGHT: usize = 256;
