@@ -143,23 +143,30 @@ pub struct PublishArgs {
     pub file: Option<PathBuf>,
 }
 
-/// Flags of `watch`.
+/// Which events `watch` and `get` show: stream and attribute filters.
 #[derive(Debug, Args)]
-pub struct WatchArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
+pub struct SelectArgs {
     /// The stream (default: the gateway's default stream).
     #[arg(long, default_value = "")]
     pub stream: String,
-    /// NATS subject patterns to watch (repeatable).
-    #[arg(long = "subject", value_name = "PATTERN")]
-    pub subjects: Vec<String>,
     /// A CESQL filter, e.g. "type LIKE '%.deleted'".
     #[arg(long, value_name = "EXPRESSION")]
     pub filter: Option<String>,
     /// Only events whose attribute equals a value (repeatable), e.g. `--exact type=com.x.y`.
     #[arg(long, value_name = "ATTRIBUTE=VALUE", value_parser = attribute_value)]
     pub exact: Vec<(String, String)>,
+}
+
+/// Flags of `watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// NATS subject patterns to watch (repeatable).
+    #[arg(long = "subject", value_name = "PATTERN")]
+    pub subjects: Vec<String>,
     /// Where to start: new, earliest, snapshot, a sequence number, or an RFC 3339 time.
     #[arg(long, default_value = "new")]
     pub from: String,
@@ -179,18 +186,11 @@ pub struct WatchArgs {
 pub struct GetArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// The stream (default: the gateway's default stream).
-    #[arg(long, default_value = "")]
-    pub stream: String,
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// NATS subject patterns of the resources (repeatable).
     #[arg(long = "subject-pattern", value_name = "PATTERN")]
     pub subjects: Vec<String>,
-    /// A CESQL filter, e.g. "type LIKE '%.added'".
-    #[arg(long, value_name = "EXPRESSION")]
-    pub filter: Option<String>,
-    /// Only resources whose attribute equals a value (repeatable).
-    #[arg(long, value_name = "ATTRIBUTE=VALUE", value_parser = attribute_value)]
-    pub exact: Vec<(String, String)>,
     /// One resource: its CloudEvents `source` (with `--subject`).
     #[arg(long, requires = "subject")]
     pub source: Option<String>,
@@ -368,14 +368,14 @@ fn parse_events(text: &str) -> anyhow::Result<Vec<crate::event::Event>> {
 pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     use crate::grpc::client::{WatchItem, WatchOptions, Watcher};
     let options = WatchOptions {
-        stream: args.stream.clone(),
+        stream: args.select.stream.clone(),
         subjects: args.subjects.clone(),
-        sql: args.filter.clone(),
+        sql: args.select.filter.clone(),
         from: args
             .from
             .parse()
             .map_err(|e| anyhow::anyhow!("--from: {e}"))?,
-        exact: args.exact.iter().cloned().collect(),
+        exact: args.select.exact.iter().cloned().collect(),
         durable: args.durable.clone(),
         // A durable consumes only what was printed: each delivery is acknowledged after it is
         // written out, so stopping early (--limit, Ctrl-C) leaves the rest for the next run.
@@ -489,7 +489,8 @@ fn table_output(output: &str) -> anyhow::Result<bool> {
 pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     use crate::grpc::client::{StartFrom, WatchItem, WatchOptions, Watcher};
     let table = table_output(&args.output)?;
-    let mut exact: std::collections::BTreeMap<String, String> = args.exact.into_iter().collect();
+    let mut exact: std::collections::BTreeMap<String, String> =
+        args.select.exact.into_iter().collect();
     let one = match (&args.source, &args.subject) {
         (Some(source), Some(subject)) => {
             exact.insert("source".into(), source.clone());
@@ -499,9 +500,9 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let options = WatchOptions {
-        stream: args.stream,
+        stream: args.select.stream,
         subjects: args.subjects,
-        sql: args.filter,
+        sql: args.select.filter,
         exact,
         from: StartFrom::Snapshot,
         durable: None,
@@ -549,7 +550,7 @@ async fn settle_durable(args: &WatchArgs, last_acked: Option<u64>) -> anyhow::Re
     let conn = args.client.connection()?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let recorded = crate::grpc::client::durables(&conn, &args.stream)
+        let recorded = crate::grpc::client::durables(&conn, &args.select.stream)
             .await?
             .into_iter()
             .any(|d| &d.durable == durable && d.ack_floor_sequence >= last);
