@@ -392,6 +392,15 @@ async fn bad_requests_are_refused_with_invalid_argument() {
             subjects: vec!["events..x".into()],
             ..Default::default()
         },
+        // Valid patterns the stream (`events.>`) can never hold: not a silent empty watch.
+        api::Open {
+            subjects: vec!["other.>".into()],
+            ..Default::default()
+        },
+        api::Open {
+            subjects: vec!["events.>".into(), "events".into()],
+            ..Default::default()
+        },
         api::Open {
             start: start_at(Position::Sequence(0)),
             ..Default::default()

@@ -182,6 +182,23 @@ impl Engine {
         let Some(stream_settings) = inner.settings.stream(&req.stream) else {
             return Err(Error::StreamNotFound(req.stream));
         };
+        // A pattern the stream can never hold would be a silent, empty subscription.
+        for (i, pattern) in req.subjects.iter().enumerate() {
+            let possible = stream_settings
+                .subjects
+                .iter()
+                .any(|s| crate::wildcard::intersect(pattern, s).is_some());
+            if !possible {
+                return Err(Error::invalid(
+                    &format!("open.subjects[{i}]"),
+                    format!(
+                        "`{pattern}` matches none of stream `{}`'s subjects ({})",
+                        req.stream,
+                        stream_settings.subjects.join(", ")
+                    ),
+                ));
+            }
+        }
         if *inner.outage.borrow() {
             return Err(Error::Unavailable {
                 reason: "the gateway has lost its NATS connection".into(),
