@@ -190,7 +190,7 @@ impl Engine {
                 .any(|s| crate::wildcard::intersect(pattern, s).is_some());
             if !possible {
                 return Err(Error::invalid(
-                    &format!("open.subjects[{i}]"),
+                    format!("open.subjects[{i}]"),
                     format!(
                         "`{pattern}` matches none of stream `{}`'s subjects ({})",
                         req.stream,
