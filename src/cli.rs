@@ -210,10 +210,40 @@ fn attribute_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The exit code of `jetwatch get` when the resource asked for does not exist.
-pub const EXIT_NOT_FOUND: i32 = 3;
+/// Exit codes of the client commands (`2` is a usage error, from the flag parser).
+pub mod exit {
+    /// Any other failure.
+    pub const FAILED: u8 = 1;
+    /// `get`: the resource asked for does not exist.
+    pub const NOT_FOUND: u8 = 3;
+    /// The gateway cannot be reached or is unavailable (UNAVAILABLE); retrying may help.
+    pub const UNAVAILABLE: u8 = 4;
+    /// `publish`: the gateway refused some events (the others were stored).
+    pub const REFUSED: u8 = 5;
+}
 
-/// `jetwatch get` found no resource (its exit code is [`EXIT_NOT_FOUND`]).
+/// `publish`: this many events were refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} event(s) were refused")]
+pub struct Refused(pub usize);
+
+/// The exit code for a failed command.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    use crate::grpc::client::ClientError;
+    if e.is::<NotFound>() {
+        return exit::NOT_FOUND;
+    }
+    if e.is::<Refused>() {
+        return exit::REFUSED;
+    }
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Connect { .. }) => exit::UNAVAILABLE,
+        Some(ClientError::Status(s)) if s.code() == tonic::Code::Unavailable => exit::UNAVAILABLE,
+        _ => exit::FAILED,
+    }
+}
+
+/// `jetwatch get` found no resource (its exit code is [`exit::NOT_FOUND`]).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct NotFound(pub String);
@@ -338,7 +368,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         out!("{line}");
     }
     if failed > 0 {
-        anyhow::bail!("{failed} event(s) were refused");
+        return Err(Refused(failed).into());
     }
     Ok(())
 }

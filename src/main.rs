@@ -1,5 +1,7 @@
 //! The `jetwatch` binary: parses flags, sets up tracing, waits for signals.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use jetwatch::cli::{self, Cli, Command};
 use tokio_util::sync::CancellationToken;
@@ -13,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     // The gateway logs what it does; the client commands only what goes wrong.
     let level = match cli.command {
@@ -24,7 +26,10 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let result = match cli.command {
-        Command::Serve(args) => cli::serve(cli::settings_from(&args)?, shutdown).await,
+        Command::Serve(args) => match cli::settings_from(&args) {
+            Ok(settings) => cli::serve(settings, shutdown).await,
+            Err(e) => Err(e),
+        },
         Command::Dev(args) => cli::dev(args, shutdown).await,
         Command::Publish(args) => cli::publish(args).await,
         Command::Watch(args) => cli::watch(args, shutdown).await,
@@ -33,13 +38,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Subscriptions(args) => cli::subscriptions(args).await,
     };
     match result {
+        Ok(()) => ExitCode::SUCCESS,
         // The reader of our output went away (`| head`): nothing more to say to anyone.
-        Err(e) if closed_output(&e) => Ok(()),
-        Err(e) if e.is::<cli::NotFound>() => {
-            eprintln!("{e}");
-            std::process::exit(cli::EXIT_NOT_FOUND);
+        Err(e) if closed_output(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: what happened, with its causes.
+            eprintln!("error: {e:#}");
+            ExitCode::from(cli::exit_code(&e))
         }
-        other => other,
     }
 }
 

@@ -192,7 +192,7 @@ fn printed_sequences(stdout: &[u8]) -> Vec<u64> {
 }
 
 /// Runs a `jetwatch watch` to completion (bounded: a watch that hangs fails the test).
-async fn run_watch(args: Vec<String>) -> std::process::Output {
+async fn run_cli(args: Vec<String>) -> std::process::Output {
     let child = jetwatch()
         .args(&args)
         .stdout(Stdio::piped())
@@ -241,7 +241,7 @@ async fn a_durable_watch_consumes_only_what_it_printed() {
     // gateway sends a whole window (256) ahead to every run.
     let mut seen = Vec::new();
     for limit in [3, 3, 3, total - 9] {
-        let out = run_watch(watch(limit)).await;
+        let out = run_cli(watch(limit)).await;
         assert!(
             out.status.success(),
             "{}",
@@ -321,7 +321,7 @@ async fn an_interrupted_durable_watch_resumes_after_the_last_event_it_printed() 
     let rest = total - printed.len();
     let mut args: Vec<String> = args.map(str::to_owned).to_vec();
     args.extend(["--limit".to_owned(), rest.to_string()]);
-    let out = run_watch(args).await;
+    let out = run_cli(args).await;
     assert_eq!(printed, (1..=printed.len() as u64).collect::<Vec<_>>());
     let mut seen = printed;
     seen.extend(printed_sequences(&out.stdout));
@@ -461,7 +461,7 @@ async fn get_prints_the_current_state_and_exits_three_for_a_missing_resource() {
         args.into_iter().map(str::to_owned).collect::<Vec<_>>()
     };
 
-    let all = run_watch(get(&[])).await;
+    let all = run_cli(get(&[])).await;
     assert!(
         all.status.success(),
         "{}",
@@ -471,18 +471,67 @@ async fn get_prints_the_current_state_and_exits_three_for_a_missing_resource() {
     sequences.sort_unstable();
     assert_eq!(sequences, [2, w1], "the last event of each resource");
 
-    let one = run_watch(get(&["--source", "/widgets", "--subject", "w1"])).await;
+    let one = run_cli(get(&["--source", "/widgets", "--subject", "w1"])).await;
     assert!(one.status.success());
     assert_eq!(printed_sequences(&one.stdout), [w1]);
 
-    let added = run_watch(get(&["--exact", "type=com.example.widget.added"])).await;
+    let added = run_cli(get(&["--exact", "type=com.example.widget.added"])).await;
     assert_eq!(
         printed_sequences(&added.stdout),
         [2],
         "w1's last event is a modification"
     );
 
-    let missing = run_watch(get(&["--source", "/widgets", "--subject", "nope"])).await;
+    let missing = run_cli(get(&["--source", "/widgets", "--subject", "nope"])).await;
     assert_eq!(missing.status.code(), Some(3), "{missing:?}");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no resource"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_say_what_to_do_and_exit_with_documented_codes() {
+    // No gateway: one line naming the address and what to check; exit code 4.
+    let port = free_port();
+    let out = run_cli(
+        ["streams", "--server", &format!("127.0.0.1:{port}")]
+            .map(str::to_owned)
+            .to_vec(),
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach the gateway at 127.0.0.1:{port}"))
+            && err.contains("jetwatch dev")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+
+    // Some events refused: the others are stored; exit code 5.
+    let env = common::TestEnv::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let event = |id: &str, data: &str| {
+        format!(
+            "{{\"specversion\":\"1.0\",\"id\":\"{id}\",\"source\":\"/widgets\",\
+             \"type\":\"com.example.widget.added\",\"subject\":\"w1\",\"data\":\"{data}\"}}\n"
+        )
+    };
+    let too_large = "x".repeat(2 * 1024 * 1024);
+    std::fs::write(&events, event("ok", "small") + &event("big", &too_large)).unwrap();
+    let out = run_cli(
+        [
+            "publish",
+            "--server",
+            &env.addr.to_string(),
+            "-f",
+            events.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("1 event(s) were refused"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"sequence\":1"));
 }

@@ -19,7 +19,7 @@ use crate::event::Event;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The gateway address is malformed or cannot be reached.
-    #[error("cannot connect to {addr}: {reason}")]
+    #[error("cannot reach the gateway at {addr}: {reason}")]
     Connect {
         /// The address.
         addr: String,
@@ -151,7 +151,21 @@ async fn connect_to(conn: &Connection, addr: &str) -> Result<Channel, ClientErro
             .tls_config(config)
             .map_err(|e| err(e.to_string()))?;
     }
-    endpoint.connect().await.map_err(|e| err(e.to_string()))
+    endpoint.connect().await.map_err(|e| {
+        // tonic says only "transport error"; the cause (refused, unreachable, TLS) is below it.
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !reason.contains(&text) {
+                reason = format!("{reason}: {text}");
+            }
+            source = cause.source();
+        }
+        err(format!(
+            "{reason}; is the gateway running there (`jetwatch dev` starts one locally)?"
+        ))
+    })
 }
 
 /// Where a watch starts.
