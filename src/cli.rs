@@ -423,6 +423,14 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
         let item = tokio::select! {
             item = watcher.next() => item?,
             () = shutdown.cancelled() => {
+                if args.durable.is_none() {
+                    if let Some(next) = watcher.resume_from() {
+                        eprintln!(
+                            "stopped before sequence {next}; resume with the same flags and \
+                             `--from {next}`"
+                        );
+                    }
+                }
                 return settle_durable(&args, last_acked).await;
             }
         };
@@ -447,6 +455,7 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
                 if replay_until > 0 && sequence % 10_000 == 0 {
                     eprintln!("replay progress: {sequence} of {replay_until}");
                 }
+                caught_up(&mut replay_until, sequence);
                 if args.durable.is_some() {
                     use std::io::Write;
                     // Written out before it is consumed.
@@ -462,8 +471,16 @@ pub async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyhow::Resu
             WatchItem::SnapshotEnd { sequence } => {
                 eprintln!("snapshot complete as of sequence {sequence}; watching")
             }
-            WatchItem::Bookmark { .. } => {}
+            WatchItem::Bookmark { sequence, .. } => caught_up(&mut replay_until, sequence),
         }
+    }
+}
+
+/// Says once when a replay has reached the stream's end as of the open (`replay_until`).
+fn caught_up(replay_until: &mut u64, sequence: u64) {
+    if *replay_until > 0 && sequence >= *replay_until {
+        eprintln!("caught up at sequence {sequence}; watching live changes");
+        *replay_until = 0;
     }
 }
 

@@ -535,3 +535,51 @@ async fn failures_say_what_to_do_and_exit_with_documented_codes() {
     assert!(err.contains("1 event(s) were refused"), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"sequence\":1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_says_when_it_is_live_and_how_to_resume_after_ctrl_c() {
+    use std::io::BufRead;
+    let env = common::TestEnv::start().await;
+    let mut publisher = env.publisher().await;
+    let last = common::publish_n(&mut publisher, "r", 3).await;
+    let mut child = jetwatch()
+        .args(["watch", "--server", &env.addr.to_string()])
+        .args(["--from", "earliest", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Wait for the three events, then interrupt.
+    let printed = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .take(3)
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    });
+    let printed = tokio::time::timeout(Duration::from_secs(30), printed)
+        .await
+        .expect("three events printed")
+        .unwrap();
+    assert_eq!(
+        printed_sequences(printed.join("\n").as_bytes()),
+        [1, 2, last]
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("caught up at sequence {last}")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("--from {}", last + 1)), "{err}");
+}
