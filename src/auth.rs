@@ -333,11 +333,11 @@ impl Auth {
                 let Some(auth) = auth.upgrade() else { return };
                 let read = tokio::task::spawn_blocking({
                     let path = path.clone();
-                    move || std::fs::read(&path).map(|b| (b, TokensFile::read(&path)))
+                    move || std::fs::read(&path)
                 })
                 .await;
-                let (bytes, file) = match read {
-                    Ok(Ok(read)) => read,
+                let bytes = match read {
+                    Ok(Ok(bytes)) => bytes,
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, path = %path.display(), "auth: cannot read the tokens file; keeping the tokens in force");
                         continue;
@@ -347,7 +347,8 @@ impl Auth {
                 if last.as_ref() == Some(&bytes) {
                     continue;
                 }
-                match file {
+                // Each change is looked at once: a refused one is logged once, not every tick.
+                match TokensFile::parse(&path, &bytes) {
                     Ok(file) => {
                         let mut listed = auth.configured.clone();
                         listed.extend(file.tokens);
@@ -355,12 +356,12 @@ impl Auth {
                         let table = token_table(&listed, Some(&tokens));
                         tracing::info!(tokens = table.len(), "auth: tokens file reloaded");
                         *tokens = Arc::new(table);
-                        last = Some(bytes);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "auth: tokens file refused; keeping the tokens in force");
                     }
                 }
+                last = Some(bytes);
             }
         })
     }

@@ -482,13 +482,22 @@ pub struct TokensFile {
 impl TokensFile {
     /// Reads and checks a tokens file.
     pub fn read(path: &std::path::Path) -> Result<TokensFile, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|e| ConfigError::Invalid {
+            key: "auth.tokens_file".into(),
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        TokensFile::parse(path, &bytes)
+    }
+
+    /// Checks the contents `bytes` of the tokens file at `path`.
+    pub fn parse(path: &std::path::Path, bytes: &[u8]) -> Result<TokensFile, ConfigError> {
         let invalid = |reason: String| ConfigError::Invalid {
             key: "auth.tokens_file".into(),
             reason: format!("{}: {reason}", path.display()),
         };
-        let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+        let text = std::str::from_utf8(bytes).map_err(|e| invalid(e.to_string()))?;
         let file: TokensFile = config::Config::builder()
-            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
             .and_then(config::Config::try_deserialize)
             .map_err(|e| invalid(e.to_string()))?;

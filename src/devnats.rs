@@ -124,7 +124,7 @@ fn lock_store(store_dir: &Path) -> Result<std::fs::File, DevNatsError> {
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
     }
-    if let Some(pid) = running_server(&store_dir.join("ports")) {
+    if let Some(pid) = running_server(store_dir) {
         return Err(in_use(format!("{pid} (nats-server)")));
     }
     file.set_len(0)?;
@@ -133,23 +133,27 @@ fn lock_store(store_dir: &Path) -> Result<std::fs::File, DevNatsError> {
     Ok(file)
 }
 
-/// The pid of a nats-server that announced itself in `ports_dir` and still runs.
-fn running_server(ports_dir: &Path) -> Option<u32> {
-    std::fs::read_dir(ports_dir).ok()?.flatten().find_map(|e| {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let pid: u32 = name
-            .strip_suffix(".ports")?
-            .rsplit('_')
-            .next()?
-            .parse()
-            .ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let zombie = stat
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
-        (comm.trim() == "nats-server" && !zombie).then_some(pid)
-    })
+/// The pid of a nats-server that announced itself in `store_dir` (its ports file) and still
+/// runs.
+pub fn running_server(store_dir: &Path) -> Option<u32> {
+    std::fs::read_dir(store_dir.join("ports"))
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid: u32 = name
+                .strip_suffix(".ports")?
+                .rsplit('_')
+                .next()?
+                .parse()
+                .ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+            (comm.trim() == "nats-server" && !zombie).then_some(pid)
+        })
 }
 
 impl NatsServer {

@@ -63,16 +63,40 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `jetwatch dev` on `data`, its NATS on `nats_port` (0: any) and gRPC on `listen`.
+fn dev(data: &std::path::Path, nats_port: &str, listen: &str) -> Command {
+    let mut c = jetwatch();
+    c.args(["dev", "--nats-port", nats_port, "--listen", listen])
+        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data);
+    c
+}
+
+/// Sends `signal` to `child`.
+fn signal(child: &std::process::Child, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+}
+
+/// One CloudEvent in JSON, a line of a file for `jetwatch publish`.
+fn json_event(id: &str, subject: &str, data: &str) -> String {
+    format!(
+        "{{\"specversion\":\"1.0\",\"id\":\"{id}\",\"source\":\"/widgets\",\
+         \"type\":\"com.example.widget.added\",\"subject\":\"{subject}\",\"data\":\"{data}\"}}\n"
+    )
+}
+
+/// Asserts that `seen` holds every sequence of 1..=`total` exactly once, in any order.
+fn assert_each_once(mut seen: Vec<u64>, total: usize, what: &str) {
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=total as u64).collect::<Vec<_>>(), "{what}");
+}
+
 #[tokio::test]
 async fn dev_runs_nats_and_the_gateway_and_stops_both_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let port = free_port();
-    let mut child = jetwatch()
-        .args(["dev", "--nats-port", "0", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
+    let mut child = dev(&data, "0", &format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -111,14 +135,7 @@ async fn dev_runs_nats_and_the_gateway_and_stops_both_on_sigterm() {
         .flatten()
         .next()
         .unwrap();
-    let name = ports.file_name().to_string_lossy().into_owned();
-    let pid: i32 = name
-        .trim_end_matches(".ports")
-        .rsplit('_')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pid = jetwatch::devnats::running_server(&data).expect("a ports file named after the pid");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 
     // A second `jetwatch dev` on the same data directory, or on the same NATS port, is
@@ -141,12 +158,7 @@ async fn dev_runs_nats_and_the_gateway_and_stops_both_on_sigterm() {
             "is in use; stop what listens there",
         ),
     ] {
-        let second = jetwatch()
-            .args(["dev", "--nats-port", nats, "--listen", "127.0.0.1:0"])
-            .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .output()
-            .unwrap();
+        let second = dev(data_dir, nats, "127.0.0.1:0").output().unwrap();
         let err = String::from_utf8_lossy(&second.stderr);
         assert!(!second.status.success() && err.contains(expected), "{err}");
     }
@@ -155,11 +167,7 @@ async fn dev_runs_nats_and_the_gateway_and_stops_both_on_sigterm() {
         "the first server is untouched"
     );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
     // Wait off the runtime so the test's own connections can close while the gateway drains.
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
@@ -254,11 +262,10 @@ async fn a_durable_watch_consumes_only_what_it_printed() {
     assert_eq!(seen[..3], [1, 2, 3]);
     // Events the gateway had sent ahead and a run did not print come back to a later run
     // (JetStream may redeliver them after newer ones): each is printed exactly once.
-    seen.sort_unstable();
-    assert_eq!(
+    assert_each_once(
         seen,
-        (1..=total as u64).collect::<Vec<_>>(),
-        "every event printed exactly once across the runs"
+        total,
+        "every event printed exactly once across the runs",
     );
 }
 
@@ -295,11 +302,7 @@ async fn an_interrupted_durable_watch_resumes_after_the_last_event_it_printed() 
         .unwrap();
     // Let it fill the pipe and receive more than it printed, then interrupt it.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    signal(&child, nix::sys::signal::Signal::SIGINT);
     let mut stdout = child.stdout.take().unwrap();
     let first = tokio::task::spawn_blocking(move || {
         let mut bytes = Vec::new();
@@ -325,11 +328,10 @@ async fn an_interrupted_durable_watch_resumes_after_the_last_event_it_printed() 
     assert_eq!(printed, (1..=printed.len() as u64).collect::<Vec<_>>());
     let mut seen = printed;
     seen.extend(printed_sequences(&out.stdout));
-    seen.sort_unstable();
-    assert_eq!(
+    assert_each_once(
         seen,
-        (1..=total as u64).collect::<Vec<_>>(),
-        "the resumed watch prints exactly what the interrupted one did not"
+        total,
+        "the resumed watch prints exactly what the interrupted one did not",
     );
 }
 
@@ -339,12 +341,7 @@ async fn commands_end_quietly_when_their_output_is_closed() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
     let lines: String = (0..20)
-        .map(|i| {
-            format!(
-                "{{\"specversion\":\"1.0\",\"id\":\"p{i}\",\"source\":\"/widgets\",\
-                 \"type\":\"com.example.widget.added\",\"subject\":\"w{i}\"}}\n"
-            )
-        })
+        .map(|i| json_event(&format!("p{i}"), &format!("w{i}"), "d"))
         .collect();
     std::fs::write(&events, lines).unwrap();
     let server = env.addr.to_string();
@@ -384,25 +381,14 @@ async fn commands_end_quietly_when_their_output_is_closed() {
 async fn the_nats_server_of_a_killed_dev_dies_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut child = jetwatch()
-        .args(["dev", "--nats-port", "0", "--listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
+    let mut child = dev(&data, "0", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let pid = common::eventually("the local nats-server to start", || {
-        let ports = data.join("ports");
-        async move {
-            let entry = std::fs::read_dir(ports).ok()?.flatten().next()?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            name.trim_end_matches(".ports")
-                .rsplit('_')
-                .next()?
-                .parse::<i32>()
-                .ok()
-        }
+        let pid = jetwatch::devnats::running_server(&data);
+        async move { pid }
     })
     .await;
     child.kill().unwrap();
@@ -416,30 +402,18 @@ async fn the_nats_server_of_a_killed_dev_dies_with_it() {
     )
     .await;
     // The data directory is free again.
-    let mut again = jetwatch()
-        .args(["dev", "--nats-port", "0", "--listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
+    let mut again = dev(&data, "0", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     common::eventually("a new `jetwatch dev` to run on the directory", || {
-        let ports = data.join("ports");
-        async move {
-            let entry = std::fs::read_dir(ports).ok()?.flatten().next()?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let new = name.trim_end_matches(".ports").rsplit('_').next()?;
-            (new.parse::<i32>().ok()? != pid).then_some(())
-        }
+        let new = jetwatch::devnats::running_server(&data).filter(|&new| new != pid);
+        async move { new }
     })
     .await;
     assert!(again.try_wait().unwrap().is_none(), "it keeps running");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(again.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    signal(&again, nix::sys::signal::Signal::SIGTERM);
     let status = tokio::task::spawn_blocking(move || again.wait())
         .await
         .unwrap()
@@ -510,14 +484,9 @@ async fn failures_say_what_to_do_and_exit_with_documented_codes() {
     let env = common::TestEnv::start().await;
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
-    let event = |id: &str, data: &str| {
-        format!(
-            "{{\"specversion\":\"1.0\",\"id\":\"{id}\",\"source\":\"/widgets\",\
-             \"type\":\"com.example.widget.added\",\"subject\":\"w1\",\"data\":\"{data}\"}}\n"
-        )
-    };
     let too_large = "x".repeat(2 * 1024 * 1024);
-    std::fs::write(&events, event("ok", "small") + &event("big", &too_large)).unwrap();
+    let lines = json_event("ok", "w1", "small") + &json_event("big", "w1", &too_large);
+    std::fs::write(&events, lines).unwrap();
     let out = run_cli(
         [
             "publish",
@@ -566,11 +535,7 @@ async fn a_watch_says_when_it_is_live_and_how_to_resume_after_ctrl_c() {
         printed_sequences(printed.join("\n").as_bytes()),
         [1, 2, last]
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    signal(&child, nix::sys::signal::Signal::SIGINT);
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .unwrap()

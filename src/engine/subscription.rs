@@ -13,9 +13,10 @@
 //! Backpressure: every delivery takes a permit from the window, returned when the transport
 //! has sent it. Deliveries go to the transport in runs ([`Batch::Deliveries`]): permits are
 //! taken several at a time, and a run is handed over whenever the task is about to wait (for
-//! the ring, a read, a permit) or reaches `batch` events, so batching never delays an event. When the client stops reading, the task waits for a permit (holding nothing
-//! beyond its window) while the shared reader and other subscribers go on; a task that falls
-//! behind the ring simply catches up later.
+//! the ring, a read, a permit) or reaches `batch` events, so batching never delays an event.
+//! When the client stops reading, the task waits for a permit (holding nothing beyond its
+//! window) while the shared reader and other subscribers go on; a task that falls behind the
+//! ring simply catches up later.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -84,9 +84,7 @@ impl Frame {
                 delivery_count,
                 more: true,
             } => {
-                let body = delivery_body(event);
-                let count = u64::from(*delivery_count);
-                let inner = body.len() + 1 + encoded_len_varint(count);
+                let inner = delivery_len(delivery_body(event), *delivery_count);
                 Some(1 + encoded_len_varint(inner as u64) + inner)
             }
             _ => None,
@@ -103,12 +101,7 @@ impl Frame {
             } => {
                 let body = delivery_body(event);
                 let count = u64::from(*delivery_count);
-                let count_len = if count == 0 {
-                    0
-                } else {
-                    1 + encoded_len_varint(count)
-                };
-                let inner = body.len() + count_len;
+                let inner = delivery_len(body, *delivery_count);
                 encode_key(RESPONSE_DELIVERY, WireType::LengthDelimited, dst);
                 encode_varint(inner as u64, dst);
                 dst.put_slice(body);
@@ -121,6 +114,16 @@ impl Frame {
             Frame::Message(m) => m.encode(dst),
         }
     }
+}
+
+/// The length of a `Delivery` made of the shared `body` and `delivery_count` (0 is not
+/// written, as protobuf leaves out default values).
+fn delivery_len(body: &Bytes, delivery_count: u32) -> usize {
+    let count_len = match delivery_count {
+        0 => 0,
+        n => 1 + encoded_len_varint(u64::from(n)),
+    };
+    body.len() + count_len
 }
 
 /// The event's `Delivery` encoding without `delivery_count`, made on first use and shared.

@@ -51,10 +51,10 @@ pub(crate) type ResponseStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>
 struct Out {
     opened: Option<Frame>,
     items: mpsc::Receiver<Result<Batch, Box<Error>>>,
-    /// The rest of the run of deliveries being sent, and how many of the run were sent
-    /// (their window permits return together when the run is done).
+    /// The rest of the run of deliveries being sent, and the run's length (its window
+    /// permits return together when the run is done).
     run: std::vec::IntoIter<Arc<StoredEvent>>,
-    run_sent: usize,
+    run_len: usize,
     /// The subscription's window, told about each item sent.
     window: Window,
     /// Where sent sequences are reported (subscriptions that acknowledge as sent).
@@ -120,7 +120,7 @@ fn respond(
         opened: Some(opened),
         items: sub.items,
         run: Vec::new().into_iter(),
-        run_sent: 0,
+        run_len: 0,
         window: sub.window,
         sent: sub.sent,
         _control: keep_control.then_some(sub.control),
@@ -157,7 +157,7 @@ fn respond(
                 st.items.try_recv().ok()
             };
             let expires = st.expires;
-            let revocation = st.revoked.clone();
+            let revocation = st.revoked.as_ref();
             let next = match ready {
                 Some(item) => item,
                 None => tokio::select! {
@@ -171,7 +171,7 @@ fn respond(
                     } => Err(Box::new(expired())),
                     () = async move {
                         match revocation {
-                            Some(r) => r.cancelled_owned().await,
+                            Some(r) => r.cancelled().await,
                             None => std::future::pending().await,
                         }
                     } => Err(Box::new(token_revoked())),
@@ -184,6 +184,7 @@ fn respond(
             };
             let next = match next {
                 Ok(Batch::Deliveries(run)) => {
+                    st.run_len = run.len();
                     st.run = run.into_iter();
                     continue;
                 }
@@ -228,7 +229,6 @@ impl Out {
     fn next_of_run(&mut self) -> Option<Frame> {
         let event = self.run.next()?;
         self.last_delivered = self.last_delivered.max(event.sequence);
-        self.run_sent += 1;
         let more = self.run.len() > 0;
         if !more {
             self.run_done();
@@ -238,11 +238,10 @@ impl Out {
 
     /// The last delivery of a run was handed over: its permits return, and it is counted.
     fn run_done(&mut self) {
-        self.window.sent_deliveries(self.run_sent);
+        self.window.sent_deliveries(self.run_len);
         crate::telemetry::COUNTERS
             .deliveries
-            .fetch_add(self.run_sent as u64, std::sync::atomic::Ordering::Relaxed);
-        self.run_sent = 0;
+            .fetch_add(self.run_len as u64, std::sync::atomic::Ordering::Relaxed);
         // Let the run's buffer go: an idle stream holds none.
         self.run = Vec::new().into_iter();
     }
