@@ -1,6 +1,7 @@
 //! Compiles `proto/` with protox (a pure-Rust protobuf compiler, so no `protoc` is needed on the
-//! build machine) and generates the tonic services. The encoded descriptor set is written next
-//! to the generated code for gRPC server reflection.
+//! build machine) and generates the tonic services. The messages are the client crate's
+//! (`jetwatch-client`), so the gateway and its clients share one set of types. The encoded
+//! descriptor set is written next to the generated code for gRPC server reflection.
 
 use std::{env, fs, path::PathBuf};
 
@@ -18,9 +19,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("jetwatch_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
-        .build_client(true)
+        .build_client(false)
         .build_server(true)
         .extern_path(".google.rpc.Status", "::tonic_types::pb::Status")
+        .extern_path(".jetwatch.v1", "::jetwatch_client::pb::jetwatch::v1")
+        .extern_path(
+            ".io.cloudevents.v1",
+            "::jetwatch_client::pb::io::cloudevents::v1",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

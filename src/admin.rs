@@ -87,6 +87,15 @@ impl Admin {
         }
     }
 
+    /// `stream`, or the default stream when it is empty (as `Open` and `Publish` read it).
+    fn resolve<'a>(&'a self, stream: &'a str) -> &'a str {
+        if stream.is_empty() {
+            &self.settings.publish.default_stream
+        } else {
+            stream
+        }
+    }
+
     /// Fails unless `stream` is declared.
     fn declared(&self, stream: &str) -> Result<(), Error> {
         match self.settings.stream(stream) {
@@ -108,6 +117,7 @@ impl Admin {
 
     /// The state of `stream`.
     pub async fn stream(&self, caller: Caller<'_>, stream: &str) -> Result<StreamState, Error> {
+        let stream = self.resolve(stream);
         self.visible(caller, stream)?;
         Ok(self.store.stream_state(stream).await?)
     }
@@ -146,6 +156,7 @@ impl Admin {
         stream: &str,
         durable: &str,
     ) -> Result<DurableState, Error> {
+        let stream = self.resolve(stream);
         self.managed(caller, stream, durable, "durable.get").await
     }
 
@@ -156,6 +167,7 @@ impl Admin {
         stream: &str,
         durable: &str,
     ) -> Result<(), Error> {
+        let stream = self.resolve(stream);
         self.managed(caller, stream, durable, "durable.delete")
             .await?;
         self.store.delete_durable(stream, durable).await?;
@@ -178,6 +190,7 @@ impl Admin {
         durable: &str,
         start: Start,
     ) -> Result<DurableState, Error> {
+        let stream = self.resolve(stream);
         self.managed(caller, stream, durable, "durable.seek")
             .await?;
         if self.auth.enabled() {

@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! - [`config`]: settings from `config/default.toml`, a file, the environment and flags.
-//! - [`event`]: the domain CloudEvent every layer passes around.
+//! - [`event`]: the domain CloudEvent every layer passes around (the client crate's).
 //! - [`codec`]: CloudEvents ⇄ NATS messages (binary and structured mode) and validation; pure.
 //! - [`subject`]: the subject template and escaping that map events to NATS subjects; pure.
 //! - [`filter`]: CloudEvents Subscriptions API filter dialects and CESQL 1.0; pure.
@@ -29,7 +29,7 @@ pub mod config;
 pub mod devnats;
 pub mod engine;
 pub mod error;
-pub mod event;
+pub use jetwatch_client::event;
 pub mod filter;
 pub mod grpc;
 pub mod publish;

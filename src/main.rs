@@ -31,11 +31,7 @@ async fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Dev(args) => cli::dev(args, shutdown).await,
-        Command::Publish(args) => cli::publish(args).await,
-        Command::Watch(args) => cli::watch(args, shutdown).await,
-        Command::Get(args) => cli::get(args).await,
-        Command::Streams(args) => cli::streams(args).await,
-        Command::Subscriptions(args) => cli::subscriptions(args).await,
+        client => cli::run_client(client, shutdown).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

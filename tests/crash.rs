@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use jetwatch::grpc::client::{WatchItem, Watcher};
 use jetwatch::grpc::pb::jetwatch::v1 as api;
+use jetwatch_client::{WatchItem, Watcher};
 use parking_lot::Mutex;
 
 /// A `jetwatch serve` process, killed when dropped.
@@ -151,6 +151,7 @@ async fn clients_of_a_killed_gateway_resume_on_another_with_no_gap_and_nothing_l
 
     let mut next_expected = start;
     let mut killed = false;
+    let mut disconnects = 0;
     let mut last = None;
     while last.is_none_or(|l| next_expected <= l) {
         if !killed && next_expected > start + 300 {
@@ -168,12 +169,21 @@ async fn clients_of_a_killed_gateway_resume_on_another_with_no_gap_and_nothing_l
                     assert_eq!(sequence, next_expected, "no gap, no duplicate");
                     next_expected += 1;
                 }
+                WatchItem::Disconnected { resume_from, .. } => {
+                    // It says where it will resume: right after what it delivered.
+                    assert!(
+                        resume_from.is_some_and(|r| r >= next_expected),
+                        "resumes after what it delivered: {resume_from:?} vs {next_expected}"
+                    );
+                    disconnects += 1;
+                }
                 WatchItem::Opened { .. } | WatchItem::Bookmark { .. } => {}
                 other => panic!("unexpected {other:?}"),
             },
         }
     }
     assert!(killed, "g1 was killed while the watcher read");
+    assert!(disconnects > 0, "the watcher reported the disconnect");
     let last = last.unwrap();
 
     env.wait_ack_floor("d", last).await;

@@ -29,19 +29,23 @@ use std::sync::Arc;
 use crate::event::Event;
 use attr::{is_valid_attribute_name, AttrName, Canonical};
 
+/// An event as CESQL sees it (a wrapper: the event type is the client crate's).
+struct CesqlEvent<'a>(&'a Event);
+
 /// How CESQL sees an event: required attributes are strings, Boolean and Integer extensions
 /// keep their type, every other type is its canonical string.
-impl cesql::Event for Event {
+impl cesql::Event for CesqlEvent<'_> {
     fn attribute(&self, name: &str) -> Option<cesql::AttrValue<'_>> {
         use crate::event::{AttributeRef, AttributeValue};
         use cesql::AttrValue;
         use std::borrow::Cow;
+        let event = self.0;
         let found = match name {
-            "id" => AttributeRef::String(&self.id),
-            "source" => AttributeRef::String(&self.source),
-            "specversion" => AttributeRef::String(&self.spec_version),
-            "type" => AttributeRef::String(&self.ty),
-            _ => Event::attribute(self, name)?,
+            "id" => AttributeRef::String(&event.id),
+            "source" => AttributeRef::String(&event.source),
+            "specversion" => AttributeRef::String(&event.spec_version),
+            "type" => AttributeRef::String(&event.ty),
+            _ => event.attribute(name)?,
         };
         Some(match found {
             AttributeRef::String(s) => AttrValue::String(Cow::Borrowed(s)),
@@ -200,7 +204,7 @@ impl Node {
             Node::All(nodes) => nodes.iter().all(|n| n.matches(event)),
             Node::Any(nodes) => nodes.iter().any(|n| n.matches(event)),
             Node::Not(node) => !node.matches(event),
-            Node::Sql(expression) => expression.matches(event),
+            Node::Sql(expression) => expression.matches(&CesqlEvent(event)),
         }
     }
 }

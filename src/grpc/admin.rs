@@ -102,4 +102,14 @@ impl api::admin_server::Admin for AdminService {
             .await?;
         Ok(Response::new(durable_to_pb(&d)))
     }
+
+    async fn get_server_info(
+        &self,
+        _request: Request<api::GetServerInfoRequest>,
+    ) -> Result<Response<api::ServerInfo>, Status> {
+        Ok(Response::new(api::ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            api: "jetwatch.v1".to_owned(),
+        }))
+    }
 }

@@ -6,14 +6,13 @@
 
 pub mod admin;
 pub mod auth;
-pub mod client;
 pub mod convert;
 pub mod frame;
 pub mod publisher;
 pub mod status;
 pub mod subscriber;
 
-/// Generated protobuf and gRPC code.
+/// Generated protobuf and gRPC code: the messages of the client crate and the server stubs.
 #[allow(
     missing_docs,
     unreachable_pub,
@@ -28,7 +27,7 @@ pub mod pb {
         pub mod cloudevents {
             /// Version 1.
             pub mod v1 {
-                tonic::include_proto!("io.cloudevents.v1");
+                pub use jetwatch_client::pb::io::cloudevents::v1::*;
             }
         }
     }
@@ -36,6 +35,7 @@ pub mod pb {
     pub mod jetwatch {
         /// Version 1.
         pub mod v1 {
+            pub use jetwatch_client::pb::jetwatch::v1::*;
             tonic::include_proto!("jetwatch.v1");
         }
     }

@@ -1,0 +1,127 @@
+//! The Admin API: streams, durable subscriptions, the gateway's version; and its gRPC health.
+
+use crate::connection::{connect, ClientError, Connection};
+use crate::pb::jetwatch::v1 as api;
+use crate::watcher::StartFrom;
+
+/// A stream, as the Admin API describes it.
+pub type StreamInfo = api::StreamInfo;
+
+/// A durable subscription, as the Admin API describes it.
+pub type DurableInfo = api::SubscriptionInfo;
+
+/// The gateway's version, as the Admin API describes it.
+pub type ServerInfo = api::ServerInfo;
+
+async fn admin(
+    conn: &Connection,
+) -> Result<api::admin_client::AdminClient<tonic::transport::Channel>, ClientError> {
+    Ok(api::admin_client::AdminClient::new(connect(conn).await?))
+}
+
+/// The gateway's streams.
+pub async fn streams(conn: &Connection) -> Result<Vec<StreamInfo>, ClientError> {
+    Ok(admin(conn)
+        .await?
+        .list_streams(conn.request(api::ListStreamsRequest {}))
+        .await?
+        .into_inner()
+        .streams)
+}
+
+/// One stream (empty name: the gateway's default stream).
+pub async fn stream(conn: &Connection, name: &str) -> Result<StreamInfo, ClientError> {
+    Ok(admin(conn)
+        .await?
+        .get_stream(conn.request(api::GetStreamRequest {
+            stream: name.to_owned(),
+        }))
+        .await?
+        .into_inner())
+}
+
+/// The durable subscriptions of `stream` (every declared stream when empty).
+pub async fn durables(conn: &Connection, stream: &str) -> Result<Vec<DurableInfo>, ClientError> {
+    Ok(admin(conn)
+        .await?
+        .list_subscriptions(conn.request(api::ListSubscriptionsRequest {
+            stream: stream.to_owned(),
+        }))
+        .await?
+        .into_inner()
+        .subscriptions)
+}
+
+/// One durable subscription of `stream` (empty: the default stream).
+pub async fn durable(
+    conn: &Connection,
+    stream: &str,
+    durable: &str,
+) -> Result<DurableInfo, ClientError> {
+    Ok(admin(conn)
+        .await?
+        .get_subscription(conn.request(api::GetSubscriptionRequest {
+            stream: stream.to_owned(),
+            durable: durable.to_owned(),
+        }))
+        .await?
+        .into_inner())
+}
+
+/// Deletes a durable subscription (its position is gone; its clients' streams end).
+pub async fn delete_durable(
+    conn: &Connection,
+    stream: &str,
+    durable: &str,
+) -> Result<(), ClientError> {
+    admin(conn)
+        .await?
+        .delete_subscription(conn.request(api::DeleteSubscriptionRequest {
+            stream: stream.to_owned(),
+            durable: durable.to_owned(),
+        }))
+        .await?;
+    Ok(())
+}
+
+/// Moves a durable subscription to `start`; its clients continue from there.
+pub async fn seek_durable(
+    conn: &Connection,
+    stream: &str,
+    durable: &str,
+    start: StartFrom,
+) -> Result<DurableInfo, ClientError> {
+    Ok(admin(conn)
+        .await?
+        .seek_subscription(conn.request(api::SeekSubscriptionRequest {
+            stream: stream.to_owned(),
+            durable: durable.to_owned(),
+            start: Some(crate::watcher::start_position(start)),
+        }))
+        .await?
+        .into_inner())
+}
+
+/// The gateway's version.
+pub async fn server_info(conn: &Connection) -> Result<ServerInfo, ClientError> {
+    Ok(admin(conn)
+        .await?
+        .get_server_info(conn.request(api::GetServerInfoRequest {}))
+        .await?
+        .into_inner())
+}
+
+/// Whether the gateway serves `service` (empty: the gateway as a whole), by the standard gRPC
+/// health protocol: `true` for SERVING (it is connected to NATS with its streams declared).
+pub async fn healthy(conn: &Connection, service: &str) -> Result<bool, ClientError> {
+    use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+    let mut client = tonic_health::pb::health_client::HealthClient::new(connect(conn).await?);
+    let status = client
+        .check(conn.request(HealthCheckRequest {
+            service: service.to_owned(),
+        }))
+        .await?
+        .into_inner()
+        .status;
+    Ok(status == ServingStatus::Serving as i32)
+}
