@@ -7,4 +7,6 @@ bash scripts/install-nats.sh
 # Every package of the workspace: library, binary and integration tests, and the examples in
 # the CESQL crate's documentation.
 cargo test --workspace --lib --bins --tests "$@"
+# The client crate's examples are documentation: they must build.
+cargo build --workspace --examples
 cargo test -p cesql --doc

@@ -27,6 +27,9 @@ fn help_names_every_sub_command_and_flag() {
         "get",
         "streams",
         "subscriptions",
+        "health",
+        "version",
+        "context",
     ] {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
@@ -201,12 +204,31 @@ fn printed_sequences(stdout: &[u8]) -> Vec<u64> {
 
 /// Runs a `jetwatch watch` to completion (bounded: a watch that hangs fails the test).
 async fn run_cli(args: Vec<String>) -> std::process::Output {
-    let child = jetwatch()
+    run_cli_with(args, &[], None).await
+}
+
+/// [`run_cli`] with environment variables and standard input.
+async fn run_cli_with(
+    args: Vec<String>,
+    envs: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut child = jetwatch()
         .args(&args)
+        .envs(envs.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        input.write_all(text.as_bytes()).unwrap();
+    }
     let pid = child.id();
     let waited = tokio::task::spawn_blocking(move || child.wait_with_output());
     match tokio::time::timeout(Duration::from_secs(30), waited).await {
@@ -547,4 +569,308 @@ async fn a_watch_says_when_it_is_live_and_how_to_resume_after_ctrl_c() {
         "{err}"
     );
     assert!(err.contains(&format!("--from {}", last + 1)), "{err}");
+}
+
+/// `args` as owned strings.
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_from_flags_says_what_was_stored_and_refuses_empty_input() {
+    let env = common::TestEnv::start().await;
+    let server = env.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("w1.json");
+    std::fs::write(&data, r#"{"size": 3}"#).unwrap();
+    let publish = |extra: &[&str]| {
+        let mut args = strings(&["publish", "--server", &server]);
+        args.extend(strings(extra));
+        args
+    };
+
+    let out = run_cli(publish(&[
+        "--type",
+        "com.example.widget.created",
+        "--source",
+        "/widgets",
+        "--subject",
+        "w1",
+        "--data",
+        &format!("@{}", data.display()),
+        "--ext",
+        "tenant=acme",
+    ]))
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("1 stored, 0 duplicate(s), 0 refused"), "{err}");
+    assert_eq!(printed_sequences(&out.stdout), [1]);
+
+    // What was stored: the flags' attributes, the file's data as JSON.
+    let got = run_cli(strings(&["get", "--server", &server, "-o", "json"])).await;
+    let line: serde_json::Value =
+        serde_json::from_slice(got.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    let event = &line["event"];
+    assert_eq!(event["type"], "com.example.widget.created");
+    assert_eq!(event["subject"], "w1");
+    assert_eq!(event["tenant"], "acme");
+    assert_eq!(event["datacontenttype"], "application/json");
+    assert_eq!(event["data"]["size"], 3);
+    assert!(
+        event["id"].as_str().is_some_and(|id| id.len() == 36),
+        "a UUID id"
+    );
+
+    // Optimistic concurrency: the resource is at sequence 1, not 0: refused, exit code 5.
+    let out = run_cli(publish(&[
+        "--type",
+        "com.example.widget.modified",
+        "--source",
+        "/widgets",
+        "--subject",
+        "w1",
+        "--data",
+        "plain words",
+        "--expect-sequence",
+        "0",
+    ]))
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SEQUENCE_MISMATCH"));
+    assert!(err.contains("0 stored, 0 duplicate(s), 1 refused"), "{err}");
+
+    // JSON events from standard input, then the same again: duplicates, nothing new stored.
+    let lines = json_event("s1", "w2", "a") + &json_event("s2", "w3", "b");
+    for want in ["2 stored, 0 duplicate(s)", "0 stored, 2 duplicate(s)"] {
+        let out = run_cli_with(publish(&[]), &[], Some(&lines)).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && err.contains(want), "{err}");
+    }
+
+    // Nothing to publish is a usage error, not a silent success.
+    let out = run_cli_with(publish(&[]), &[], Some("")).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no events to publish"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_formats_and_the_admin_commands_show_what_the_gateway_holds() {
+    let env = common::TestEnv::start().await;
+    let server = env.addr.to_string();
+    let mut publisher = env.publisher().await;
+    common::publish(&mut publisher, common::widget("a1", "w1", "created")).await;
+    let last = common::publish(&mut publisher, common::widget("m1", "w1", "modified")).await;
+    let run = |args: &[&str]| {
+        let mut all = strings(args);
+        all.extend(strings(&["--server", &server]));
+        run_cli(all)
+    };
+    let stdout = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // Table: the kubectl columns; wide adds the id; no headers leaves the header out.
+    let table = stdout(&run(&["get"]).await);
+    let header = table.lines().next().unwrap();
+    for column in ["SEQ", "AGE", "TYPE", "SOURCE", "SUBJECT"] {
+        assert!(header.contains(column), "{table}");
+    }
+    assert!(
+        !table.contains("\u{1b}["),
+        "no colour codes when not on a terminal"
+    );
+    let wide = stdout(&run(&["get", "-o", "wide"]).await);
+    assert!(
+        wide.lines().next().unwrap().contains("ID") && wide.contains("m1"),
+        "{wide}"
+    );
+    let bare = stdout(&run(&["get", "--no-headers"]).await);
+    assert_eq!(bare.lines().count(), 1, "{bare}");
+    assert!(bare.contains("com.example.widget.modified"), "{bare}");
+
+    // YAML documents that a YAML parser reads back.
+    let yaml = stdout(&run(&["get", "-o", "yaml"]).await);
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 1, "{yaml}");
+    assert_eq!(docs[0]["sequence"].as_u64(), Some(last));
+    assert_eq!(docs[0]["event"]["id"].as_str(), Some("m1"));
+
+    // Streams: one stream's details as JSON; a missing one is exit code 3.
+    let info: serde_json::Value = serde_json::from_str(&stdout(
+        &run(&["streams", "info", "events", "-o", "json"]).await,
+    ))
+    .unwrap();
+    assert_eq!(info["last_sequence"].as_u64(), Some(last));
+    assert_eq!(info["resources"].as_u64(), Some(1));
+    let missing = run(&["streams", "info", "nope"]).await;
+    assert_eq!(missing.status.code(), Some(3), "{missing:?}");
+
+    // Durable subscriptions: info, seek back to the start, delete.
+    let consumed = run_cli(strings(&[
+        "watch",
+        "--server",
+        &server,
+        "--durable",
+        "d1",
+        "--from",
+        "earliest",
+        "--limit",
+        "2",
+    ]))
+    .await;
+    assert!(consumed.status.success());
+    let info: serde_json::Value = serde_json::from_str(&stdout(
+        &run(&["subscriptions", "info", "d1", "-o", "json"]).await,
+    ))
+    .unwrap();
+    assert_eq!(info["ack_floor_sequence"].as_u64(), Some(last));
+    stdout(&run(&["subscriptions", "seek", "d1", "--to", "earliest"]).await);
+    let again = run_cli(strings(&[
+        "watch",
+        "--server",
+        &server,
+        "--durable",
+        "d1",
+        "-o",
+        "json",
+        "--limit",
+        "2",
+    ]))
+    .await;
+    assert_eq!(
+        printed_sequences(&again.stdout),
+        [1, last],
+        "seek moved it back"
+    );
+    stdout(&run(&["subscriptions", "delete", "d1"]).await);
+    let gone = run(&["subscriptions", "info", "d1"]).await;
+    assert_eq!(gone.status.code(), Some(3), "{gone:?}");
+
+    // Health and versions.
+    assert_eq!(stdout(&run(&["health"]).await).trim(), "SERVING");
+    let version = stdout(&run(&["version"]).await);
+    let want = format!("jetwatch {}", env!("CARGO_PKG_VERSION"));
+    assert!(
+        version.contains(&format!("client:  {want}"))
+            && version.contains(&format!("gateway: {want}")),
+        "{version}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_names_the_gateway_and_flags_override_it() {
+    let env = common::TestEnv::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_dir = dir.path().to_str().unwrap();
+    let envs = [("JETWATCH_CONFIG_DIR", config_dir)];
+    let server = env.addr.to_string();
+    let bad = format!("127.0.0.1:{}", free_port());
+
+    let set = run_cli_with(
+        strings(&["context", "set", "local", "--server", &server, "--use"]),
+        &envs,
+        None,
+    )
+    .await;
+    assert!(set.status.success(), "{set:?}");
+    let set = run_cli_with(
+        strings(&["context", "set", "elsewhere", "--server", &bad]),
+        &envs,
+        None,
+    )
+    .await;
+    assert!(set.status.success());
+    let list = run_cli_with(strings(&["context", "list"]), &envs, None).await;
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with('*') && l.contains("local")),
+        "{text}"
+    );
+
+    // No --server: the current context's gateway.
+    let health = run_cli_with(strings(&["health"]), &envs, None).await;
+    assert!(health.status.success(), "{health:?}");
+    // Another context by name; and a flag wins over it.
+    let other = run_cli_with(strings(&["health", "--context", "elsewhere"]), &envs, None).await;
+    assert_eq!(other.status.code(), Some(4), "{other:?}");
+    let flag = run_cli_with(
+        strings(&["health", "--context", "elsewhere", "--server", &server]),
+        &envs,
+        None,
+    )
+    .await;
+    assert!(flag.status.success(), "{flag:?}");
+    // A context that does not exist is an error that says how to list them.
+    let missing = run_cli_with(strings(&["health", "--context", "nope"]), &envs, None).await;
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{err}");
+    assert!(err.contains("no context named `nope`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_says_when_it_reconnects_and_from_where_and_misses_nothing() {
+    use std::io::BufRead;
+    let mut env = common::TestEnv::start().await;
+    let mut publisher = env.publisher().await;
+    common::publish_n(&mut publisher, "r", 5).await;
+    let mut child = jetwatch()
+        .args(["watch", "--server", &env.addr.to_string()])
+        .args(["--from", "earliest", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    tokio::task::spawn_blocking(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    printed.extend(read_sequences(5, &mut lines).await);
+    env.restart_gateway().await;
+    let mut publisher = env.publisher().await;
+    let last = common::publish_n(&mut publisher, "s", 5).await;
+    printed.extend(read_sequences(5, &mut lines).await);
+    signal(&child, nix::sys::signal::Signal::SIGINT);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(printed, (1..=last).collect::<Vec<_>>(), "{err}");
+    assert!(err.contains("disconnected: "), "{err}");
+    assert!(err.contains("reconnecting from sequence 6"), "{err}");
+    assert!(err.contains("resumed from sequence 6"), "{err}");
+}
+
+/// The next `n` sequences a `watch -o json` printed, line by line.
+async fn read_sequences(
+    n: usize,
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> Vec<u64> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.recv())
+            .await
+            .expect("the watch prints")
+            .expect("the watch runs");
+        got.extend(printed_sequences(line.as_bytes()));
+    }
+    got
 }

@@ -214,6 +214,21 @@ impl TestEnv {
         }
     }
 
+    /// Stops the gateway (gracefully, as SIGTERM does) and starts a new one on the same
+    /// address, as an operator's restart or a rolling update does.
+    pub async fn restart_gateway(&mut self) {
+        self.shutdown.cancel();
+        if let Some(gateway) = self.gateway.take() {
+            gateway.stopped(Duration::from_secs(10)).await;
+        }
+        self.shutdown = CancellationToken::new();
+        self.settings.server.listen = self.addr;
+        let gateway = jetwatch::server::start(self.settings.clone(), self.shutdown.clone())
+            .await
+            .expect("the gateway starts again on its address");
+        self.gateway = Some(gateway);
+    }
+
     /// Starts a second gateway on the same NATS (same settings, new ports).
     pub async fn second_gateway(&self) -> (jetwatch::server::Gateway, CancellationToken) {
         let token = CancellationToken::new();
