@@ -502,6 +502,24 @@ async fn failures_say_what_to_do_and_exit_with_documented_codes() {
         "{err}"
     );
 
+    // The same for a watch and a get that never reached a gateway: no waiting forever on a
+    // wrong address (a watch that was connected keeps reconnecting; see below).
+    for command in ["watch", "get"] {
+        let out = run_cli(strings(&[
+            command,
+            "--server",
+            &format!("127.0.0.1:{port}"),
+        ]))
+        .await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{command}: {err}");
+        assert!(
+            err.contains("cannot reach the gateway") && err.lines().count() == 1,
+            "{err}"
+        );
+        assert!(out.stdout.is_empty(), "no header before the error");
+    }
+
     // Some events refused: the others are stored; exit code 5.
     let env = common::TestEnv::start().await;
     let dir = tempfile::tempdir().unwrap();

@@ -264,11 +264,10 @@ pub(super) async fn subscriptions(args: SubscriptionsArgs) -> anyhow::Result<()>
 
 /// A NOT_FOUND answer as [`NotFound`] with a clearer message; other errors as they are.
 fn not_found(e: jetwatch_client::ClientError, message: String) -> anyhow::Error {
-    match &e {
-        jetwatch_client::ClientError::Status(s) if s.code() == tonic::Code::NotFound => {
-            NotFound(message).into()
-        }
-        _ => e.into(),
+    if e.is_not_found() {
+        NotFound(message).into()
+    } else {
+        e.into()
     }
 }
 

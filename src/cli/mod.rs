@@ -126,6 +126,12 @@ pub struct Refused(pub usize);
 #[error("{0}")]
 pub struct Usage(pub String);
 
+/// The gateway could not be reached, or a read it served was cut off (exit code
+/// [`exit::UNAVAILABLE`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
 /// `health`: the gateway answered but is not serving (exit code [`exit::UNAVAILABLE`]).
 #[derive(Debug, thiserror::Error)]
 #[error("the gateway at {0} is not serving (it is not connected to NATS or its streams are not declared)")]
@@ -148,16 +154,12 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     if e.is::<Usage>() {
         return exit::USAGE;
     }
-    if e.is::<NotServing>() {
+    if e.is::<NotServing>() || e.is::<Unavailable>() {
         return exit::UNAVAILABLE;
     }
     match e.downcast_ref::<ClientError>() {
-        Some(ClientError::Connect { .. }) => exit::UNAVAILABLE,
-        Some(ClientError::Status(s)) => match s.code() {
-            tonic::Code::Unavailable => exit::UNAVAILABLE,
-            tonic::Code::NotFound => exit::NOT_FOUND,
-            _ => exit::FAILED,
-        },
+        Some(e) if e.is_unavailable() => exit::UNAVAILABLE,
+        Some(e) if e.is_not_found() => exit::NOT_FOUND,
         _ => exit::FAILED,
     }
 }

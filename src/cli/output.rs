@@ -192,22 +192,37 @@ pub(super) fn progress_bar(length: Option<u64>, what: &str) -> indicatif::Progre
     if !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
+    let rate = |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = write!(w, "{:.0}/s", state.per_sec());
+    };
     let bar = match length {
         Some(n) => indicatif::ProgressBar::new(n).with_style(
             indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
+                "{msg} [{bar:30}] {human_pos}/{human_len} {rate} ETA {eta}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .with_key("rate", rate)
             .progress_chars("=> "),
         ),
         None => indicatif::ProgressBar::new_spinner().with_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg}: {pos} {per_sec}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            indicatif::ProgressStyle::with_template("{spinner} {msg}: {human_pos} {rate}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+                .with_key("rate", rate),
         ),
     };
     bar.set_message(what.to_owned());
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     bar
+}
+
+/// Runs `print` (a write to standard output) without garbling `bar`: when both are on the
+/// terminal, the bar is cleared first and drawn again after; otherwise they do not meet.
+pub(super) fn print_under<T>(bar: &indicatif::ProgressBar, print: impl FnOnce() -> T) -> T {
+    if !bar.is_hidden() && std::io::stdout().is_terminal() {
+        bar.suspend(print)
+    } else {
+        print()
+    }
 }
 
 /// Flushes standard output (before a durable acknowledges what it printed).

@@ -5,7 +5,7 @@ use jetwatch_client::{ExpiredPolicy, StartFrom, WatchItem, WatchOptions, Watcher
 use tokio_util::sync::CancellationToken;
 
 use super::output::{self, Format};
-use super::{attribute_value, ClientArgs, NotFound};
+use super::{attribute_value, ClientArgs, NotFound, Unavailable};
 
 /// Which events `watch` and `get` show: stream and attribute filters.
 #[derive(Debug, Args)]
@@ -156,10 +156,8 @@ pub(super) async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyho
     };
     let format = args.select.output;
     let mut watcher = Watcher::watch(args.client.connection()?, &options);
-    if !args.select.no_headers {
-        output::print_delivery_header(format)?;
-    }
     let mut count = 0u64;
+    let mut opened = false;
     let mut progress: Option<Progress> = None;
     let mut last_acked = None;
     loop {
@@ -186,6 +184,7 @@ pub(super) async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyho
                 start_sequence,
                 resumed,
             } => {
+                opened = true;
                 if resumed {
                     eprintln!("resumed from sequence {start_sequence}");
                 }
@@ -214,11 +213,16 @@ pub(super) async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyho
                 event,
                 ..
             } => {
-                let print =
-                    || output::print_delivery(format, sequence, &subject, stored_at, &event);
+                // The header comes with the first row (not before a connection error).
+                let print = || {
+                    if count == 0 && !args.select.no_headers {
+                        output::print_delivery_header(format)?;
+                    }
+                    output::print_delivery(format, sequence, &subject, stored_at, &event)
+                };
                 match &progress {
                     Some(p) => {
-                        p.bar.suspend(print)?;
+                        output::print_under(&p.bar, print)?;
                         if p.until > 0 {
                             p.bar.set_position(sequence.saturating_sub(p.start) + 1);
                         } else {
@@ -249,6 +253,10 @@ pub(super) async fn watch(args: WatchArgs, shutdown: CancellationToken) -> anyho
                 eprintln!("snapshot complete as of sequence {sequence}; watching");
             }
             WatchItem::Bookmark { sequence, .. } => caught_up(&mut progress, sequence),
+            // A gateway never reached is most likely a wrong address: say so rather than wait.
+            WatchItem::Disconnected { error, .. } if !opened => {
+                return Err(Unavailable(error).into());
+            }
             WatchItem::Disconnected {
                 error,
                 attempt,
@@ -310,6 +318,7 @@ pub(super) async fn get(args: GetArgs) -> anyhow::Result<()> {
     let format = args.select.output;
     let bar = output::progress_bar(None, "snapshot");
     let mut found = 0u64;
+    let mut opened = false;
     loop {
         match watcher.next().await? {
             WatchItem::Delivery {
@@ -320,25 +329,29 @@ pub(super) async fn get(args: GetArgs) -> anyhow::Result<()> {
                 ..
             } => {
                 if found == 0 && !args.select.no_headers {
-                    bar.suspend(|| output::print_delivery_header(format))?;
+                    output::print_under(&bar, || output::print_delivery_header(format))?;
                 }
                 found += 1;
-                bar.suspend(|| {
+                output::print_under(&bar, || {
                     output::print_delivery(format, sequence, &subject, stored_at, &event)
                 })?;
                 bar.inc(1);
             }
             WatchItem::SnapshotEnd { .. } => break,
+            WatchItem::Disconnected { error, .. } if !opened => {
+                bar.finish_and_clear();
+                return Err(Unavailable(error).into());
+            }
             WatchItem::Disconnected { error, .. } => {
                 // A snapshot cannot resume half-way: what was printed would be printed again.
                 bar.finish_and_clear();
-                let status = tonic::Status::unavailable(format!(
+                return Err(Unavailable(format!(
                     "the snapshot was interrupted after {found} resource(s): {error}; run it again"
-                ));
-                return Err(jetwatch_client::ClientError::Status(status).into());
+                ))
+                .into());
             }
-            WatchItem::Opened { .. } | WatchItem::Bookmark { .. } | WatchItem::Restarted { .. } => {
-            }
+            WatchItem::Opened { .. } => opened = true,
+            WatchItem::Bookmark { .. } | WatchItem::Restarted { .. } => {}
         }
     }
     bar.finish_and_clear();

@@ -33,6 +33,21 @@ impl ClientError {
         }
     }
 
+    /// Whether the gateway said that what was asked for does not exist (NOT_FOUND).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Status(s) if s.code() == tonic::Code::NotFound)
+    }
+
+    /// Whether the gateway could not be reached or was unavailable: retrying may help.
+    pub fn is_unavailable(&self) -> bool {
+        self.is_retryable()
+    }
+
+    /// An UNAVAILABLE error raised by the client itself (e.g. a snapshot cut off half-way).
+    pub fn unavailable(message: impl Into<String>) -> ClientError {
+        ClientError::Status(tonic::Status::unavailable(message))
+    }
+
     /// The machine-readable reason of a gateway error (`google.rpc.ErrorInfo.reason`, e.g.
     /// `STREAM_NOT_FOUND`), if it has one.
     pub fn reason(&self) -> Option<String> {

@@ -1,12 +1,12 @@
-//! The Rust client of [jetwatch], a fan-out broker for resource-change CloudEvents on NATS
+//! The Rust client of jetwatch, a fan-out broker for resource-change CloudEvents on NATS
 //! JetStream.
 //!
 //! - [`Connection`]: where the gateway is and how to authenticate (token, TLS, mTLS).
 //! - [`Publisher`]: publish one event, or many pipelined over one stream.
 //! - [`Watcher`]: a filtered, replayable watch that resumes after any disconnect from the last
 //!   delivery or bookmark, with exponential backoff and jitter, and says so with typed items
-//!   ([`WatchItem::Disconnected`], [`WatchItem::Resumed`], [`WatchItem::Restarted`]), in the
-//!   spirit of kube-runtime's watcher.
+//!   ([`WatchItem::Disconnected`], [`WatchItem::Opened`] with `resumed`,
+//!   [`WatchItem::Restarted`]), in the spirit of kube-runtime's watcher.
 //! - [`Reflector`]: the current state of every matching resource (a snapshot, then every
 //!   change), kept in a map that any number of readers consult while it runs.
 //! - [`admin`]: streams, durable subscriptions, health and version.
@@ -27,8 +27,6 @@
 //! }
 //! # }
 //! ```
-//!
-//! [jetwatch]: https://github.com/jetwatch/jetwatch
 
 pub mod admin;
 mod connection;
