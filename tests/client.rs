@@ -277,3 +277,94 @@ async fn a_reflector_under_random_changes_converges_to_what_a_fresh_snapshot_sho
     assert!(!reflector.is_finished());
     reader.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reflector_restarts_from_its_checkpoint_and_falls_back_to_a_snapshot() {
+    let env = TestEnv::with(|s| {
+        s.streams[0].tombstone = Some("type LIKE '%.deleted'".into());
+    })
+    .await;
+    let server = env.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let options = || ReflectorOptions {
+        checkpoint_file: Some(dir.path().join("widgets.checkpoint")),
+        checkpoint_interval: Duration::from_millis(50),
+        ..ReflectorOptions::default()
+    };
+    let mut publisher = Publisher::connect(server.as_str()).await.unwrap();
+    let publish = |events: Vec<Event>| {
+        let mut publisher = publisher.clone();
+        async move {
+            let results = publisher.publish_all("", &events).await.unwrap();
+            results.last().unwrap().as_ref().unwrap().sequence
+        }
+    };
+    let created: Vec<Event> = (0..50)
+        .map(|i| event(&format!("c{i}"), &format!("w{i}"), "created"))
+        .collect();
+    let first = publish(created).await;
+
+    let reflector = Reflector::start(server.as_str(), options());
+    reflector.wait_for_sequence(first).await.unwrap();
+    assert_eq!(
+        reflector.resumed_from(),
+        None,
+        "no checkpoint yet: a snapshot"
+    );
+    assert_eq!(reflector.len(), 50);
+    reflector.save_checkpoint().await.unwrap();
+    drop(reflector);
+
+    // While no reflector runs: w0..w9 deleted, w10..w19 modified, w50..w59 created.
+    let mut changes = Vec::new();
+    for i in 0..10 {
+        changes.push(event(&format!("d{i}"), &format!("w{i}"), "deleted"));
+        changes.push(event(&format!("m{i}"), &format!("w{}", i + 10), "modified"));
+        changes.push(event(&format!("n{i}"), &format!("w{}", i + 50), "created"));
+    }
+    let second = publish(changes).await;
+
+    // Restarted on its checkpoint: ready at once with the stored state, then the changes.
+    let reflector = Reflector::start(server.as_str(), options());
+    reflector.wait_until_ready().await.unwrap();
+    assert_eq!(
+        reflector.resumed_from(),
+        Some(first),
+        "resumed from the checkpoint"
+    );
+    reflector.wait_for_sequence(second).await.unwrap();
+    let state = |r: &Reflector| -> BTreeMap<String, (u64, String)> {
+        r.list()
+            .into_iter()
+            .map(|r| (r.subject, (r.sequence, r.event.id.clone())))
+            .collect()
+    };
+    assert_eq!(state(&reflector), snapshot(&server).await);
+    assert_eq!(reflector.len(), 50);
+    assert!(reflector.get("events.widgets._.w0").is_none(), "deleted");
+    assert_eq!(
+        reflector.get("events.widgets._.w10").unwrap().event.ty,
+        "com.example.widget.modified"
+    );
+    reflector.save_checkpoint().await.unwrap();
+    drop(reflector);
+
+    // The checkpoint's position leaves the stream: a new snapshot, whatever was stored.
+    publish(vec![event("gone", "w98", "created")]).await;
+    let third = publish(vec![event("late", "w99", "created")]).await;
+    let js = env.jetstream().await;
+    let mut stream = js.get_stream("events").await.unwrap();
+    stream.purge().sequence(third).await.unwrap();
+    let reflector = Reflector::start(server.as_str(), options());
+    reflector.wait_for_sequence(third).await.unwrap();
+    assert_eq!(state(&reflector), snapshot(&server).await);
+    assert_eq!(reflector.len(), 1, "only w99 is left in the stream");
+    drop(reflector);
+
+    // An unreadable checkpoint is ignored: a snapshot.
+    std::fs::write(dir.path().join("widgets.checkpoint"), b"garbage").unwrap();
+    let reflector = Reflector::start(server.as_str(), options());
+    reflector.wait_until_ready().await.unwrap();
+    assert_eq!(reflector.resumed_from(), None);
+    assert_eq!(state(&reflector), snapshot(&server).await);
+}

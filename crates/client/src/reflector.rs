@@ -5,15 +5,27 @@
 //! it runs. After a disconnect it resumes where it was (the [`Watcher`] guarantees no gap and
 //! no duplicate); when its position has expired from the stream it takes a new snapshot and
 //! swaps the map only once that snapshot is complete, so readers never see a half-built state.
+//!
+//! With a checkpoint file ([`ReflectorOptions::checkpoint_file`]) it stores its map and the
+//! sequence the map reflects every [`ReflectorOptions::checkpoint_interval`] (and on
+//! [`Reflector::save_checkpoint`]); a reflector started on that file later resumes from the
+//! stored position instead of taking a snapshot: a large cache restarts without reading every
+//! resource again. A checkpoint whose position has expired from the stream falls back to a
+//! snapshot; an unreadable one is reported and ignored.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::connection::{ClientError, Connection};
+use crate::convert::{event_from_pb, event_to_pb, timestamp_from_pb, timestamp_to_pb};
 use crate::event::Event;
+use crate::pb::jetwatch::v1 as api;
 use crate::watcher::{ExpiredPolicy, StartFrom, WatchItem, WatchOptions, Watcher};
 
 /// Decides whether an event deletes its resource.
@@ -29,12 +41,19 @@ pub struct ReflectorOptions {
     /// (ignoring case), the convention of the gateway's example `tombstone` setting; use the
     /// same rule as the stream's `tombstone` so that snapshots and changes agree.
     pub is_deletion: DeletionRule,
+    /// Where to keep a checkpoint of the map and its position (none by default). Written
+    /// whole through a temporary file and a rename, so a crash leaves the previous one.
+    pub checkpoint_file: Option<PathBuf>,
+    /// How often the checkpoint is written when the map has changed (default 10 s).
+    pub checkpoint_interval: Duration,
 }
 
 impl std::fmt::Debug for ReflectorOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReflectorOptions")
             .field("watch", &self.watch)
+            .field("checkpoint_file", &self.checkpoint_file)
+            .field("checkpoint_interval", &self.checkpoint_interval)
             .finish_non_exhaustive()
     }
 }
@@ -44,6 +63,8 @@ impl Default for ReflectorOptions {
         ReflectorOptions {
             watch: WatchOptions::default(),
             is_deletion: Arc::new(|e: &Event| e.ty.to_ascii_lowercase().ends_with(".deleted")),
+            checkpoint_file: None,
+            checkpoint_interval: Duration::from_secs(10),
         }
     }
 }
@@ -76,6 +97,11 @@ enum Progress {
 struct Shared {
     resources: RwLock<HashMap<String, Resource>>,
     progress: watch::Sender<Progress>,
+    /// The checkpoint's sequence this reflector resumed from (0: it took a snapshot).
+    resumed_from: AtomicU64,
+    checkpoint_file: Option<PathBuf>,
+    /// Serialises checkpoint writes.
+    checkpoint_lock: tokio::sync::Mutex<()>,
 }
 
 /// A map of the current state of every matching resource, kept up to date by a background
@@ -103,12 +129,11 @@ impl Reflector {
         let shared = Arc::new(Shared {
             resources: RwLock::new(HashMap::new()),
             progress,
+            resumed_from: AtomicU64::new(0),
+            checkpoint_file: options.checkpoint_file.clone(),
+            checkpoint_lock: tokio::sync::Mutex::new(()),
         });
-        let mut watch = options.watch.clone();
-        watch.from = StartFrom::Snapshot;
-        watch.on_expired = ExpiredPolicy::Resnapshot;
-        let watcher = Watcher::watch(conn, &watch);
-        let task = tokio::spawn(run(watcher, options.is_deletion, shared.clone()));
+        let task = tokio::spawn(run(conn.into(), options, shared.clone()));
         Reflector {
             shared,
             task: Arc::new(TaskGuard(task)),
@@ -149,6 +174,18 @@ impl Reflector {
         }
     }
 
+    /// The checkpoint position this reflector resumed from, if it started from a checkpoint
+    /// rather than a snapshot.
+    pub fn resumed_from(&self) -> Option<u64> {
+        Some(self.shared.resumed_from.load(Ordering::Relaxed)).filter(|s| *s > 0)
+    }
+
+    /// Writes the checkpoint now (with [`ReflectorOptions::checkpoint_file`]; otherwise
+    /// nothing), e.g. before the application exits.
+    pub async fn save_checkpoint(&self) -> std::io::Result<()> {
+        save_checkpoint(&self.shared).await
+    }
+
     /// The resource named by this NATS subject.
     pub fn get(&self, subject: &str) -> Option<Resource> {
         self.shared.resources.read().get(subject).cloned()
@@ -176,11 +213,49 @@ impl Reflector {
 }
 
 /// The background task: applies the watch to the map until it fails.
-async fn run(mut watcher: Watcher, is_deletion: DeletionRule, shared: Arc<Shared>) {
+async fn run(conn: Connection, options: ReflectorOptions, shared: Arc<Shared>) {
+    let mut watch = options.watch.clone();
+    watch.on_expired = ExpiredPolicy::Resnapshot;
+    watch.from = StartFrom::Snapshot;
     // A snapshot being collected: swapped in whole at its end.
     let mut building: Option<HashMap<String, Resource>> = Some(HashMap::new());
+    if let Some(path) = &options.checkpoint_file {
+        match load_checkpoint(path).await {
+            Ok(Some((sequence, resources))) => {
+                *shared.resources.write() = resources;
+                shared.resumed_from.store(sequence, Ordering::Relaxed);
+                shared.progress.send_replace(Progress::At(sequence));
+                watch.from = StartFrom::Sequence(sequence + 1);
+                building = None;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                path = %path.display(), error = %e,
+                "the reflector's checkpoint cannot be read; taking a snapshot"
+            ),
+        }
+    }
+    let mut watcher = Watcher::watch(conn, &watch);
+    let is_deletion = options.is_deletion;
+    let mut ticks =
+        tokio::time::interval(options.checkpoint_interval.max(Duration::from_millis(10)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut saved_at = shared.progress.borrow().clone();
     loop {
-        let item = match watcher.next().await {
+        let item = tokio::select! {
+            item = watcher.next() => item,
+            _ = ticks.tick(), if shared.checkpoint_file.is_some() => {
+                let now = shared.progress.borrow().clone();
+                if now != saved_at && matches!(now, Progress::At(_)) {
+                    if let Err(e) = save_checkpoint(&shared).await {
+                        tracing::warn!(error = %e, "cannot write the reflector's checkpoint");
+                    }
+                    saved_at = now;
+                }
+                continue;
+            }
+        };
+        let item = match item {
             Ok(item) => item,
             Err(e) => {
                 shared
@@ -236,6 +311,92 @@ async fn run(mut watcher: Watcher, is_deletion: DeletionRule, shared: Arc<Shared
             | WatchItem::Disconnected { .. } => {}
         }
     }
+}
+
+/// The first bytes of a checkpoint file.
+const CHECKPOINT_MAGIC: &[u8] = b"jetwatch reflector checkpoint v1\n";
+
+/// Writes the map and its position: the magic line, a `Bookmark` with the sequence, then one
+/// `Delivery` per resource, each length-delimited protobuf (the API's own messages).
+async fn save_checkpoint(shared: &Shared) -> std::io::Result<()> {
+    use prost::Message;
+    let Some(path) = shared.checkpoint_file.clone() else {
+        return Ok(());
+    };
+    let _one_at_a_time = shared.checkpoint_lock.lock().await;
+    // The position and the map are read under the map's lock, so they agree.
+    let bytes = {
+        let resources = shared.resources.read();
+        let Progress::At(sequence) = *shared.progress.borrow() else {
+            return Ok(());
+        };
+        let mut buf = Vec::with_capacity(64 + resources.len() * 256);
+        buf.extend_from_slice(CHECKPOINT_MAGIC);
+        api::Bookmark {
+            sequence,
+            pending: resources.len() as u64,
+        }
+        .encode_length_delimited(&mut buf)
+        .map_err(std::io::Error::other)?;
+        for r in resources.values() {
+            api::Delivery {
+                event: Some(event_to_pb(&r.event)),
+                sequence: r.sequence,
+                subject: r.subject.clone(),
+                delivery_count: 1,
+                stored_at: r.stored_at.as_ref().map(timestamp_to_pb),
+            }
+            .encode_length_delimited(&mut buf)
+            .map_err(std::io::Error::other)?;
+        }
+        buf
+    };
+    let tmp = path.with_extension("tmp");
+    tokio::fs::write(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, &path).await
+}
+
+/// Reads a checkpoint: its sequence and resources, or `None` when there is no file.
+async fn load_checkpoint(path: &Path) -> std::io::Result<Option<(u64, HashMap<String, Resource>)>> {
+    use prost::Message;
+    let bytes = match tokio::fs::read(path).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut buf = bytes
+        .strip_prefix(CHECKPOINT_MAGIC)
+        .ok_or_else(|| invalid("not a reflector checkpoint".into()))?;
+    let head = api::Bookmark::decode_length_delimited(&mut buf)
+        .map_err(|e| invalid(format!("position: {e}")))?;
+    let mut resources =
+        HashMap::with_capacity(usize::try_from(head.pending).unwrap_or(0).min(1 << 20));
+    while !buf.is_empty() {
+        let d = api::Delivery::decode_length_delimited(&mut buf)
+            .map_err(|e| invalid(format!("resource: {e}")))?;
+        let event = d
+            .event
+            .ok_or_else(|| invalid("a resource without an event".into()))?;
+        let event = event_from_pb(event, "event").map_err(|e| invalid(e.to_string()))?;
+        resources.insert(
+            d.subject.clone(),
+            Resource {
+                subject: d.subject,
+                sequence: d.sequence,
+                stored_at: d.stored_at.as_ref().and_then(timestamp_from_pb),
+                event: Arc::new(event),
+            },
+        );
+    }
+    if resources.len() as u64 != head.pending {
+        return Err(invalid(format!(
+            "{} resources where {} were written",
+            resources.len(),
+            head.pending
+        )));
+    }
+    Ok(Some((head.sequence, resources)))
 }
 
 fn apply(map: &mut HashMap<String, Resource>, resource: Resource, deleted: bool) {
