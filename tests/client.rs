@@ -291,7 +291,7 @@ async fn a_reflector_restarts_from_its_checkpoint_and_falls_back_to_a_snapshot()
         checkpoint_interval: Duration::from_millis(50),
         ..ReflectorOptions::default()
     };
-    let mut publisher = Publisher::connect(server.as_str()).await.unwrap();
+    let publisher = Publisher::connect(server.as_str()).await.unwrap();
     let publish = |events: Vec<Event>| {
         let mut publisher = publisher.clone();
         async move {
@@ -353,7 +353,7 @@ async fn a_reflector_restarts_from_its_checkpoint_and_falls_back_to_a_snapshot()
     publish(vec![event("gone", "w98", "created")]).await;
     let third = publish(vec![event("late", "w99", "created")]).await;
     let js = env.jetstream().await;
-    let mut stream = js.get_stream("events").await.unwrap();
+    let stream = js.get_stream("events").await.unwrap();
     stream.purge().sequence(third).await.unwrap();
     let reflector = Reflector::start(server.as_str(), options());
     reflector.wait_for_sequence(third).await.unwrap();
