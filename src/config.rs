@@ -55,6 +55,9 @@ pub struct Settings {
     /// Who may call, and what each caller may do.
     #[serde(default)]
     pub auth: AuthSettings,
+    /// Metrics, traces and logs.
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
     /// The streams the gateway declares at start-up (created or updated).
     pub streams: Vec<StreamSettings>,
 }
@@ -81,6 +84,44 @@ pub struct ServerSettings {
     /// against reset floods. Quick cancels of many watches on one long-lived connection cause
     /// such resets too, so the default is far above the HTTP/2 library's 1024. Default 65536.
     pub http2_max_local_resets: usize,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// Durable subscriptions reported in the `jetwatch_durable_*` metrics at most (each
+    /// scrape reads their counts from JetStream). Default 1000.
+    pub max_durables: usize,
+    /// OTLP/gRPC endpoint that receives traces, e.g. `http://127.0.0.1:4317`. Default none:
+    /// spans stay in the process (logs only).
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of exported spans. Default `jetwatch`.
+    pub service_name: String,
+    /// Fraction of traces started here that are sampled (0 to 1); a publish with a sampled
+    /// `traceparent` is always followed. Default 1.
+    pub sample_ratio: f64,
+    /// Spans queued for export at most; more are dropped (and counted by the exporter).
+    /// Default 2048.
+    pub max_queued_spans: usize,
+    /// Least time between two warnings about slow subscribers (falling behind the history
+    /// ring); the ones in between are counted in `jetwatch_warnings_suppressed_total`.
+    /// Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub slow_warning_interval: Duration,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            max_durables: 1000,
+            otlp_endpoint: None,
+            service_name: "jetwatch".into(),
+            sample_ratio: 1.0,
+            max_queued_spans: 2048,
+            slow_warning_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[nats]`.
@@ -830,6 +871,27 @@ impl Settings {
             );
         }
         self.validate_security(&names)?;
+        let t = &self.telemetry;
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return invalid(
+                "telemetry.sample_ratio".into(),
+                "must be between 0 and 1".into(),
+            );
+        }
+        if t.max_queued_spans == 0 {
+            return invalid(
+                "telemetry.max_queued_spans".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if let Some(endpoint) = &t.otlp_endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return invalid(
+                    "telemetry.otlp_endpoint".into(),
+                    format!("`{endpoint}` must be an http:// or https:// URL"),
+                );
+            }
+        }
         let n = &self.nats;
         let methods = [
             n.user.is_some() || n.password_file.is_some(),

@@ -15,6 +15,8 @@ use crate::error::Error;
 use crate::event::{AttributeValue, Event};
 use crate::store::{PendingAck, Store};
 use crate::subject::SubjectTemplate;
+use crate::telemetry::metrics::{Outcome, PublishLabels, StreamLabels};
+use crate::telemetry::METRICS;
 
 /// One publish, in domain terms.
 #[derive(Debug, Clone)]
@@ -48,13 +50,29 @@ pub struct InFlight {
     stream: String,
     subject: String,
     ack: PendingAck,
+    /// When the publish was received.
+    started: std::time::Instant,
+    /// The encoded message's size.
+    bytes: u64,
 }
 
 impl InFlight {
     /// Waits for JetStream's acknowledgement.
     pub async fn wait(self) -> Result<Published, Error> {
+        let (stream, started, bytes) = (self.stream.clone(), self.started, self.bytes);
         let result = self.wait_inner().await;
-        count(&result.as_ref().map(|p| p.duplicate).map_err(|_| ()));
+        let outcome = match &result {
+            Ok(p) if p.duplicate => Outcome::duplicate,
+            Ok(_) => Outcome::stored,
+            Err(e) => outcome_of(e),
+        };
+        record(&stream, outcome, bytes);
+        if result.is_ok() {
+            METRICS
+                .publish_duration
+                .get_or_create(&StreamLabels::of(&stream))
+                .observe(started.elapsed().as_secs_f64());
+        }
         result
     }
 
@@ -85,15 +103,38 @@ fn stamp_authcontext(event: &mut Event, identity: &Identity) {
     }
 }
 
-/// Counts a publish outcome in the metrics (`Ok(duplicate)` or a failure).
-fn count(outcome: &Result<bool, ()>) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let c = &crate::telemetry::COUNTERS;
-    match outcome {
-        Ok(false) => c.published.fetch_add(1, Relaxed),
-        Ok(true) => c.duplicates.fetch_add(1, Relaxed),
-        Err(()) => c.publish_errors.fetch_add(1, Relaxed),
+/// How a failed publish is counted.
+fn outcome_of(e: &Error) -> Outcome {
+    match e {
+        Error::InvalidArgument { .. }
+        | Error::InvalidEvent(_)
+        | Error::EventTooLarge { .. }
+        | Error::RequestTooLarge { .. }
+        | Error::MalformedRequest(_)
+        | Error::StreamNotFound(_) => Outcome::invalid,
+        Error::SequenceMismatch { .. } => Outcome::rejected_sequence,
+        Error::Unauthenticated { .. } | Error::PermissionDenied { .. } | Error::RateLimited { .. } => {
+            Outcome::denied
+        }
+        _ => Outcome::error,
+    }
+}
+
+/// Counts one publish of `bytes` on `stream`.
+fn record(stream: &str, outcome: Outcome, bytes: u64) {
+    let labels = PublishLabels {
+        stream: stream.to_owned(),
+        outcome,
     };
+    METRICS.publish_events.get_or_create(&labels).inc();
+    METRICS.publish_bytes.get_or_create(&labels).inc_by(bytes);
+}
+
+/// Counts a publish refused before it reached JetStream (`stream` as the request named it;
+/// empty for the default stream).
+pub fn refused(stream: &str, default_stream: &str, e: &Error) {
+    let stream = if stream.is_empty() { default_stream } else { stream };
+    record(stream, outcome_of(e), 0);
 }
 
 /// Publishes events into the configured streams.
@@ -139,14 +180,35 @@ impl Publisher {
         })
     }
 
+    /// The stream a request names (the default stream when it names none).
+    pub fn default_stream(&self) -> &str {
+        &self.inner.default_stream
+    }
+
     /// Validates, encodes and sends one event; the returned [`InFlight`] yields the ack.
     pub async fn send(&self, req: PublishRequest) -> Result<InFlight, Error> {
-        let inner = &self.inner;
+        let started = std::time::Instant::now();
         let stream = if req.stream.is_empty() {
-            inner.default_stream.clone()
+            self.inner.default_stream.clone()
         } else {
-            req.stream
+            req.stream.clone()
         };
+        match self.send_inner(req, stream.clone(), started).await {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                record(&stream, outcome_of(&e), 0);
+                Err(e)
+            }
+        }
+    }
+
+    async fn send_inner(
+        &self,
+        req: PublishRequest,
+        stream: String,
+        started: std::time::Instant,
+    ) -> Result<InFlight, Error> {
+        let inner = &self.inner;
         let template = inner
             .templates
             .get(&stream)
@@ -171,6 +233,7 @@ impl Publisher {
             return Err(Error::denied(Action::Publish, &stream, Some(&subject)));
         }
         let encoded = codec::encode(&event).map_err(|e| Error::invalid("event", e.to_string()))?;
+        let bytes = encoded.size() as u64;
         let msg_id = codec::dedup_key(&event.source, &event.id);
         // The store refuses a message over the configured limit or the server's max_payload,
         // measured as NATS counts it (EventTooLarge), before sending it.
@@ -188,17 +251,13 @@ impl Publisher {
             stream,
             subject,
             ack,
+            started,
+            bytes,
         })
     }
 
     /// Publishes one event and waits for it to be stored.
     pub async fn publish(&self, req: PublishRequest) -> Result<Published, Error> {
-        match self.send(req).await {
-            Ok(f) => f.wait().await,
-            Err(e) => {
-                count(&Err(()));
-                Err(e)
-            }
-        }
+        self.send(req).await?.wait().await
     }
 }

@@ -118,7 +118,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
     tracing::info!(url = %settings.nats.url, streams = settings.streams.len(), "NATS ready");
     let publisher = Publisher::new(store.clone(), &settings, auth.clone())
         .map_err(|e| StartError::Other(e.to_string()))?;
-    let gauges = telemetry::Gauges::default();
+    let gauges = telemetry::Gauges;
+    telemetry::set_slow_warning_interval(settings.telemetry.slow_warning_interval);
     let engine = Engine::new(
         store.clone(),
         settings.clone(),
@@ -152,10 +153,16 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         addr: listen,
         source,
     })?;
-    let metrics_addr = telemetry::serve_metrics(
+    // Ready: NATS connected, streams declared, not shutting down.
+    let (ready_tx, ready) = tokio::sync::watch::channel(true);
+    let metrics_addr = telemetry::serve_http(
         settings.server.metrics_listen,
-        gauges,
-        store.clone(),
+        telemetry::HttpState {
+            store: store.clone(),
+            streams: settings.streams.iter().map(|s| s.name.clone()).collect(),
+            max_durables: settings.telemetry.max_durables,
+            ready,
+        },
         shutdown.clone(),
     )
     .await
@@ -164,9 +171,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         source,
     })?;
 
-    // Health follows the NATS connection.
+    // Health follows the NATS connection and the streams: after NATS comes back, the streams
+    // are declared again (a server that lost its store has none) before serving resumes.
     {
-        let (health, shutdown) = (health.clone(), shutdown.clone());
+        let (health, shutdown, ready_tx) = (health.clone(), shutdown.clone(), ready_tx.clone());
+        let (store, streams) = (store.clone(), settings.streams.clone());
         let mut connected = store.connection();
         tokio::spawn(async move {
             loop {
@@ -174,14 +183,29 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
                     r = connected.changed() => if r.is_err() { return },
                     () = shutdown.cancelled() => return,
                 }
-                let connected = *connected.borrow_and_update();
-                tracing::warn!(connected, "NATS connection state changed");
-                let status = if connected {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                };
-                set_health(&health, status).await;
+                let up = *connected.borrow_and_update();
+                tracing::warn!(connected = up, "NATS connection state changed");
+                if !up {
+                    ready_tx.send_replace(false);
+                    set_health(&health, ServingStatus::NotServing).await;
+                    continue;
+                }
+                let mut declared = false;
+                while !declared && *connected.borrow() && !shutdown.is_cancelled() {
+                    declared = true;
+                    for s in &streams {
+                        if let Err(e) = store.ensure_stream(s).await {
+                            tracing::warn!(stream = s.name, error = %e, "cannot declare the stream; retrying");
+                            declared = false;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            break;
+                        }
+                    }
+                }
+                if declared && !shutdown.is_cancelled() {
+                    ready_tx.send_replace(true);
+                    set_health(&health, ServingStatus::Serving).await;
+                }
             }
         });
     }
@@ -204,6 +228,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         async move {
             shutdown.cancelled().await;
             tracing::info!("shutting down: refusing new streams, ending open ones");
+            ready_tx.send_replace(false);
             set_health(&health, ServingStatus::NotServing).await;
         }
     };
@@ -211,6 +236,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_max_local_error_reset_streams(Some(settings.server.http2_max_local_resets))
+        // Outermost: every call is counted with the code the client sees.
+        .layer(crate::grpc::metrics::MetricsLayer)
         // Requests tonic cannot read (too large, not protobuf) are answered with the
         // contract's codes, not tonic's OUT_OF_RANGE and INTERNAL.
         .layer(tower::util::MapResponseLayer::new(

@@ -144,6 +144,23 @@ pub struct Encoded {
     pub payload: bytes::Bytes,
 }
 
+impl Encoded {
+    /// Bytes of the message: header names and values plus the payload.
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, values)| {
+                values
+                    .iter()
+                    .map(|v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
+                    .sum::<usize>()
+            })
+            .sum();
+        headers + self.payload.len()
+    }
+}
+
 /// Writes an event as a NATS message in binary content mode (see the module docs).
 ///
 /// Fails only for events that cannot be written faithfully: an attribute name that is not a

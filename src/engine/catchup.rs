@@ -351,9 +351,7 @@ impl Catchup {
                 Err(Arc::new(e))
             }
         };
-        self.gauges
-            .catchup_cache_bytes
-            .store(cache.bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        self.gauges.catchup_cache_bytes.set(cache.bytes as i64);
         loaded
     }
 

@@ -29,6 +29,7 @@ use super::{
     Start, Stop, StoredEvent, Window,
 };
 use crate::config::Settings;
+use crate::telemetry::metrics::{DeadReason, Settlement, SettlementCounters};
 use crate::error::Error;
 use crate::event::AttributeValue;
 use crate::store::{Acker, Consumer, ConsumerSpec, ConsumerStart, Delivered, StartAt};
@@ -135,6 +136,7 @@ pub(super) async fn open(p: Params<'_>) -> Result<Opened, Error> {
         ack_wait: req.ack_wait,
         max_deliver: p.settings.subscribe.max_deliver,
         dead_letter_subject: p.dead_letter_subject,
+        metrics: SettlementCounters::of(&req.stream),
         stream: req.stream.clone(),
         heartbeat: req.heartbeat,
         batch: p.settings.fanout.batch,
@@ -171,6 +173,8 @@ struct Task {
     max_deliver: u32,
     dead_letter_subject: Option<String>,
     stream: String,
+    /// Settlement and dead-letter counters of the stream.
+    metrics: SettlementCounters,
     heartbeat: Option<Duration>,
     batch: usize,
     tx: mpsc::Sender<Result<Batch, Box<Error>>>,
@@ -284,6 +288,7 @@ impl Task {
             return Ok(());
         };
         if delivery_count > self.max_deliver {
+            self.metrics.dead_letter(DeadReason::max_deliveries);
             self.dead_letter(&event, delivery_count, "maximum deliveries exceeded")
                 .await;
             let _ = acker.term().await;
@@ -376,6 +381,7 @@ impl Task {
             Control::Ack(seqs) => {
                 for s in seqs {
                     if let Some(p) = self.take(s) {
+                        self.metrics.settled(Settlement::ack);
                         let _ = p.acker.ack().await;
                     }
                 }
@@ -383,6 +389,7 @@ impl Task {
             Control::Nack(seqs, delay) => {
                 for s in seqs {
                     if let Some(p) = self.take(s) {
+                        self.metrics.settled(Settlement::nack);
                         let _ = p.acker.nak(delay).await;
                     }
                 }
@@ -395,6 +402,8 @@ impl Task {
                         } else {
                             &reason
                         };
+                        self.metrics.settled(Settlement::term);
+                        self.metrics.dead_letter(DeadReason::terminated);
                         self.dead_letter(&p.event, p.delivery_count, reason).await;
                         let _ = p.acker.term().await;
                     }
@@ -407,6 +416,7 @@ impl Task {
     /// AUTO: the transport sent `sequence`; acknowledge it (its permit came back on send).
     async fn on_sent(&mut self, sequence: u64) {
         if let Some(p) = self.in_flight.remove(&sequence) {
+            self.metrics.settled(Settlement::ack);
             let _ = p.acker.ack().await;
         }
     }

@@ -12,7 +12,6 @@
 //! old events are evicted, `next` when the reader appends.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,6 +121,16 @@ impl Ring {
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// Events held.
+    pub(crate) fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// The oldest sequence held (0 when empty).
+    pub(crate) fn oldest(&self) -> u64 {
+        self.events.front().map_or(0, |e| e.sequence)
+    }
 }
 
 /// One stream's shared reader and history.
@@ -134,7 +143,7 @@ pub(crate) struct Hub {
     /// Announces the ring's new end after each appended batch.
     tail: watch::Sender<u64>,
     /// The stream's gauges, kept current.
-    gauges: Arc<StreamGauges>,
+    pub(crate) gauges: Arc<StreamGauges>,
     /// History reads for subscribers behind the ring.
     pub(crate) catchup: Arc<Catchup>,
 }
@@ -172,7 +181,7 @@ impl Hub {
 
     /// Counts a subscriber in; the guard counts it out.
     pub(crate) fn enter(self: &Arc<Self>) -> HubGuard {
-        self.gauges.subscribers.fetch_add(1, Ordering::Relaxed);
+        self.gauges.subscribers.inc();
         HubGuard(self.clone())
     }
 }
@@ -183,7 +192,7 @@ pub(crate) struct HubGuard(Arc<Hub>);
 
 impl Drop for HubGuard {
     fn drop(&mut self) {
-        self.0.gauges.subscribers.fetch_sub(1, Ordering::Relaxed);
+        self.0.gauges.subscribers.dec();
     }
 }
 
@@ -260,13 +269,13 @@ async fn run_reader(
                 }
             }
             if appended > 0 {
-                let (next, bytes) = {
+                let (next, bytes, events, oldest) = {
                     let ring = hub.ring.read();
-                    (ring.next(), ring.bytes())
+                    (ring.next(), ring.bytes(), ring.len(), ring.oldest())
                 };
-                hub.gauges
-                    .history_bytes
-                    .store(bytes as u64, Ordering::Relaxed);
+                hub.gauges.history_bytes.set(bytes as i64);
+                hub.gauges.history_events.set(events as i64);
+                hub.gauges.history_oldest.set(oldest as i64);
                 hub.tail.send_replace(next);
             }
         }

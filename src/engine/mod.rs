@@ -214,9 +214,6 @@ impl Engine {
             filter: req.filter.clone(),
             tombstone: inner.tombstones.get(&req.stream).cloned(),
         };
-        crate::telemetry::COUNTERS
-            .subscriptions_opened
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if req.durable.is_some() || req.ack_mode == AckMode::Explicit {
             let (sent_tx, sent_rx) = if req.ack_mode == AckMode::Auto {
                 // Holds every delivery the widest window can have in flight, so reporting a

@@ -34,6 +34,7 @@ use super::{
 };
 use crate::error::Error;
 use crate::store::{StartAt, StoreError};
+use crate::telemetry::Path;
 
 /// Everything a subscription task needs.
 pub(super) struct Params {
@@ -96,6 +97,8 @@ struct Task {
     permits: usize,
     /// Deliveries gathered for the next run, each holding a permit.
     run: Vec<Arc<StoredEvent>>,
+    /// The read the current run comes from (runs never mix them).
+    path: Path,
 }
 
 impl Task {
@@ -114,6 +117,9 @@ impl Task {
             window: p.window,
             permits: 0,
             run: Vec::new(),
+            // Until it reads from the ring: a subscriber that starts behind it is replaying,
+            // not slow.
+            path: Path::catchup,
         }
     }
 
@@ -154,6 +160,7 @@ impl Task {
                     }
                 }
                 RingRead::Events { .. } => {
+                    self.path = Path::shared;
                     for event in buf.drain(..) {
                         let sequence = event.sequence;
                         if self.matcher.matches(&event) {
@@ -220,10 +227,28 @@ impl Task {
         let catchup = self.hub.catchup.clone();
         let pushdown = self.pushdown();
         let mut backoff = Duration::from_millis(50);
+        let _behind = Behind::new(&self.hub.gauges.behind);
+        if self.path == Path::shared
+            && self.cursor > 0
+            && crate::telemetry::may_warn_slow()
+        {
+            // It was live and the ring moved past it: it reads slower than events arrive.
+            tracing::warn!(
+                stream = %self.hub.stream,
+                cursor = self.cursor,
+                ring_start = self.hub.ring.read().start(),
+                "a subscriber fell behind the history ring and catches up from JetStream \
+                 (it reads slower than events arrive); later warnings within \
+                 telemetry.slow_warning_interval are counted, not logged"
+            );
+        }
+        self.flush().await?;
+        self.path = Path::catchup;
         loop {
             let target = self.hub.ring.read().start();
             if self.cursor >= target {
-                return Ok(());
+                // The catch-up run goes before any live one.
+                return self.flush().await;
             }
             let cursor = self.cursor;
             self.flush().await?;
@@ -297,6 +322,7 @@ impl Task {
     async fn snapshot(&mut self, last: u64) -> Result<(), Stop> {
         let end;
         let mut backoff = Duration::from_millis(50);
+        self.path = Path::snapshot;
         'read: loop {
             // A snapshot reads through a JetStream consumer: wait for one of the gateway's
             // few. The reader keeps the permit until its consumer is deleted.
@@ -408,7 +434,7 @@ impl Task {
             return Ok(());
         }
         let run = std::mem::take(&mut self.run);
-        self.send_batch(Batch::Deliveries(run)).await
+        self.send_batch(Batch::Deliveries(run, self.path)).await
     }
 
     async fn bookmark(&mut self) -> Result<(), Stop> {
@@ -453,5 +479,21 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) {
             t.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+/// Counts a subscriber as behind the ring while it catches up.
+struct Behind(prometheus_client::metrics::gauge::Gauge);
+
+impl Behind {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Behind {
+        gauge.inc();
+        Behind(gauge.clone())
+    }
+}
+
+impl Drop for Behind {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -127,9 +127,10 @@ pub enum Item {
 pub enum Batch {
     /// One item.
     One(Item),
-    /// First deliveries (`delivery_count` 1) of these events, in sequence order; each holds
-    /// one window permit until the transport has sent it.
-    Deliveries(Vec<Arc<StoredEvent>>),
+    /// First deliveries (`delivery_count` 1) of these events, in sequence order, all read by
+    /// one path (for the metrics); each holds one window permit until the transport has sent
+    /// it.
+    Deliveries(Vec<Arc<StoredEvent>>, crate::telemetry::Path),
 }
 
 /// What a client says after `Open`.
@@ -192,9 +193,7 @@ fn skipped_malformed(sequence: u64, subject: &str, error: &crate::codec::CodecEr
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST_LOG: AtomicU64 = AtomicU64::new(0);
     static SINCE_LOG: AtomicU64 = AtomicU64::new(0);
-    crate::telemetry::COUNTERS
-        .malformed_skipped
-        .fetch_add(1, Ordering::Relaxed);
+    crate::telemetry::METRICS.malformed_skipped.inc();
     let skipped = SINCE_LOG.fetch_add(1, Ordering::Relaxed) + 1;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod convert;
 pub mod frame;
+pub mod metrics;
 pub mod publisher;
 pub mod status;
 pub mod subscriber;

@@ -95,7 +95,11 @@ impl api::publisher_server::Publisher for PublisherService {
         request: Request<api::PublishRequest>,
     ) -> Result<Response<api::PublishResponse>, Status> {
         let caller = caller(&request);
-        let req = request_from_pb(request.into_inner(), caller)?;
+        let message = request.into_inner();
+        let named = message.stream.clone();
+        let req = request_from_pb(message, caller).inspect_err(|e| {
+            crate::publish::refused(&named, self.publisher.default_stream(), e)
+        })?;
         let published = self.publisher.publish(req).await?;
         Ok(Response::new(response_to_pb(published)))
     }
@@ -124,12 +128,17 @@ impl api::publisher_server::Publisher for PublisherService {
                         break;
                     }
                 };
+                let named = req.stream.clone();
                 let pending = match request_from_pb(req, caller.clone()) {
                     Ok(req) => match publisher.send(req).await {
                         Ok(f) => Pending::Sent(f),
+                        // Counted by the publish path.
                         Err(e) => Pending::Refused(e),
                     },
-                    Err(e) => Pending::Refused(e),
+                    Err(e) => {
+                        crate::publish::refused(&named, publisher.default_stream(), &e);
+                        Pending::Refused(e)
+                    }
                 };
                 if queue_tx.send(pending).await.is_err() {
                     break;
@@ -143,12 +152,7 @@ impl api::publisher_server::Publisher for PublisherService {
                         Ok(p) => response_to_pb(p),
                         Err(e) => error_response(e),
                     },
-                    Pending::Refused(e) => {
-                        crate::telemetry::COUNTERS
-                            .publish_errors
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        error_response(e)
-                    }
+                    Pending::Refused(e) => error_response(e),
                     Pending::Broken(status) => {
                         let _ = out_tx.send(Err(status)).await;
                         break;

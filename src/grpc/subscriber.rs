@@ -16,6 +16,8 @@ use super::status::to_status;
 use crate::config::SubscribeSettings;
 use crate::engine::{Batch, Control, Engine, Item, StoredEvent, Subscription, Window};
 use crate::error::Error;
+use crate::telemetry::metrics::{EndLabels, Kind, KindLabels};
+use crate::telemetry::{DeliveryCounters, Path, METRICS};
 
 /// The Subscriber service.
 #[derive(Debug, Clone)]
@@ -74,6 +76,114 @@ struct Out {
     /// Cancelled when the caller's static token is revoked: the stream ends (UNAUTHENTICATED).
     revoked: Option<CancellationToken>,
     done: bool,
+    /// Metrics and logs of the subscription's life.
+    life: Lifecycle,
+    /// The read the run in hand came from, its bytes so far, and when its oldest event was
+    /// stored (counted when the run is done).
+    run_path: Path,
+    run_bytes: u64,
+    run_oldest: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One subscription's metrics and log span, from its open to its end (on drop).
+pub(crate) struct Lifecycle {
+    labels: KindLabels,
+    counters: DeliveryCounters,
+    span: tracing::Span,
+    /// How it ended: `client_gone` unless the stream ended with an error.
+    reason: &'static str,
+    opened: std::time::Instant,
+}
+
+impl Lifecycle {
+    /// A subscription about to open: counted when [`Lifecycle::opened`] says it did.
+    fn new(req: &crate::engine::OpenRequest, peer: Option<std::net::SocketAddr>) -> Lifecycle {
+        let kind = if req.durable.is_some() {
+            Kind::durable
+        } else if req.ack_mode == crate::engine::AckMode::Explicit {
+            Kind::explicit
+        } else {
+            Kind::ephemeral
+        };
+        let span = tracing::info_span!(
+            "subscription",
+            id = tracing::field::Empty,
+            peer = peer.map(|p| p.to_string()).unwrap_or_default(),
+            identity = req.caller.as_ref().map(|c| c.id.as_str()).unwrap_or(""),
+            stream = %req.stream,
+            durable = req.durable.as_deref().unwrap_or(""),
+            start = ?req.start,
+        );
+        Lifecycle {
+            labels: KindLabels {
+                stream: req.stream.clone(),
+                kind,
+            },
+            counters: DeliveryCounters::of(&req.stream),
+            span,
+            reason: "client_gone",
+            opened: std::time::Instant::now(),
+        }
+    }
+
+    /// The engine opened it as `id`.
+    fn opened(&self, id: &str, start_sequence: u64) {
+        self.span.record("id", id);
+        let m = &*METRICS;
+        m.subscriptions.get_or_create(&self.labels).inc();
+        m.subscriptions_opened.get_or_create(&self.labels).inc();
+        self.span
+            .in_scope(|| tracing::info!(start_sequence, "subscription opened"));
+    }
+
+    /// It ends with `status`.
+    fn failed(&mut self, status: &Status) {
+        self.reason = if status.message().contains("shutting down") {
+            "shutdown"
+        } else {
+            code_name(status.code())
+        };
+    }
+}
+
+impl Drop for Lifecycle {
+    fn drop(&mut self) {
+        let m = &*METRICS;
+        m.subscriptions.get_or_create(&self.labels).dec();
+        m.subscriptions_ended
+            .get_or_create(&EndLabels {
+                stream: self.labels.stream.clone(),
+                reason: self.reason.to_owned(),
+            })
+            .inc();
+        let (reason, lived) = (self.reason, self.opened.elapsed());
+        self.span
+            .in_scope(|| tracing::info!(reason, ?lived, "subscription ended"));
+    }
+}
+
+/// A gRPC code as a metric label: `unavailable`, `out_of_range`, ...
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
 }
 
 /// The instant `identity`'s credential expires, if it does.
@@ -103,12 +213,14 @@ fn expired() -> Error {
 /// `last_delivered_sequence` at shutdown or when the engine reports a lost NATS.
 fn respond(
     sub: Subscription,
+    life: Lifecycle,
     keep_control: bool,
     control: Option<mpsc::Receiver<Error>>,
     shutdown: CancellationToken,
     expires: Option<tokio::time::Instant>,
     revoked: Option<CancellationToken>,
 ) -> ResponseStream {
+    life.opened(&sub.id, sub.start_sequence);
     let opened = Frame::Message(Box::new(api::SubscribeResponse {
         response: Some(api::subscribe_response::Response::Opened(api::Opened {
             subscription_id: sub.id,
@@ -131,6 +243,10 @@ fn respond(
         expires,
         revoked,
         done: false,
+        life,
+        run_path: Path::shared,
+        run_bytes: 0,
+        run_oldest: None,
     };
     Box::pin(futures::stream::unfold(state, |mut st| async move {
         if st.done {
@@ -183,8 +299,11 @@ fn respond(
                 },
             };
             let next = match next {
-                Ok(Batch::Deliveries(run)) => {
+                Ok(Batch::Deliveries(run, path)) => {
                     st.run_len = run.len();
+                    st.run_path = path;
+                    st.run_bytes = 0;
+                    st.run_oldest = run.first().map(|e| e.stored_at);
                     st.run = run.into_iter();
                     continue;
                 }
@@ -202,14 +321,22 @@ fn respond(
                         }
                     }
                     st.window.sent(&item);
-                    if let Item::Delivery { event, .. } = &item {
+                    if let Item::Delivery {
+                        event,
+                        delivery_count,
+                    } = &item
+                    {
                         if let Some(sent) = &st.sent {
                             // Capacity is the window: this never fails while the task lives.
                             let _ = sent.try_send(event.sequence);
                         }
-                        crate::telemetry::COUNTERS
-                            .deliveries
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let bytes = super::frame::delivery_body(event).len() as u64 + 2;
+                        st.life
+                            .counters
+                            .sent(Path::consumer, 1, bytes, Some(event.stored_at));
+                        if *delivery_count > 1 {
+                            st.life.counters.redelivered();
+                        }
                     }
                     Some((Ok(Frame::of(&item)), st))
                 }
@@ -217,7 +344,9 @@ fn respond(
                     st.done = true;
                     // Whatever ends an open subscription says where it got to, so the client can
                     // resume without a gap.
-                    Some((Err(to_status(e, Some(st.last_delivered))), st))
+                    let status = to_status(e, Some(st.last_delivered));
+                    st.life.failed(&status);
+                    Some((Err(status), st))
                 }
             };
         }
@@ -229,6 +358,8 @@ impl Out {
     fn next_of_run(&mut self) -> Option<Frame> {
         let event = self.run.next()?;
         self.last_delivered = self.last_delivered.max(event.sequence);
+        // The body is encoded once per event (and cached); this only reads its length.
+        self.run_bytes += super::frame::delivery_body(&event).len() as u64 + 2;
         let more = self.run.len() > 0;
         if !more {
             self.run_done();
@@ -239,9 +370,12 @@ impl Out {
     /// The last delivery of a run was handed over: its permits return, and it is counted.
     fn run_done(&mut self) {
         self.window.sent_deliveries(self.run_len);
-        crate::telemetry::COUNTERS
-            .deliveries
-            .fetch_add(self.run_len as u64, std::sync::atomic::Ordering::Relaxed);
+        self.life.counters.sent(
+            self.run_path,
+            self.run_len as u64,
+            self.run_bytes,
+            self.run_oldest,
+        );
         // Let the run's buffer go: an idle stream holds none.
         self.run = Vec::new().into_iter();
     }
@@ -287,6 +421,7 @@ impl SubscriberService {
     ) -> Result<Response<ResponseStream>, Status> {
         use api::subscribe_request::Request as R;
         let caller = super::auth::caller(&request);
+        let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let open = match inbound.next().await {
             Some(Ok(api::SubscribeRequest {
@@ -303,6 +438,7 @@ impl SubscriberService {
         let expires = expiry(caller.as_deref());
         let revoked = self.engine.auth().revocation(caller.as_deref());
         req.caller = caller;
+        let life = Lifecycle::new(&req, peer);
         let sub = self.engine.open(req).await?;
         let (error_tx, error_rx) = mpsc::channel(1);
         let control = sub.control.clone();
@@ -332,6 +468,7 @@ impl SubscriberService {
         });
         Ok(Response::new(respond(
             sub,
+            life,
             false,
             Some(error_rx),
             self.shutdown.clone(),
@@ -345,6 +482,7 @@ impl SubscriberService {
         request: Request<api::Open>,
     ) -> Result<Response<ResponseStream>, Status> {
         let caller = super::auth::caller(&request);
+        let peer = request.remote_addr();
         let mut req = open_from_pb(
             request.into_inner(),
             &self.default_stream,
@@ -354,9 +492,11 @@ impl SubscriberService {
         let expires = expiry(caller.as_deref());
         let revoked = self.engine.auth().revocation(caller.as_deref());
         req.caller = caller;
+        let life = Lifecycle::new(&req, peer);
         let sub = self.engine.open(req).await?;
         Ok(Response::new(respond(
             sub,
+            life,
             true,
             None,
             self.shutdown.clone(),

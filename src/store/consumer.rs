@@ -10,7 +10,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
-use super::error::{durable_error, store_error};
+use super::error::{durable_error, store_error, Cause, Classify};
 use super::{deliver_policy, unpack, RawMessage, StartAt, Store, StoreError, INACTIVE_THRESHOLD};
 
 /// Where a new consumer starts.
@@ -65,6 +65,8 @@ pub struct ConsumerState {
     pub pending: u64,
     /// Delivered but unacknowledged.
     pub in_flight: u64,
+    /// Delivered more than once and still unacknowledged.
+    pub redelivered: u64,
     /// Pull requests waiting (clients attached and ready).
     pub waiting: u64,
     /// Creation time.
@@ -239,6 +241,7 @@ fn consumer_state(info: &consumer::Info) -> ConsumerState {
         ack_floor_sequence: info.ack_floor.stream_sequence,
         pending: info.num_pending,
         in_flight: info.num_ack_pending as u64,
+        redelivered: info.num_redelivered as u64,
         waiting: info.num_waiting as u64,
         created: info.created,
         owner: info.config.metadata.get(OWNER_KEY).cloned(),
@@ -368,6 +371,37 @@ impl Store {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// When the oldest event `durable` has not acknowledged was stored: the first message
+    /// after its ack floor on its subject filter (on the whole stream when it has several
+    /// filters, which may make the age larger than it is). `None` when everything is
+    /// acknowledged.
+    pub async fn oldest_unacked(
+        &self,
+        durable: &ConsumerState,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        if durable.pending == 0 && durable.in_flight == 0 {
+            return Ok(None);
+        }
+        let context = "reading a durable's oldest unacknowledged event";
+        let subject = match durable.subjects.as_slice() {
+            [one] => one.as_str(),
+            _ => ">",
+        };
+        let handle = self
+            .js
+            .get_stream_no_info(&durable.stream)
+            .await
+            .map_err(|e| store_error(&durable.stream, context, e))?;
+        match handle
+            .get_first_raw_message_by_subject(subject, durable.ack_floor_sequence + 1)
+            .await
+        {
+            Ok(m) => Ok(Some(m.time.with_timezone(&Utc))),
+            Err(e) if e.classify() == Cause::NoMessage => Ok(None),
+            Err(e) => Err(store_error(&durable.stream, context, e)),
+        }
     }
 
     /// The state of the durable `name` on `stream`.

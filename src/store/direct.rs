@@ -156,14 +156,10 @@ impl Store {
                 source: Some(Box::new(e)),
             })?;
         let mut messages: Vec<RawMessage> = Vec::new();
-        crate::telemetry::COUNTERS
-            .history_reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::telemetry::METRICS.history_reads.inc();
         let interrupted = |messages: Vec<RawMessage>, why: String| {
             tracing::debug!(stream, from, why, "direct read cut short");
-            crate::telemetry::COUNTERS
-                .reads_interrupted
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::telemetry::METRICS.reads_interrupted.inc();
             match messages.last() {
                 Some(last) => Ok(Range {
                     end: last.sequence + 1,

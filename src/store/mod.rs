@@ -87,13 +87,19 @@ pub struct Store {
 struct Links {
     /// Main and bulk connection up.
     up: [std::sync::atomic::AtomicBool; 2],
+    /// Whether the main connection has been up before (its next `Connected` is a reconnect).
+    ever: std::sync::atomic::AtomicBool,
     state: tokio::sync::watch::Sender<bool>,
 }
 
 impl Links {
     fn set(&self, link: usize, up: bool) {
         use std::sync::atomic::Ordering;
-        self.up[link].store(up, Ordering::SeqCst);
+        let was = self.up[link].swap(up, Ordering::SeqCst);
+        if up && !was && link == 0 && self.ever.swap(true, Ordering::SeqCst) {
+            // The main connection is back after it had been up before.
+            crate::telemetry::METRICS.nats_reconnects.inc();
+        }
         let all = self.up.iter().all(|u| u.load(Ordering::SeqCst));
         self.state
             .send_if_modified(|s| std::mem::replace(s, all) != all);
@@ -115,6 +121,7 @@ impl Store {
         let (state, connected) = tokio::sync::watch::channel(false);
         let links = std::sync::Arc::new(Links {
             up: Default::default(),
+            ever: Default::default(),
             state,
         });
         let client = connect_one(settings, &settings.connection_name, links.clone(), 0).await?;
@@ -135,6 +142,16 @@ impl Store {
     /// Whether both connections to NATS are up right now.
     pub fn is_connected(&self) -> bool {
         *self.connected.borrow()
+    }
+
+    /// The round trip to the NATS server (a flush answered), or `None` when it takes longer
+    /// than `limit` or the connection is down.
+    pub async fn rtt(&self, limit: Duration) -> Option<Duration> {
+        let start = std::time::Instant::now();
+        match tokio::time::timeout(limit, self.client.flush()).await {
+            Ok(Ok(())) => Some(start.elapsed()),
+            _ => None,
+        }
     }
 
     /// Follows [`Store::is_connected`]: changes whenever a connection goes or comes back.

@@ -159,9 +159,7 @@ impl Reader {
             Err(e) => return Some(Err(e)),
         };
         if consumer_sequence != self.consumer_sequence + 1 {
-            crate::telemetry::COUNTERS
-                .reads_interrupted
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::telemetry::METRICS.reads_interrupted.inc();
             return Some(Err(StoreError::unavailable(format!(
                 "messages were lost on the way from the server (delivery {consumer_sequence} \
                  after {})",
