@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/install-nats.sh
+bash scripts/install-test-tools.sh
 # Every package of the workspace: library, binary and integration tests, and the examples in
 # the CESQL crate's documentation.
 cargo test --workspace --lib --bins --tests "$@"

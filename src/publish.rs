@@ -113,9 +113,9 @@ fn outcome_of(e: &Error) -> Outcome {
         | Error::MalformedRequest(_)
         | Error::StreamNotFound(_) => Outcome::invalid,
         Error::SequenceMismatch { .. } => Outcome::rejected_sequence,
-        Error::Unauthenticated { .. } | Error::PermissionDenied { .. } | Error::RateLimited { .. } => {
-            Outcome::denied
-        }
+        Error::Unauthenticated { .. }
+        | Error::PermissionDenied { .. }
+        | Error::RateLimited { .. } => Outcome::denied,
         _ => Outcome::error,
     }
 }
@@ -133,7 +133,11 @@ fn record(stream: &str, outcome: Outcome, bytes: u64) {
 /// Counts a publish refused before it reached JetStream (`stream` as the request named it;
 /// empty for the default stream).
 pub fn refused(stream: &str, default_stream: &str, e: &Error) {
-    let stream = if stream.is_empty() { default_stream } else { stream };
+    let stream = if stream.is_empty() {
+        default_stream
+    } else {
+        stream
+    };
     record(stream, outcome_of(e), 0);
 }
 

@@ -29,10 +29,10 @@ use super::{
     Start, Stop, StoredEvent, Window,
 };
 use crate::config::Settings;
-use crate::telemetry::metrics::{DeadReason, Settlement, SettlementCounters};
 use crate::error::Error;
 use crate::event::AttributeValue;
 use crate::store::{Acker, Consumer, ConsumerSpec, ConsumerStart, Delivered, StartAt};
+use crate::telemetry::metrics::{DeadReason, Settlement, SettlementCounters};
 
 /// Longest single pull request; bounds how stale the window accounting can get.
 const MAX_PULL_WAIT: Duration = Duration::from_secs(5);

@@ -228,10 +228,7 @@ impl Task {
         let pushdown = self.pushdown();
         let mut backoff = Duration::from_millis(50);
         let _behind = Behind::new(&self.hub.gauges.behind);
-        if self.path == Path::shared
-            && self.cursor > 0
-            && crate::telemetry::may_warn_slow()
-        {
+        if self.path == Path::shared && self.cursor > 0 && crate::telemetry::may_warn_slow() {
             // It was live and the ring moved past it: it reads slower than events arrive.
             tracing::warn!(
                 stream = %self.hub.stream,

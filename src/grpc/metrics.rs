@@ -119,7 +119,12 @@ impl Call {
 
 /// The code name of a `grpc-status` header.
 fn grpc_status(headers: &http::HeaderMap) -> Option<&'static str> {
-    let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    let code = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
     Some(code_name(code))
 }
 

@@ -97,9 +97,8 @@ impl api::publisher_server::Publisher for PublisherService {
         let caller = caller(&request);
         let message = request.into_inner();
         let named = message.stream.clone();
-        let req = request_from_pb(message, caller).inspect_err(|e| {
-            crate::publish::refused(&named, self.publisher.default_stream(), e)
-        })?;
+        let req = request_from_pb(message, caller)
+            .inspect_err(|e| crate::publish::refused(&named, self.publisher.default_stream(), e))?;
         let published = self.publisher.publish(req).await?;
         Ok(Response::new(response_to_pb(published)))
     }

@@ -207,9 +207,10 @@ pub struct Metrics {
     pub delivered_events: Family<PathLabels, Counter>,
     /// Bytes of deliveries sent (protobuf, as on the wire) by stream and path.
     pub delivered_bytes: Family<PathLabels, Counter>,
-    /// Time from an event's storing to its delivery being handed to the transport, by stream:
-    /// one observation per run of deliveries (its oldest event).
-    pub delivery_latency: Family<StreamLabels, Histogram, fn() -> Histogram>,
+    /// Time from an event's storing to its delivery being handed to the transport, by stream
+    /// and path (`shared` is the live fan-out; replays show their age): one observation per
+    /// run of deliveries (its oldest event).
+    pub delivery_latency: Family<PathLabels, Histogram, fn() -> Histogram>,
     /// Settlements by stream and kind.
     pub settlements: Family<SettlementLabels, Counter>,
     /// Redeliveries (delivery count above 1) by stream.
@@ -333,7 +334,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "delivery_latency",
-            "Time from an event's storing to its delivery (one observation per run of deliveries)",
+            "Time from an event's storing to its delivery by path (one observation per run of deliveries)",
             Unit::Seconds,
             self.delivery_latency.clone(),
         );
@@ -479,7 +480,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 pub struct DeliveryCounters {
     events: [Counter; 4],
     bytes: [Counter; 4],
-    latency: Histogram,
+    latency: [Histogram; 4],
     redeliveries: Counter,
 }
 
@@ -494,10 +495,7 @@ impl DeliveryCounters {
         DeliveryCounters {
             events: Path::ALL.map(|p| m.delivered_events.get_or_create(&labels(p)).clone()),
             bytes: Path::ALL.map(|p| m.delivered_bytes.get_or_create(&labels(p)).clone()),
-            latency: m
-                .delivery_latency
-                .get_or_create(&StreamLabels::of(stream))
-                .clone(),
+            latency: Path::ALL.map(|p| m.delivery_latency.get_or_create(&labels(p)).clone()),
             redeliveries: m
                 .redeliveries
                 .get_or_create(&StreamLabels::of(stream))
@@ -518,7 +516,7 @@ impl DeliveryCounters {
         self.bytes[path.index()].inc_by(bytes);
         if let Some(at) = oldest {
             let age = (chrono::Utc::now() - at).num_microseconds().unwrap_or(0);
-            self.latency.observe(age.max(0) as f64 / 1e6);
+            self.latency[path.index()].observe(age.max(0) as f64 / 1e6);
         }
     }
 
