@@ -170,14 +170,11 @@ async fn metrics_count_exactly_what_a_workload_did() {
     drop(lagging);
 
     // N stored, then one duplicate, one invalid, one refused by the expected sequence.
-    let mut last = 0;
     for i in 0..n {
-        last = publisher
+        publisher
             .publish(metered(&format!("m{i}"), &format!("w{i}")))
             .await
-            .unwrap()
-            .into_inner()
-            .sequence;
+            .unwrap();
     }
     let duplicate = publisher.publish(metered("m0", "w0")).await.unwrap();
     assert!(duplicate.into_inner().duplicate);
