@@ -17,12 +17,32 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The gateway logs what it does; the client commands only what goes wrong.
-    let level = match cli.command {
-        Command::Serve(_) | Command::Dev(_) => "info",
-        _ => "warn",
+    // The gateway logs what it does (and exports spans when configured); the client commands
+    // log only what goes wrong.
+    let config = match &cli.command {
+        Command::Serve(args) => Some(args.config.as_deref()),
+        Command::Dev(args) => Some(args.config.as_deref()),
+        _ => None,
     };
-    jetwatch::telemetry::init_tracing(level);
+    let _traces = match config {
+        Some(file) => {
+            // A broken file is reported when the settings are loaded for real.
+            let telemetry = jetwatch::config::Settings::load(file)
+                .map(|s| s.telemetry)
+                .unwrap_or_default();
+            match jetwatch::telemetry::init_gateway_tracing("info", &telemetry) {
+                Ok(guard) => guard,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(cli::exit::FAILED);
+                }
+            }
+        }
+        None => {
+            jetwatch::telemetry::init_tracing("warn");
+            jetwatch::telemetry::TraceGuard::default()
+        }
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let result = match cli.command {

@@ -16,7 +16,9 @@ use crate::event::{AttributeValue, Event};
 use crate::store::{PendingAck, Store};
 use crate::subject::SubjectTemplate;
 use crate::telemetry::metrics::{Outcome, PublishLabels, StreamLabels};
+use crate::telemetry::trace::{self, TraceHeaders};
 use crate::telemetry::METRICS;
+use tracing::Instrument as _;
 
 /// One publish, in domain terms.
 #[derive(Debug, Clone)]
@@ -29,6 +31,8 @@ pub struct PublishRequest {
     pub expected_subject_sequence: Option<u64>,
     /// Who publishes (`None` when authentication is off).
     pub caller: Option<Arc<Identity>>,
+    /// The W3C trace context the call carried (gRPC metadata), if any.
+    pub trace: Option<TraceHeaders>,
 }
 
 /// A stored event's coordinates.
@@ -54,13 +58,27 @@ pub struct InFlight {
     started: std::time::Instant,
     /// The encoded message's size.
     bytes: u64,
+    /// The publish span, and its JetStream store child, ended with the acknowledgement.
+    span: tracing::Span,
+    store_span: tracing::Span,
 }
 
 impl InFlight {
     /// Waits for JetStream's acknowledgement.
     pub async fn wait(self) -> Result<Published, Error> {
+        use tracing::Instrument;
         let (stream, started, bytes) = (self.stream.clone(), self.started, self.bytes);
-        let result = self.wait_inner().await;
+        let (span, store_span) = (self.span.clone(), self.store_span.clone());
+        let result = self.wait_inner().instrument(store_span).await;
+        match &result {
+            Ok(p) => {
+                span.record("sequence", p.sequence);
+                span.record("duplicate", p.duplicate);
+            }
+            Err(e) => {
+                span.record("error", tracing::field::display(e));
+            }
+        }
         let outcome = match &result {
             Ok(p) if p.duplicate => Outcome::duplicate,
             Ok(_) => Outcome::stored,
@@ -213,6 +231,15 @@ impl Publisher {
         started: std::time::Instant,
     ) -> Result<InFlight, Error> {
         let inner = &self.inner;
+        let span = tracing::info_span!(
+            "jetwatch.publish",
+            otel.kind = "server",
+            stream = %stream,
+            subject = tracing::field::Empty,
+            sequence = tracing::field::Empty,
+            duplicate = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
         let template = inner
             .templates
             .get(&stream)
@@ -224,6 +251,18 @@ impl Publisher {
             // Who published, from the verified identity: whatever the client sent is replaced
             // (the CloudEvents `authcontext` extension).
             stamp_authcontext(&mut event, identity);
+        }
+        // The trace this publish belongs to: the event's own, else the call's. The event keeps
+        // its own; one without gets the publish span's (or, with no export, the call's), so
+        // it is stored and delivered with the event.
+        let own = trace::TraceHeaders::of_event(&event);
+        if let Some(parent) = own.as_ref().or(req.trace.as_ref()) {
+            trace::continue_trace(&span, parent);
+        }
+        if own.is_none() {
+            if let Some(headers) = trace::headers_of(&span).or(req.trace) {
+                trace::stamp(&mut event, headers);
+            }
         }
         codec::validate_rules(&event).map_err(Error::InvalidEvent)?;
         let subject = template
@@ -239,6 +278,8 @@ impl Publisher {
         let encoded = codec::encode(&event).map_err(|e| Error::invalid("event", e.to_string()))?;
         let bytes = encoded.size() as u64;
         let msg_id = codec::dedup_key(&event.source, &event.id);
+        span.record("subject", subject.as_str());
+        let store_span = tracing::info_span!(parent: &span, "jetstream.store", otel.kind = "client", subject = %subject);
         // The store refuses a message over the configured limit or the server's max_payload,
         // measured as NATS counts it (EventTooLarge), before sending it.
         let ack = inner
@@ -250,6 +291,7 @@ impl Publisher {
                 req.expected_subject_sequence,
                 inner.max_event_bytes,
             )
+            .instrument(store_span.clone())
             .await?;
         Ok(InFlight {
             stream,
@@ -257,6 +299,8 @@ impl Publisher {
             ack,
             started,
             bytes,
+            span,
+            store_span,
         })
     }
 

@@ -451,3 +451,30 @@ async fn publishes_during_a_nats_outage_are_unavailable_store_nothing_and_work_a
     );
     assert_eq!(env.stored_count("events").await, 2, "nor after it");
 }
+
+#[tokio::test]
+async fn a_calls_traceparent_is_stored_and_delivered_with_the_event() {
+    // No span export here: the call's own trace context is what the event keeps.
+    let env = TestEnv::start().await;
+    let mut subscriber = env.subscriber().await;
+    let mut watcher = subscriber.watch(open().build()).await.unwrap().into_inner();
+    opened(&mut watcher).await;
+    let mut publisher = env.publisher().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut request = tonic::Request::new(api::PublishRequest {
+        event: Some(widget("tp1", "w1", "modified")),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    publisher.publish(request).await.unwrap();
+    let delivered = next_delivery(&mut watcher).await;
+    let attr = delivered.event.unwrap().attributes["traceparent"]
+        .attr
+        .clone();
+    assert_eq!(
+        attr,
+        Some(ce::cloud_event::cloud_event_attribute_value::Attr::CeString(traceparent.into()))
+    );
+}

@@ -16,6 +16,7 @@ use super::pb::jetwatch::v1 as api;
 use crate::auth::Identity;
 use crate::error::Error;
 use crate::publish::{InFlight, PublishRequest, Published, Publisher};
+use crate::telemetry::trace::TraceHeaders;
 
 /// The Publisher service.
 #[derive(Debug, Clone)]
@@ -38,6 +39,7 @@ impl PublisherService {
 fn request_from_pb(
     req: api::PublishRequest,
     caller: Option<Arc<Identity>>,
+    trace: Option<TraceHeaders>,
 ) -> Result<PublishRequest, Error> {
     let event = req
         .event
@@ -47,6 +49,21 @@ fn request_from_pb(
         stream: req.stream,
         expected_subject_sequence: req.expected_subject_sequence,
         caller,
+        trace,
+    })
+}
+
+/// The W3C trace context of a call's metadata, when it has a `traceparent`.
+fn trace_of(metadata: &tonic::metadata::MetadataMap) -> Option<TraceHeaders> {
+    let get = |name| {
+        metadata
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    Some(TraceHeaders {
+        traceparent: get("traceparent")?,
+        tracestate: get("tracestate"),
     })
 }
 
@@ -95,9 +112,10 @@ impl api::publisher_server::Publisher for PublisherService {
         request: Request<api::PublishRequest>,
     ) -> Result<Response<api::PublishResponse>, Status> {
         let caller = caller(&request);
+        let trace = trace_of(request.metadata());
         let message = request.into_inner();
         let named = message.stream.clone();
-        let req = request_from_pb(message, caller)
+        let req = request_from_pb(message, caller, trace)
             .inspect_err(|e| crate::publish::refused(&named, self.publisher.default_stream(), e))?;
         let published = self.publisher.publish(req).await?;
         Ok(Response::new(response_to_pb(published)))
@@ -110,6 +128,8 @@ impl api::publisher_server::Publisher for PublisherService {
         request: Request<Streaming<api::PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
         let caller = caller(&request);
+        // The stream's metadata is the trace context of every event it carries.
+        let trace = trace_of(request.metadata());
         let mut inbound = request.into_inner();
         // The queue bounds publishes awaiting acknowledgement; the output channel bounds
         // answers the client has not read yet.
@@ -128,7 +148,7 @@ impl api::publisher_server::Publisher for PublisherService {
                     }
                 };
                 let named = req.stream.clone();
-                let pending = match request_from_pb(req, caller.clone()) {
+                let pending = match request_from_pb(req, caller.clone(), trace.clone()) {
                     Ok(req) => match publisher.send(req).await {
                         Ok(f) => Pending::Sent(f),
                         // Counted by the publish path.

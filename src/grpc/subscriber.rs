@@ -83,6 +83,37 @@ struct Out {
     run_path: Path,
     run_bytes: u64,
     run_oldest: Option<chrono::DateTime<chrono::Utc>>,
+    /// The span of the run in hand, when spans are exported: it links to the traces of the
+    /// events it carries and ends when the run is sent.
+    run_span: Option<tracing::Span>,
+}
+
+/// Links a delivery span makes at most (to the traces of the events it carries).
+const MAX_SPAN_LINKS: usize = 32;
+
+/// A span for delivering `events` of a subscription, when spans are exported and one of them
+/// carries a trace.
+fn delivery_span<'a>(
+    life: &Lifecycle,
+    path: Path,
+    events: impl Iterator<Item = &'a StoredEvent> + Clone,
+) -> Option<tracing::Span> {
+    if !crate::telemetry::trace::exporting()
+        || !events
+            .clone()
+            .any(|e| e.event.attributes.contains_key("traceparent"))
+    {
+        return None;
+    }
+    let span = tracing::info_span!(
+        parent: &life.span,
+        "jetwatch.deliver",
+        otel.kind = "producer",
+        stream = %life.labels.stream,
+        path = ?path,
+    );
+    crate::telemetry::trace::link_events(&span, events.map(|e| &e.event), MAX_SPAN_LINKS);
+    Some(span)
 }
 
 /// One subscription's metrics and log span, from its open to its end (on drop).
@@ -247,6 +278,7 @@ fn respond(
         run_path: Path::shared,
         run_bytes: 0,
         run_oldest: None,
+        run_span: None,
     };
     Box::pin(futures::stream::unfold(state, |mut st| async move {
         if st.done {
@@ -304,6 +336,7 @@ fn respond(
                     st.run_path = path;
                     st.run_bytes = 0;
                     st.run_oldest = run.first().map(|e| e.stored_at);
+                    st.run_span = delivery_span(&st.life, path, run.iter().map(|e| &**e));
                     st.run = run.into_iter();
                     continue;
                 }
@@ -330,6 +363,8 @@ fn respond(
                             // Capacity is the window: this never fails while the task lives.
                             let _ = sent.try_send(event.sequence);
                         }
+                        let _span =
+                            delivery_span(&st.life, Path::consumer, std::iter::once(&**event));
                         let bytes = super::frame::delivery_body(event).len() as u64 + 2;
                         st.life
                             .counters
@@ -378,6 +413,7 @@ impl Out {
         );
         // Let the run's buffer go: an idle stream holds none.
         self.run = Vec::new().into_iter();
+        self.run_span = None;
     }
 }
 

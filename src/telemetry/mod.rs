@@ -6,27 +6,106 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 use crate::store::Store;
 
 pub mod metrics;
+pub mod trace;
 
 pub use metrics::{DeliveryCounters, Path, METRICS};
 
-/// Installs the tracing subscriber: `RUST_LOG` filters (default `default_level`, e.g.
-/// `info`), and `JETWATCH_LOG_FORMAT=json` switches to JSON lines.
+/// Installs the tracing subscriber for the client commands: logs on stderr, `RUST_LOG` filters
+/// (default `default_level`, e.g. `warn`), and `JETWATCH_LOG_FORMAT=json` switches to JSON
+/// lines.
 pub fn init_tracing(default_level: &str) {
+    let _ = tracing_subscriber::registry()
+        .with(log_layer(default_level))
+        .try_init();
+}
+
+/// The log layer: stderr, text or JSON lines, filtered by `RUST_LOG` (default `default_level`).
+fn log_layer<S>(default_level: &str) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
     let json = std::env::var("JETWATCH_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let _ = if json {
-        builder.json().try_init()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    if json {
+        fmt.json().with_filter(filter).boxed()
     } else {
-        builder.try_init()
+        fmt.with_filter(filter).boxed()
+    }
+}
+
+/// Keeps span export running; flushes what is queued when dropped.
+#[derive(Debug, Default)]
+pub struct TraceGuard(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Drop for TraceGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("jetwatch: flushing spans failed: {e}");
+            }
+        }
+    }
+}
+
+/// Installs logging for the gateway and, with `telemetry.otlp_endpoint`, span export over
+/// OTLP/gRPC (jetwatch's own spans at `info` and above, whatever `RUST_LOG` says for logs).
+/// Call from within the tokio runtime. Fails if the endpoint is not a valid URL.
+pub fn init_gateway_tracing(
+    default_level: &str,
+    settings: &crate::config::TelemetrySettings,
+) -> Result<TraceGuard, String> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    let Some(endpoint) = &settings.otlp_endpoint else {
+        init_tracing(default_level);
+        return Ok(TraceGuard(None));
     };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.clone())
+        .build()
+        .map_err(|e| format!("telemetry.otlp_endpoint: {e}"))?;
+    let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                .with_max_queue_size(settings.max_queued_spans)
+                .with_scheduled_delay(Duration::from_millis(500))
+                .build(),
+        )
+        .build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(batch)
+        .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+            opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(settings.sample_ratio),
+        )))
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(settings.service_name.clone())
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer("jetwatch");
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("jetwatch", tracing::Level::INFO),
+        );
+    let _ = tracing_subscriber::registry()
+        .with(log_layer(default_level))
+        .with(spans)
+        .try_init();
+    trace::set_exporting();
+    Ok(TraceGuard(Some(provider)))
 }
 
 /// Least milliseconds between two slow-subscriber warnings (`telemetry.slow_warning_interval`).
