@@ -90,6 +90,10 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetrySettings {
+    /// Whether metrics are kept and served on `/metrics` (404 when off). Off saves the few
+    /// atomic adds per run of deliveries and per call, for the rare gateway scraped by no one.
+    /// Default `true`.
+    pub metrics: bool,
     /// Durable subscriptions reported in the `jetwatch_durable_*` metrics at most (each
     /// scrape reads their counts from JetStream). Default 1000.
     pub max_durables: usize,
@@ -114,6 +118,7 @@ pub struct TelemetrySettings {
 impl Default for TelemetrySettings {
     fn default() -> Self {
         TelemetrySettings {
+            metrics: true,
             max_durables: 1000,
             otlp_endpoint: None,
             service_name: "jetwatch".into(),

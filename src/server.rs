@@ -120,6 +120,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         .map_err(|e| StartError::Other(e.to_string()))?;
     let gauges = telemetry::Gauges;
     telemetry::set_slow_warning_interval(settings.telemetry.slow_warning_interval);
+    telemetry::metrics::set_enabled(settings.telemetry.metrics);
     let engine = Engine::new(
         store.clone(),
         settings.clone(),

@@ -18,6 +18,8 @@
 //!   consumers), with history sizes of 1 MiB, 32 MiB and 512 MiB.
 //! - `security`: PublishStream and fan-out to 256 watchers with TLS, client certificates and
 //!   grants, next to the same runs on a plain gateway.
+//! - `metrics`: fan-out to 256 watchers with metrics on and off (`telemetry.metrics`): what
+//!   counting costs in gateway CPU per delivery.
 //! - `failover`: a 3-node NATS cluster, the R3 stream's leader killed under steady publishing
 //!   and a live watcher: how long publishing is unavailable and deliveries stall.
 //! - `soak` (only when named in `JETWATCH_BENCH`): publishing, watchers, durables and
@@ -227,6 +229,8 @@ enum Scenario {
     Burst,
     /// What TLS and authentication cost.
     Security,
+    /// What metrics cost on the fan-out path.
+    Metrics,
     /// The stream leader of a 3-node cluster killed under load.
     Failover,
     /// A long random workload, sampled for leaks (not in the default set).
@@ -235,7 +239,7 @@ enum Scenario {
 
 impl Scenario {
     /// Every scenario; all but the last run by default.
-    const ALL: [Scenario; 11] = [
+    const ALL: [Scenario; 12] = [
         Scenario::Publish,
         Scenario::Watch,
         Scenario::Fanout,
@@ -245,6 +249,7 @@ impl Scenario {
         Scenario::Pushdown,
         Scenario::Burst,
         Scenario::Security,
+        Scenario::Metrics,
         Scenario::Failover,
         Scenario::Soak,
     ];
@@ -260,6 +265,7 @@ impl Scenario {
             Scenario::Pushdown => "pushdown",
             Scenario::Burst => "burst",
             Scenario::Security => "security",
+            Scenario::Metrics => "metrics",
             Scenario::Failover => "failover",
             Scenario::Soak => "soak",
         }
@@ -280,6 +286,7 @@ impl Scenario {
             Scenario::Pushdown => pushdown::run(o).await,
             Scenario::Burst => burst::run(o).await,
             Scenario::Security => security::run(o).await,
+            Scenario::Metrics => metrics::run(o).await,
             Scenario::Failover => failover::run(o).await,
             Scenario::Soak => soak::run(o).await,
         }
@@ -295,6 +302,7 @@ mod failover;
 mod fanout;
 mod latency;
 mod memory;
+mod metrics;
 mod publish;
 mod pushdown;
 mod security;

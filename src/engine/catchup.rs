@@ -324,7 +324,9 @@ impl Catchup {
 
     /// Reads the shared block at `start` and files it in the cache.
     async fn load(self: Arc<Self>, start: u64) -> Loaded {
+        let running = crate::telemetry::InProgress::new(&self.gauges.catchup_reads);
         let result = self.read_block(start).await;
+        drop(running);
         let mut cache = self.cache.lock();
         let loaded = match result {
             // Nothing stored from `start`: nothing worth keeping.

@@ -227,7 +227,7 @@ impl Task {
         let catchup = self.hub.catchup.clone();
         let pushdown = self.pushdown();
         let mut backoff = Duration::from_millis(50);
-        let _behind = Behind::new(&self.hub.gauges.behind);
+        let _behind = crate::telemetry::InProgress::new(&self.hub.gauges.behind);
         if self.path == Path::shared && self.cursor > 0 && crate::telemetry::may_warn_slow() {
             // It was live and the ring moved past it: it reads slower than events arrive.
             tracing::warn!(
@@ -476,21 +476,5 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) {
             t.tick().await;
         }
         None => std::future::pending().await,
-    }
-}
-
-/// Counts a subscriber as behind the ring while it catches up.
-struct Behind(prometheus_client::metrics::gauge::Gauge);
-
-impl Behind {
-    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Behind {
-        gauge.inc();
-        Behind(gauge.clone())
-    }
-}
-
-impl Drop for Behind {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }

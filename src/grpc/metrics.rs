@@ -69,6 +69,9 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        if !crate::telemetry::metrics::enabled() {
+            return Box::pin(inner.call(request));
+        }
         let path = request.uri().path();
         let method = METHODS
             .iter()

@@ -160,9 +160,11 @@ impl Lifecycle {
     /// The engine opened it as `id`.
     fn opened(&self, id: &str, start_sequence: u64) {
         self.span.record("id", id);
-        let m = &*METRICS;
-        m.subscriptions.get_or_create(&self.labels).inc();
-        m.subscriptions_opened.get_or_create(&self.labels).inc();
+        if self.counters.counting() {
+            let m = &*METRICS;
+            m.subscriptions.get_or_create(&self.labels).inc();
+            m.subscriptions_opened.get_or_create(&self.labels).inc();
+        }
         self.span
             .in_scope(|| tracing::info!(start_sequence, "subscription opened"));
     }
@@ -179,14 +181,16 @@ impl Lifecycle {
 
 impl Drop for Lifecycle {
     fn drop(&mut self) {
-        let m = &*METRICS;
-        m.subscriptions.get_or_create(&self.labels).dec();
-        m.subscriptions_ended
-            .get_or_create(&EndLabels {
-                stream: self.labels.stream.clone(),
-                reason: self.reason.to_owned(),
-            })
-            .inc();
+        if self.counters.counting() {
+            let m = &*METRICS;
+            m.subscriptions.get_or_create(&self.labels).dec();
+            m.subscriptions_ended
+                .get_or_create(&EndLabels {
+                    stream: self.labels.stream.clone(),
+                    reason: self.reason.to_owned(),
+                })
+                .inc();
+        }
         let (reason, lived) = (self.reason, self.opened.elapsed());
         self.span
             .in_scope(|| tracing::info!(reason, ?lived, "subscription ended"));
@@ -393,8 +397,10 @@ impl Out {
     fn next_of_run(&mut self) -> Option<Frame> {
         let event = self.run.next()?;
         self.last_delivered = self.last_delivered.max(event.sequence);
-        // The body is encoded once per event (and cached); this only reads its length.
-        self.run_bytes += super::frame::delivery_body(&event).len() as u64 + 2;
+        if self.life.counters.counting() {
+            // The body is encoded once per event (and cached); this only reads its length.
+            self.run_bytes += super::frame::delivery_body(&event).len() as u64 + 2;
+        }
         let more = self.run.len() > 0;
         if !more {
             self.run_done();

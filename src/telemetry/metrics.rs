@@ -235,6 +235,8 @@ pub struct Metrics {
     pub history_oldest_sequence: Family<StreamLabels, Gauge>,
     /// Bytes of history blocks cached for subscribers catching up, by stream.
     pub catchup_cache_bytes: Family<StreamLabels, Gauge>,
+    /// History reads for subscribers catching up running now, by stream.
+    pub catchup_reads: Family<StreamLabels, Gauge>,
     /// Durables: matching events not yet delivered.
     pub durable_pending: Family<DurableLabels, Gauge>,
     /// Durables: delivered, not yet acknowledged.
@@ -285,6 +287,7 @@ impl Metrics {
             history_events: Family::default(),
             history_oldest_sequence: Family::default(),
             catchup_cache_bytes: Family::default(),
+            catchup_reads: Family::default(),
             durable_pending: Family::default(),
             durable_ack_pending: Family::default(),
             durable_redelivered: Family::default(),
@@ -401,6 +404,11 @@ impl Metrics {
             self.catchup_cache_bytes.clone(),
         );
         r.register(
+            "catchup_reads",
+            "History reads for subscribers catching up running now",
+            self.catchup_reads.clone(),
+        );
+        r.register(
             "durable_pending_events",
             "Durables: matching events not yet delivered",
             self.durable_pending.clone(),
@@ -475,9 +483,26 @@ impl Metrics {
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
-/// A subscription's delivery counters, looked up once when it opens.
+/// Whether the hot paths count (`telemetry.metrics`).
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the per-delivery and per-call counting on or off (`telemetry.metrics`).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether metrics are kept.
+pub fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A subscription's delivery counters, looked up once when it opens (none when metrics are
+/// off).
 #[derive(Debug, Clone)]
-pub struct DeliveryCounters {
+pub struct DeliveryCounters(Option<Box<Handles>>);
+
+#[derive(Debug, Clone)]
+struct Handles {
     events: [Counter; 4],
     bytes: [Counter; 4],
     latency: [Histogram; 4],
@@ -487,12 +512,15 @@ pub struct DeliveryCounters {
 impl DeliveryCounters {
     /// The counters of `stream`.
     pub fn of(stream: &str) -> DeliveryCounters {
+        if !enabled() {
+            return DeliveryCounters(None);
+        }
         let m = &*METRICS;
         let labels = |path| PathLabels {
             stream: stream.to_owned(),
             path,
         };
-        DeliveryCounters {
+        DeliveryCounters(Some(Box::new(Handles {
             events: Path::ALL.map(|p| m.delivered_events.get_or_create(&labels(p)).clone()),
             bytes: Path::ALL.map(|p| m.delivered_bytes.get_or_create(&labels(p)).clone()),
             latency: Path::ALL.map(|p| m.delivery_latency.get_or_create(&labels(p)).clone()),
@@ -500,7 +528,7 @@ impl DeliveryCounters {
                 .redeliveries
                 .get_or_create(&StreamLabels::of(stream))
                 .clone(),
-        }
+        })))
     }
 
     /// Counts `events` deliveries of `bytes` sent by `path`; `oldest` is when the oldest of
@@ -512,17 +540,25 @@ impl DeliveryCounters {
         bytes: u64,
         oldest: Option<chrono::DateTime<chrono::Utc>>,
     ) {
-        self.events[path.index()].inc_by(events);
-        self.bytes[path.index()].inc_by(bytes);
+        let Some(h) = &self.0 else { return };
+        h.events[path.index()].inc_by(events);
+        h.bytes[path.index()].inc_by(bytes);
         if let Some(at) = oldest {
             let age = (chrono::Utc::now() - at).num_microseconds().unwrap_or(0);
-            self.latency[path.index()].observe(age.max(0) as f64 / 1e6);
+            h.latency[path.index()].observe(age.max(0) as f64 / 1e6);
         }
     }
 
     /// Counts a redelivery.
     pub fn redelivered(&self) {
-        self.redeliveries.inc();
+        if let Some(h) = &self.0 {
+            h.redeliveries.inc();
+        }
+    }
+
+    /// Whether it counts (metrics are on): callers skip work only counting needs.
+    pub fn counting(&self) -> bool {
+        self.0.is_some()
     }
 }
 

@@ -154,6 +154,26 @@ pub struct StreamGauges {
     pub history_oldest: prometheus_client::metrics::gauge::Gauge,
     /// Bytes of history blocks kept for subscribers catching up.
     pub catchup_cache_bytes: prometheus_client::metrics::gauge::Gauge,
+    /// History reads (blocks for subscribers catching up) running.
+    pub catchup_reads: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// Counts one in a gauge while it lives (a subscriber catching up, a history read running).
+#[derive(Debug)]
+pub struct InProgress(prometheus_client::metrics::gauge::Gauge);
+
+impl InProgress {
+    /// Adds one to `gauge` until dropped.
+    pub fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> InProgress {
+        gauge.inc();
+        InProgress(gauge.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Hands out the gauges of each stream.
@@ -172,6 +192,7 @@ impl Gauges {
             history_events: m.history_events.get_or_create(&l).clone(),
             history_oldest: m.history_oldest_sequence.get_or_create(&l).clone(),
             catchup_cache_bytes: m.catchup_cache_bytes.get_or_create(&l).clone(),
+            catchup_reads: m.catchup_reads.get_or_create(&l).clone(),
         })
     }
 }
@@ -206,7 +227,15 @@ pub async fn serve_http(
             axum::routing::get(move || {
                 let state = metrics_state.clone();
                 async move {
+                    if !metrics::enabled() {
+                        return (
+                            StatusCode::NOT_FOUND,
+                            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                            "metrics are off (telemetry.metrics = false)\n".to_owned(),
+                        );
+                    }
                     (
+                        StatusCode::OK,
                         [(
                             header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
