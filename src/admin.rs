@@ -23,6 +23,7 @@ pub struct Admin {
     store: Store,
     settings: Settings,
     auth: Arc<Auth>,
+    push: crate::push::PushAdmin,
 }
 
 /// A caller of the admin API (`None` when authentication is off).
@@ -32,6 +33,11 @@ impl Admin {
     /// Admin over the streams `settings` declares, for callers `auth` identifies.
     pub fn new(store: Store, settings: Settings, auth: Arc<Auth>) -> Admin {
         Admin {
+            push: crate::push::PushAdmin::new(
+                store.clone(),
+                settings.push.clone(),
+                settings.publish.default_stream.clone(),
+            ),
             store,
             settings,
             auth,
@@ -214,5 +220,87 @@ impl Admin {
             .store
             .seek_durable(stream, durable, crate::engine::consumer_start(start))
             .await?)
+    }
+
+    /// Fails unless `caller` holds an `admin` grant on `stream` (push subscriptions are
+    /// managed by stream admins).
+    fn stream_admin(&self, caller: Caller<'_>, stream: &str, action: &str) -> Result<(), Error> {
+        self.declared(stream)?;
+        if !self.auth.allows_any(caller, Action::Admin, stream) {
+            crate::auth::audit(caller, action, stream, "denied");
+            return Err(Error::denied(Action::Admin, stream, None));
+        }
+        if self.auth.enabled() {
+            crate::auth::audit(caller, action, stream, "allowed");
+        }
+        Ok(())
+    }
+
+    /// Creates a push subscription.
+    pub async fn push_create(
+        &self,
+        caller: Caller<'_>,
+        mut spec: crate::push::PushSpec,
+    ) -> Result<crate::push::PushInfo, Error> {
+        spec.stream = self.resolve(&spec.stream).to_owned();
+        self.stream_admin(caller, &spec.stream, "push.create")?;
+        self.push.create(spec).await
+    }
+
+    /// Updates a push subscription.
+    pub async fn push_update(
+        &self,
+        caller: Caller<'_>,
+        spec: crate::push::PushSpec,
+    ) -> Result<crate::push::PushInfo, Error> {
+        let current = self.push.spec(&spec.name).await?;
+        self.stream_admin(caller, &current.stream, "push.update")?;
+        self.push.update(spec).await
+    }
+
+    /// Pauses or resumes a push subscription.
+    pub async fn push_pause(
+        &self,
+        caller: Caller<'_>,
+        name: &str,
+        paused: bool,
+    ) -> Result<crate::push::PushInfo, Error> {
+        let current = self.push.spec(name).await?;
+        self.stream_admin(caller, &current.stream, "push.pause")?;
+        self.push.set_paused(name, paused).await
+    }
+
+    /// Deletes a push subscription.
+    pub async fn push_delete(&self, caller: Caller<'_>, name: &str) -> Result<(), Error> {
+        let current = self.push.spec(name).await?;
+        self.stream_admin(caller, &current.stream, "push.delete")?;
+        self.push.delete(name).await
+    }
+
+    /// One push subscription.
+    pub async fn push_get(
+        &self,
+        caller: Caller<'_>,
+        name: &str,
+    ) -> Result<crate::push::PushInfo, Error> {
+        let info = self.push.get(name).await?;
+        self.stream_admin(caller, &info.spec.stream, "push.get")?;
+        Ok(info)
+    }
+
+    /// The push subscriptions of the streams `caller` administers.
+    pub async fn push_list(&self, caller: Caller<'_>) -> Result<Vec<crate::push::PushInfo>, Error> {
+        Ok(self
+            .push
+            .list()
+            .await?
+            .into_iter()
+            .filter(|p| self.auth.allows_any(caller, Action::Admin, &p.spec.stream))
+            .collect())
+    }
+
+    /// Declares the configuration's push subscriptions.
+    pub async fn push_declare(&self) -> Result<(), Error> {
+        self.push.declare(&self.settings.push.subscriptions).await
     }
 }

@@ -58,6 +58,9 @@ pub struct Settings {
     /// Metrics, traces and logs.
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+    /// Push subscriptions (webhooks).
+    #[serde(default)]
+    pub push: PushSettings,
     /// The streams the gateway declares at start-up (created or updated).
     pub streams: Vec<StreamSettings>,
 }
@@ -84,6 +87,70 @@ pub struct ServerSettings {
     /// against reset floods. Quick cancels of many watches on one long-lived connection cause
     /// such resets too, so the default is far above the HTTP/2 library's 1024. Default 65536.
     pub http2_max_local_resets: usize,
+}
+
+/// `[push]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushSettings {
+    /// Allow plain `http://` endpoints that are not loopback addresses. Default `false`.
+    pub allow_http: bool,
+    /// Networks (CIDR) push deliveries may connect to; empty: any. Checked on every
+    /// connection, after name resolution. Default empty.
+    pub allowed_networks: Vec<String>,
+    /// Validate endpoints with the CloudEvents webhook handshake (`OPTIONS` with
+    /// `WebHook-Request-Origin`) before creating a subscription or changing its URL.
+    /// Default `true`.
+    pub handshake: bool,
+    /// The origin named in the handshake. Default `jetwatch`.
+    pub origin: String,
+    /// Push subscriptions at most. Default 100.
+    pub max_subscriptions: usize,
+    /// Largest `concurrency` of one subscription. Default 256.
+    pub max_concurrency: u32,
+    /// Attempt timeout when a subscription sets none. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// Largest attempt timeout. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    /// Attempts before an event is dead-lettered, when a subscription sets none. Default 10.
+    pub default_max_attempts: u32,
+    /// First wait between attempts (doubled each time, with jitter). Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Longest wait between attempts. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Bytes of a refusing endpoint's response body kept in the dead letter. Default 512.
+    pub body_excerpt_bytes: usize,
+    /// How often each gateway reads the push subscriptions (created, changed, paused,
+    /// deleted through any gateway) and writes their status. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// Push subscriptions declared here: created when missing, updated when different.
+    pub subscriptions: Vec<crate::push::PushSpec>,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        PushSettings {
+            allow_http: false,
+            allowed_networks: Vec::new(),
+            handshake: true,
+            origin: "jetwatch".into(),
+            max_subscriptions: 100,
+            max_concurrency: 256,
+            default_timeout: Duration::from_secs(10),
+            max_timeout: Duration::from_secs(60),
+            default_max_attempts: 10,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            body_excerpt_bytes: 512,
+            reload_interval: Duration::from_secs(2),
+            subscriptions: Vec::new(),
+        }
+    }
 }
 
 /// `[telemetry]`.
@@ -876,6 +943,29 @@ impl Settings {
             );
         }
         self.validate_security(&names)?;
+        let p = &self.push;
+        for (i, net) in p.allowed_networks.iter().enumerate() {
+            if net.parse::<ipnet::IpNet>().is_err() && net.parse::<std::net::IpAddr>().is_err() {
+                return invalid(
+                    format!("push.allowed_networks[{i}]"),
+                    format!("`{net}` is not a CIDR network or an address"),
+                );
+            }
+        }
+        if p.backoff_initial.is_zero() || p.backoff_max < p.backoff_initial {
+            return invalid(
+                "push.backoff_initial".into(),
+                "must be positive and at most push.backoff_max".into(),
+            );
+        }
+        if p.reload_interval.is_zero() {
+            return invalid("push.reload_interval".into(), "must be positive".into());
+        }
+        for (i, spec) in p.subscriptions.iter().enumerate() {
+            if let Err(e) = spec.validate(p, &format!("push.subscriptions[{i}]")) {
+                return invalid(format!("push.subscriptions[{i}]"), e.to_string());
+            }
+        }
         let t = &self.telemetry;
         if !(0.0..=1.0).contains(&t.sample_ratio) {
             return invalid(

@@ -116,6 +116,21 @@ pub enum Error {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down; reconnect to another gateway")]
     ShuttingDown,
+    /// A push subscription of that name does not exist.
+    #[error("no push subscription `{0}`")]
+    PushNotFound(String),
+    /// Something of that name exists already.
+    #[error("{what} `{name}` exists already; update it instead")]
+    AlreadyExists {
+        /// What kind of thing.
+        what: String,
+        /// Its name.
+        name: String,
+    },
+    /// The request is valid but the world is not as it needs (e.g. an endpoint refused the
+    /// webhook handshake).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The operation is part of the API but not available in this build.
     #[error("{0} is not implemented yet")]
     Unimplemented(String),

@@ -14,6 +14,7 @@
 //! - [`wildcard`]: NATS subject patterns (`*`, `>`); pure.
 //! - [`store`]: the JetStream layer, the only module that performs NATS I/O.
 //! - [`publish`]: the publish path (validate, subject, encode, dedup key, store).
+//! - [`push`]: push subscriptions (signed webhooks with retries and dead letters).
 //! - [`engine`]: the subscription engine (shared reads, history, catch-up, bookmarks).
 //! - [`grpc`]: the gRPC services, conversions and the error → status table.
 //! - [`server`]: wiring and the shutdown contract.
@@ -33,6 +34,7 @@ pub use jetwatch_client::event;
 pub mod filter;
 pub mod grpc;
 pub mod publish;
+pub mod push;
 pub mod server;
 pub mod store;
 pub mod subject;

@@ -218,11 +218,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         shutdown.clone(),
     );
     let publisher = PublisherService::new(publisher, settings.publish.max_pending_acks);
-    let admin = AdminService::new(crate::admin::Admin::new(
-        store,
-        settings.clone(),
-        auth.clone(),
-    ));
+    let admin_domain = crate::admin::Admin::new(store.clone(), settings.clone(), auth.clone());
+    admin_domain
+        .push_declare()
+        .await
+        .map_err(|e| StartError::Other(format!("push.subscriptions: {e}")))?;
+    crate::push::spawn(store, settings.push.clone(), shutdown.clone());
+    let admin = AdminService::new(admin_domain);
 
     let signal = {
         let shutdown = shutdown.clone();

@@ -144,6 +144,11 @@ pub struct Encoded {
     pub payload: bytes::Bytes,
 }
 
+/// An attribute value as a `ce-` header value (the HTTP binding's percent-encoding).
+pub fn http_header_value(value: &str) -> std::borrow::Cow<'_, str> {
+    header_value::encode(value)
+}
+
 impl Encoded {
     /// Bytes of the message: header names and values plus the payload.
     pub fn size(&self) -> usize {

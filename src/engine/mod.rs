@@ -44,8 +44,9 @@ use crate::telemetry::Gauges;
 use hub::Hub;
 pub(crate) use lifecycle::{lost, outage, Shared, Stop};
 pub(crate) use start::{consumer_start, resolve as resolve_start};
-pub(crate) use types::decode_stored;
-pub use types::{AckMode, Batch, Control, Item, OnExpired, OpenRequest, Start, StoredEvent};
+pub use types::{
+    decode_stored, AckMode, Batch, Control, Item, OnExpired, OpenRequest, Start, StoredEvent,
+};
 pub(crate) use window::Matcher;
 pub use window::Window;
 

@@ -148,7 +148,7 @@ pub enum Control {
 
 /// Decodes a stored message once. Messages that are not CloudEvents, or break the rule of
 /// [`crate::codec::check_stored`], are skipped: counted, logged, never delivered.
-pub(crate) fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredEvent>> {
+pub fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredEvent>> {
     let header_bytes: usize = raw
         .headers
         .as_ref()

@@ -25,10 +25,23 @@ const METHODS: &[&str] = &[
     "/jetwatch.v1.Admin/DeleteSubscription",
     "/jetwatch.v1.Admin/SeekSubscription",
     "/jetwatch.v1.Admin/GetServerInfo",
+    "/jetwatch.v1.Admin/CreatePushSubscription",
+    "/jetwatch.v1.Admin/UpdatePushSubscription",
+    "/jetwatch.v1.Admin/GetPushSubscription",
+    "/jetwatch.v1.Admin/ListPushSubscriptions",
+    "/jetwatch.v1.Admin/PausePushSubscription",
+    "/jetwatch.v1.Admin/ResumePushSubscription",
+    "/jetwatch.v1.Admin/DeletePushSubscription",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The subscriber's streams: counted when the subscription ends, not by wrapping their bodies.
+pub(crate) const SUBSCRIBER_STREAMS: [&str; 2] = [
+    "/jetwatch.v1.Subscriber/Subscribe",
+    "/jetwatch.v1.Subscriber/Watch",
 ];
 
 /// Counts and times gRPC calls.
@@ -87,6 +100,11 @@ where
                 call.done(code);
                 return Ok(response);
             }
+            if SUBSCRIBER_STREAMS.contains(&method) {
+                // Counted by the subscription when it ends (`subscriber::Lifecycle`): its
+                // frames, one per delivery, pass unwrapped.
+                return Ok(response);
+            }
             Ok(response.map(|body| {
                 tonic::body::Body::new(Observed {
                     inner: body,
@@ -98,13 +116,14 @@ where
 }
 
 /// A call not yet counted.
-struct Call {
-    method: &'static str,
-    started: Instant,
+pub(crate) struct Call {
+    pub(crate) method: &'static str,
+    pub(crate) started: Instant,
 }
 
 impl Call {
-    fn done(self, code: &str) {
+    /// Counts the call as ended with `code`.
+    pub(crate) fn done(self, code: &str) {
         let m = &*METRICS;
         m.grpc_requests
             .get_or_create(&GrpcLabels {
@@ -131,7 +150,7 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<&'static str> {
     Some(code_name(code))
 }
 
-fn code_name(code: i32) -> &'static str {
+pub(crate) fn code_name(code: i32) -> &'static str {
     match code {
         0 => "OK",
         1 => "CANCELLED",

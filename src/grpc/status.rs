@@ -102,6 +102,15 @@ pub fn to_status(e: Error, last_delivered: Option<u64>) -> Status {
         }
         Error::Unavailable { .. } => (Code::Unavailable, "NATS_UNAVAILABLE"),
         Error::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN"),
+        Error::PushNotFound(name) => {
+            meta.insert("push_subscription".into(), name.clone());
+            (Code::NotFound, "PUSH_SUBSCRIPTION_NOT_FOUND")
+        }
+        Error::AlreadyExists { name, .. } => {
+            meta.insert("name".into(), name.clone());
+            (Code::AlreadyExists, "ALREADY_EXISTS")
+        }
+        Error::FailedPrecondition(_) => (Code::FailedPrecondition, "FAILED_PRECONDITION"),
         Error::Unimplemented(_) => (Code::Unimplemented, "UNIMPLEMENTED"),
         Error::Internal(_) => (Code::Internal, "INTERNAL"),
     };

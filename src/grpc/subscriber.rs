@@ -123,12 +123,22 @@ pub(crate) struct Lifecycle {
     span: tracing::Span,
     /// How it ended: `client_gone` unless the stream ended with an error.
     reason: &'static str,
+    /// The gRPC code it ended with, for the call metrics (`CANCELLED` when the client left).
+    code: &'static str,
+    /// The gRPC method, for the call metrics.
+    method: &'static str,
     opened: std::time::Instant,
+    /// Whether the engine opened it (one refused at open is counted by the call layer).
+    is_open: bool,
 }
 
 impl Lifecycle {
     /// A subscription about to open: counted when [`Lifecycle::opened`] says it did.
-    fn new(req: &crate::engine::OpenRequest, peer: Option<std::net::SocketAddr>) -> Lifecycle {
+    fn new(
+        req: &crate::engine::OpenRequest,
+        peer: Option<std::net::SocketAddr>,
+        method: &'static str,
+    ) -> Lifecycle {
         let kind = if req.durable.is_some() {
             Kind::durable
         } else if req.ack_mode == crate::engine::AckMode::Explicit {
@@ -153,12 +163,16 @@ impl Lifecycle {
             counters: DeliveryCounters::of(&req.stream),
             span,
             reason: "client_gone",
+            code: "CANCELLED",
+            method,
             opened: std::time::Instant::now(),
+            is_open: false,
         }
     }
 
     /// The engine opened it as `id`.
-    fn opened(&self, id: &str, start_sequence: u64) {
+    fn opened(&mut self, id: &str, start_sequence: u64) {
+        self.is_open = true;
         self.span.record("id", id);
         if self.counters.counting() {
             let m = &*METRICS;
@@ -171,6 +185,7 @@ impl Lifecycle {
 
     /// It ends with `status`.
     fn failed(&mut self, status: &Status) {
+        self.code = super::metrics::code_name(status.code() as i32);
         self.reason = if status.message().contains("shutting down") {
             "shutdown"
         } else {
@@ -181,6 +196,9 @@ impl Lifecycle {
 
 impl Drop for Lifecycle {
     fn drop(&mut self) {
+        if !self.is_open {
+            return;
+        }
         if self.counters.counting() {
             let m = &*METRICS;
             m.subscriptions.get_or_create(&self.labels).dec();
@@ -190,6 +208,11 @@ impl Drop for Lifecycle {
                     reason: self.reason.to_owned(),
                 })
                 .inc();
+            super::metrics::Call {
+                method: self.method,
+                started: self.opened,
+            }
+            .done(self.code);
         }
         let (reason, lived) = (self.reason, self.opened.elapsed());
         self.span
@@ -248,7 +271,7 @@ fn expired() -> Error {
 /// `last_delivered_sequence` at shutdown or when the engine reports a lost NATS.
 fn respond(
     sub: Subscription,
-    life: Lifecycle,
+    mut life: Lifecycle,
     keep_control: bool,
     control: Option<mpsc::Receiver<Error>>,
     shutdown: CancellationToken,
@@ -480,7 +503,7 @@ impl SubscriberService {
         let expires = expiry(caller.as_deref());
         let revoked = self.engine.auth().revocation(caller.as_deref());
         req.caller = caller;
-        let life = Lifecycle::new(&req, peer);
+        let life = Lifecycle::new(&req, peer, super::metrics::SUBSCRIBER_STREAMS[0]);
         let sub = self.engine.open(req).await?;
         let (error_tx, error_rx) = mpsc::channel(1);
         let control = sub.control.clone();
@@ -534,7 +557,7 @@ impl SubscriberService {
         let expires = expiry(caller.as_deref());
         let revoked = self.engine.auth().revocation(caller.as_deref());
         req.caller = caller;
-        let life = Lifecycle::new(&req, peer);
+        let life = Lifecycle::new(&req, peer, super::metrics::SUBSCRIBER_STREAMS[1]);
         let sub = self.engine.open(req).await?;
         Ok(Response::new(respond(
             sub,

@@ -135,6 +135,15 @@ impl Acker {
         self.send(body, "asking for a redelivery").await
     }
 
+    /// Says the delivery is still being worked on: its ack deadline starts again.
+    pub async fn in_progress(&self) -> Result<(), StoreError> {
+        self.send(
+            Bytes::from_static(b"+WPI"),
+            "extending a delivery's deadline",
+        )
+        .await
+    }
+
     /// Gives up: never redelivered.
     pub async fn term(&self) -> Result<(), StoreError> {
         self.send(Bytes::from_static(b"+TERM"), "terminating a delivery")

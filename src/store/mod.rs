@@ -24,6 +24,7 @@ mod consumer;
 mod direct;
 mod error;
 mod publish;
+mod push;
 mod read;
 mod streams;
 

@@ -189,6 +189,22 @@ pub struct MethodLabels {
     pub method: String,
 }
 
+/// A push subscription and an attempt's status class.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    /// The push subscription.
+    pub subscription: String,
+    /// `2xx`, `4xx`, `5xx`, `timeout` or `error`.
+    pub class: String,
+}
+
+/// A push subscription.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriptionLabels {
+    /// The push subscription.
+    pub subscription: String,
+}
+
 /// Latency buckets: 100 µs to ~6.5 s, doubling.
 fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
@@ -264,6 +280,12 @@ pub struct Metrics {
     pub grpc_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
     /// Slow-subscriber warnings suppressed by the rate limit.
     pub warnings_suppressed: Counter,
+    /// Push delivery attempts by subscription and status class.
+    pub push_attempts: Family<PushLabels, Counter>,
+    /// Push attempt duration by subscription.
+    pub push_duration: Family<SubscriptionLabels, Histogram, fn() -> Histogram>,
+    /// Push events given up on (dead-lettered) by subscription.
+    pub push_dead_letters: Family<SubscriptionLabels, Counter>,
 }
 
 impl Metrics {
@@ -301,6 +323,9 @@ impl Metrics {
             grpc_requests: Family::default(),
             grpc_duration: Family::new_with_constructor(latency),
             warnings_suppressed: Counter::default(),
+            push_attempts: Family::default(),
+            push_duration: Family::new_with_constructor(latency),
+            push_dead_letters: Family::default(),
         }
     }
 
@@ -470,6 +495,22 @@ impl Metrics {
             "gRPC call duration by method (a stream's whole life)",
             Unit::Seconds,
             self.grpc_duration.clone(),
+        );
+        r.register(
+            "push_attempts",
+            "Push delivery attempts by subscription and status class (2xx, 4xx, 5xx, timeout, error)",
+            self.push_attempts.clone(),
+        );
+        r.register_with_unit(
+            "push_duration",
+            "Push delivery attempt duration by subscription",
+            Unit::Seconds,
+            self.push_duration.clone(),
+        );
+        r.register(
+            "push_dead_letters",
+            "Push events given up on (dead-lettered) by subscription",
+            self.push_dead_letters.clone(),
         );
         r.register(
             "warnings_suppressed",
