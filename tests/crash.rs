@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,76 +12,15 @@ use jetwatch::grpc::pb::jetwatch::v1 as api;
 use jetwatch_client::{WatchItem, Watcher};
 use parking_lot::Mutex;
 
-/// A `jetwatch serve` process, killed when dropped.
-struct GatewayProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl GatewayProcess {
-    /// Starts `jetwatch serve` on NATS `urls` with the `events` stream at 3 replicas, and
-    /// waits until it answers.
-    async fn start(urls: &str, dir: &Path, name: &str) -> GatewayProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:0\"\n\
-                 [nats]\nurl = \"{urls}\"\nconnection_name = \"{name}\"\n\
-                 [[streams]]\nname = \"events\"\nsubjects = [\"events.>\"]\nreplicas = 3\n"
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_jetwatch"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let gateway = GatewayProcess { child, addr };
-        eventually(&format!("gateway {name} to answer"), || async move {
-            let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-                .ok()?
-                .connect()
-                .await
-                .ok()?;
-            AdminClient::new(channel)
-                .list_streams(api::ListStreamsRequest {})
-                .await
-                .ok()
-        })
-        .await;
-        gateway
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+/// The `events` stream at 3 replicas.
+const R3: &str = "[[streams]]\nname = \"events\"\nsubjects = [\"events.>\"]\nreplicas = 3\n";
 
 #[tokio::test]
 async fn clients_of_a_killed_gateway_resume_on_another_with_no_gap_and_nothing_lost() {
     let env = TestEnv::cluster(|_| {}).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut g1 = GatewayProcess::start(&env.nats.url(), dir.path(), "g1").await;
-    let g2 = GatewayProcess::start(&env.nats.url(), dir.path(), "g2").await;
+    let mut g1 = GatewayProcess::start(&env.nats.url(), dir.path(), "g1", R3).await;
+    let g2 = GatewayProcess::start(&env.nats.url(), dir.path(), "g2", R3).await;
 
     // A Watcher that knows both gateways, starting on g1.
     let mut watcher = Watcher::new(

@@ -432,3 +432,76 @@ async fn endpoints_are_checked_before_anything_is_delivered() {
         .into_inner();
     assert!(list.subscriptions.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_a_push_subscription_and_a_killed_one_loses_nothing() {
+    let (receiver, addr) = Receiver::start(Some("*")).await;
+    // A slow endpoint: many deliveries are in flight on both gateways when one dies.
+    let (stuck_receiver, stuck_addr) = Receiver::start(Some("*")).await;
+    let env = TestEnv::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[push]\nreload_interval = \"100ms\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"200ms\"\n\
+                 [[streams]]\nname = \"events\"\nsubjects = [\"events.>\"]\n";
+    let mut g1 = GatewayProcess::start(&env.nats.url(), dir.path(), "g1", extra).await;
+    let g2 = GatewayProcess::start(&env.nats.url(), dir.path(), "g2", extra).await;
+    let mut admin = api::admin_client::AdminClient::new(channel(g2.addr).await);
+    let mut sub = push("shared", &format!("http://{addr}/hook"));
+    sub.concurrency = 8;
+    admin.create_push_subscription(sub).await.unwrap();
+    // Another subscription whose endpoint hangs: it never slows this one.
+    let mut stuck = push("stuck", &format!("http://{stuck_addr}/hook"));
+    stuck.timeout = Some(prost_types::Duration {
+        seconds: 30,
+        nanos: 0,
+    });
+    for i in 0..50 {
+        stuck_receiver.script(&format!("s{i}"), &[Answer::Hang(Duration::from_secs(60))]);
+    }
+    admin.create_push_subscription(stuck).await.unwrap();
+
+    let total = 400u64;
+    let mut publisher = PublisherClient::new(channel(g2.addr).await);
+    let publishing = tokio::spawn(async move {
+        for i in 0..total {
+            publish(
+                &mut publisher,
+                widget(&format!("k{i}"), &format!("s{}", i % 50), "modified"),
+            )
+            .await;
+        }
+    });
+    // Kill g1 while deliveries are under way.
+    eventually("deliveries under way", || {
+        let receiver = receiver.clone();
+        async move { (receiver.arrivals().len() >= 50).then_some(()) }
+    })
+    .await;
+    g1.kill();
+    publishing.await.unwrap();
+
+    // Every event arrives at least once; a repeat carries the same webhook-id.
+    let arrivals = eventually("every event delivered", || {
+        let receiver = receiver.clone();
+        async move {
+            let a = receiver.arrivals();
+            let ids: std::collections::HashSet<String> = a.iter().map(|x| x.id.clone()).collect();
+            (ids.len() as u64 >= total).then_some(a)
+        }
+    })
+    .await;
+    let mut by_id: HashMap<String, Vec<&Arrival>> = HashMap::new();
+    for a in &arrivals {
+        by_id.entry(a.id.clone()).or_default().push(a);
+    }
+    for seq in 1..=total {
+        let id = format!("shared-events-{seq}");
+        let got = by_id
+            .get(&id)
+            .unwrap_or_else(|| panic!("{id} never arrived"));
+        assert!(
+            got.iter().all(|a| a.body == got[0].body),
+            "a repeat is the same event"
+        );
+    }
+    drop(g2);
+}

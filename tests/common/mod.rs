@@ -691,3 +691,71 @@ pub fn assert_durable_lost_nothing(seen: &[u64], last: u64, window: usize) {
         "{redelivered} redeliveries, more than the window"
     );
 }
+
+/// A `jetwatch serve` process, killed when dropped.
+pub struct GatewayProcess {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    /// Starts `jetwatch serve` on NATS `urls` with `extra` configuration (TOML appended to
+    /// the listeners and NATS settings), and waits until it answers.
+    pub async fn start(
+        urls: &str,
+        dir: &std::path::Path,
+        name: &str,
+        extra: &str,
+    ) -> GatewayProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"{addr}\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+                 [nats]\nurl = \"{urls}\"\nconnection_name = \"{name}\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_jetwatch"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let gateway = GatewayProcess { child, addr };
+        eventually(&format!("gateway {name} to answer"), || async move {
+            let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            AdminClient::new(channel)
+                .list_streams(api::ListStreamsRequest {})
+                .await
+                .ok()
+        })
+        .await;
+        gateway
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
