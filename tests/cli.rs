@@ -892,3 +892,88 @@ async fn read_sequences(
     }
     got
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_subscriptions_are_managed_from_the_cli() {
+    let env = common::TestEnv::with(|s| s.push.handshake = false).await;
+    let server = env.addr.to_string();
+    let run = |args: &[&str]| {
+        let mut all = strings(args);
+        all.extend(strings(&["--server", &server]));
+        run_cli(all)
+    };
+    let created = run(&[
+        "subscriptions",
+        "create",
+        "hooks",
+        "--push",
+        "http://127.0.0.1:9/hook",
+        "--secret",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "--from",
+        "earliest",
+        "--filter",
+        "type LIKE '%.created'",
+        "--concurrency",
+        "4",
+        "-o",
+        "json",
+    ])
+    .await;
+    let err = String::from_utf8_lossy(&created.stderr);
+    assert!(created.status.success(), "{err}");
+    let info: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    assert_eq!(info["concurrency"], 4);
+    assert_eq!(info["secrets"], 1, "secrets are counted, never shown");
+
+    // A second create of the same name is refused; a missing secret is a usage error.
+    let again = run(&[
+        "subscriptions",
+        "create",
+        "hooks",
+        "--push",
+        "http://127.0.0.1:9/x",
+        "--secret",
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ])
+    .await;
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    let unsigned = run(&[
+        "subscriptions",
+        "create",
+        "other",
+        "--push",
+        "http://127.0.0.1:9/x",
+    ])
+    .await;
+    assert_eq!(unsigned.status.code(), Some(2), "{unsigned:?}");
+
+    let paused = run(&["subscriptions", "pause", "hooks", "-o", "json"]).await;
+    let info: serde_json::Value = serde_json::from_slice(&paused.stdout).unwrap();
+    assert_eq!(info["paused"], true);
+    let updated = run(&[
+        "subscriptions",
+        "update",
+        "hooks",
+        "--concurrency",
+        "8",
+        "-o",
+        "json",
+    ])
+    .await;
+    assert!(updated.status.success(), "{updated:?}");
+    let info: serde_json::Value = serde_json::from_slice(&updated.stdout).unwrap();
+    assert_eq!(
+        (info["concurrency"].as_u64(), info["paused"].as_bool()),
+        (Some(8), Some(true))
+    );
+    run(&["subscriptions", "resume", "hooks"]).await;
+
+    let list = run(&["subscriptions", "--push"]).await;
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("hooks") && text.contains("active"), "{text}");
+    let deleted = run(&["subscriptions", "delete", "hooks", "--push"]).await;
+    assert!(deleted.status.success(), "{deleted:?}");
+    let gone = run(&["subscriptions", "info", "hooks", "--push"]).await;
+    assert_eq!(gone.status.code(), Some(3), "{gone:?}");
+}

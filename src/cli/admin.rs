@@ -47,6 +47,9 @@ pub struct SubscriptionsArgs {
     /// Leave out the table's header row.
     #[arg(long, global = true)]
     pub no_headers: bool,
+    /// List push subscriptions instead of durables.
+    #[arg(long)]
+    pub push: bool,
     /// What to do; none lists the durable subscriptions.
     #[command(subcommand)]
     pub command: Option<SubscriptionsCommand>,
@@ -57,12 +60,34 @@ pub struct SubscriptionsArgs {
 pub enum SubscriptionsCommand {
     /// One durable's position and counts.
     Info {
-        /// The durable.
+        /// The durable (or push subscription).
         name: String,
+        /// A push subscription's definition, position and last outcome.
+        #[arg(long)]
+        push: bool,
     },
     /// Delete a durable: its position is gone and its clients' streams end.
     Delete {
-        /// The durable.
+        /// The durable (or push subscription).
+        name: String,
+        /// Delete a push subscription (and its position).
+        #[arg(long)]
+        push: bool,
+    },
+    /// Create a push subscription: events POSTed to a webhook, signed, retried and
+    /// dead-lettered (`--push URL --secret S`, plus the filters and policy flags).
+    Create(super::push::PushFlags),
+    /// Change a push subscription (the flags given replace what it has; a new URL is
+    /// validated, `--secret` twice rotates).
+    Update(super::push::PushFlags),
+    /// Pause a push subscription: events wait in its durable.
+    Pause {
+        /// The push subscription.
+        name: String,
+    },
+    /// Resume a paused push subscription.
+    Resume {
+        /// The push subscription.
         name: String,
     },
     /// Move a durable to another position; its clients continue from there.
@@ -172,6 +197,54 @@ pub(super) async fn streams(args: StreamsArgs) -> anyhow::Result<()> {
 /// `jetwatch subscriptions [info|delete|seek] ...`.
 pub(super) async fn subscriptions(args: SubscriptionsArgs) -> anyhow::Result<()> {
     let conn = args.client.connection()?;
+    let push_missing = |name: &str| format!("no push subscription `{name}`");
+    let (format, no_headers) = (args.output, args.no_headers);
+    match &args.command {
+        Some(SubscriptionsCommand::Create(flags)) => {
+            let info = super::push::create(&conn, &args.stream, flags).await?;
+            eprintln!("push subscription `{}` created", flags.name);
+            return super::push::print(&[info], format, no_headers, true);
+        }
+        Some(SubscriptionsCommand::Update(flags)) => {
+            let info = super::push::update(&conn, flags).await.map_err(|e| {
+                match e.downcast::<jetwatch_client::ClientError>() {
+                    Ok(c) => not_found(c, push_missing(&flags.name)),
+                    Err(e) => e,
+                }
+            })?;
+            eprintln!("push subscription `{}` updated", flags.name);
+            return super::push::print(&[info], format, no_headers, true);
+        }
+        Some(SubscriptionsCommand::Pause { name } | SubscriptionsCommand::Resume { name }) => {
+            let pause = matches!(args.command, Some(SubscriptionsCommand::Pause { .. }));
+            let info = admin::push_pause(&conn, name, pause)
+                .await
+                .map_err(|e| not_found(e, push_missing(name)))?;
+            eprintln!(
+                "push subscription `{name}` {}",
+                if pause { "paused" } else { "resumed" }
+            );
+            return super::push::print(&[info], format, no_headers, true);
+        }
+        Some(SubscriptionsCommand::Delete { name, push: true }) => {
+            admin::push_delete(&conn, name)
+                .await
+                .map_err(|e| not_found(e, push_missing(name)))?;
+            eprintln!("push subscription `{name}` deleted");
+            return Ok(());
+        }
+        Some(SubscriptionsCommand::Info { name, push: true }) => {
+            let info = admin::push_get(&conn, name)
+                .await
+                .map_err(|e| not_found(e, push_missing(name)))?;
+            return super::push::print(&[info], format, no_headers, true);
+        }
+        None if args.push => {
+            let list = admin::push_list(&conn).await?;
+            return super::push::print(&list, format, no_headers, false);
+        }
+        _ => {}
+    }
     let missing = |name: &str| {
         let stream = if args.stream.is_empty() {
             "the default stream".to_owned()
@@ -182,18 +255,24 @@ pub(super) async fn subscriptions(args: SubscriptionsArgs) -> anyhow::Result<()>
     };
     let durables = match &args.command {
         None => admin::durables(&conn, &args.stream).await?,
-        Some(SubscriptionsCommand::Info { name }) => {
+        Some(SubscriptionsCommand::Info { name, .. }) => {
             vec![admin::durable(&conn, &args.stream, name)
                 .await
                 .map_err(|e| not_found(e, missing(name)))?]
         }
-        Some(SubscriptionsCommand::Delete { name }) => {
+        Some(SubscriptionsCommand::Delete { name, .. }) => {
             admin::delete_durable(&conn, &args.stream, name)
                 .await
                 .map_err(|e| not_found(e, missing(name)))?;
             eprintln!("durable subscription `{name}` deleted");
             return Ok(());
         }
+        Some(
+            SubscriptionsCommand::Create(_)
+            | SubscriptionsCommand::Update(_)
+            | SubscriptionsCommand::Pause { .. }
+            | SubscriptionsCommand::Resume { .. },
+        ) => unreachable!("handled above"),
         Some(SubscriptionsCommand::Seek { name, to }) => {
             if *to == StartFrom::Snapshot {
                 return Err(Usage("a durable cannot seek to a snapshot".into()).into());
@@ -367,7 +446,7 @@ pub(super) fn context(command: ContextCommand) -> anyhow::Result<()> {
 }
 
 /// `name: value` lines (a `... info` in table form).
-fn print_fields(value: &serde_json::Value) -> anyhow::Result<()> {
+pub(super) fn print_fields(value: &serde_json::Value) -> anyhow::Result<()> {
     if let Some(map) = value.as_object() {
         for (k, v) in map {
             let text = match v {

@@ -17,6 +17,7 @@ mod admin;
 mod connect;
 mod output;
 mod publish;
+mod push;
 mod watch;
 
 pub use admin::{ContextCommand, StreamsArgs, SubscriptionsArgs};

@@ -125,3 +125,84 @@ pub async fn healthy(conn: &Connection, service: &str) -> Result<bool, ClientErr
         .status;
     Ok(status == ServingStatus::Serving as i32)
 }
+
+/// A push subscription's definition, as the Admin API takes it.
+pub type PushSubscription = api::PushSubscription;
+
+/// A push subscription with its position and last outcome.
+pub type PushInfo = api::PushSubscriptionInfo;
+
+/// Creates a push subscription (ALREADY_EXISTS if the name is taken; FAILED_PRECONDITION when
+/// the endpoint refuses the webhook handshake).
+pub async fn push_create(
+    conn: &Connection,
+    sub: PushSubscription,
+) -> Result<PushInfo, ClientError> {
+    Ok(admin(conn)
+        .await?
+        .create_push_subscription(conn.request(sub))
+        .await?
+        .into_inner())
+}
+
+/// Replaces a push subscription's definition (no secrets: keep the current ones).
+pub async fn push_update(
+    conn: &Connection,
+    sub: PushSubscription,
+) -> Result<PushInfo, ClientError> {
+    Ok(admin(conn)
+        .await?
+        .update_push_subscription(conn.request(sub))
+        .await?
+        .into_inner())
+}
+
+/// One push subscription.
+pub async fn push_get(conn: &Connection, name: &str) -> Result<PushInfo, ClientError> {
+    Ok(admin(conn)
+        .await?
+        .get_push_subscription(conn.request(api::PushSubscriptionRequest {
+            name: name.to_owned(),
+        }))
+        .await?
+        .into_inner())
+}
+
+/// Every push subscription the caller administers.
+pub async fn push_list(conn: &Connection) -> Result<Vec<PushInfo>, ClientError> {
+    Ok(admin(conn)
+        .await?
+        .list_push_subscriptions(conn.request(api::ListPushSubscriptionsRequest {}))
+        .await?
+        .into_inner()
+        .subscriptions)
+}
+
+/// Pauses (`true`) or resumes a push subscription.
+pub async fn push_pause(
+    conn: &Connection,
+    name: &str,
+    paused: bool,
+) -> Result<PushInfo, ClientError> {
+    let request = conn.request(api::PushSubscriptionRequest {
+        name: name.to_owned(),
+    });
+    let mut client = admin(conn).await?;
+    let info = if paused {
+        client.pause_push_subscription(request).await?
+    } else {
+        client.resume_push_subscription(request).await?
+    };
+    Ok(info.into_inner())
+}
+
+/// Deletes a push subscription and its position.
+pub async fn push_delete(conn: &Connection, name: &str) -> Result<(), ClientError> {
+    admin(conn)
+        .await?
+        .delete_push_subscription(conn.request(api::PushSubscriptionRequest {
+            name: name.to_owned(),
+        }))
+        .await?;
+    Ok(())
+}
