@@ -20,6 +20,8 @@
 //!   grants, next to the same runs on a plain gateway.
 //! - `metrics`: fan-out to 256 watchers with metrics on and off (`telemetry.metrics`): what
 //!   counting costs in gateway CPU per delivery.
+//! - `push`: deliveries per second from a push subscription to a local webhook receiver with 1
+//!   and 64 in flight, and publish → webhook latency at 500 ev/s.
 //! - `failover`: a 3-node NATS cluster, the R3 stream's leader killed under steady publishing
 //!   and a live watcher: how long publishing is unavailable and deliveries stall.
 //! - `soak` (only when named in `JETWATCH_BENCH`): publishing, watchers, durables and
@@ -231,6 +233,8 @@ enum Scenario {
     Security,
     /// What metrics cost on the fan-out path.
     Metrics,
+    /// Push subscriptions to a local webhook.
+    Push,
     /// The stream leader of a 3-node cluster killed under load.
     Failover,
     /// A long random workload, sampled for leaks (not in the default set).
@@ -239,7 +243,7 @@ enum Scenario {
 
 impl Scenario {
     /// Every scenario; all but the last run by default.
-    const ALL: [Scenario; 12] = [
+    const ALL: [Scenario; 13] = [
         Scenario::Publish,
         Scenario::Watch,
         Scenario::Fanout,
@@ -250,6 +254,7 @@ impl Scenario {
         Scenario::Burst,
         Scenario::Security,
         Scenario::Metrics,
+        Scenario::Push,
         Scenario::Failover,
         Scenario::Soak,
     ];
@@ -266,6 +271,7 @@ impl Scenario {
             Scenario::Burst => "burst",
             Scenario::Security => "security",
             Scenario::Metrics => "metrics",
+            Scenario::Push => "push",
             Scenario::Failover => "failover",
             Scenario::Soak => "soak",
         }
@@ -287,6 +293,7 @@ impl Scenario {
             Scenario::Burst => burst::run(o).await,
             Scenario::Security => security::run(o).await,
             Scenario::Metrics => metrics::run(o).await,
+            Scenario::Push => push::run(o).await,
             Scenario::Failover => failover::run(o).await,
             Scenario::Soak => soak::run(o).await,
         }
@@ -304,6 +311,7 @@ mod latency;
 mod memory;
 mod metrics;
 mod publish;
+mod push;
 mod pushdown;
 mod security;
 mod snapshot;
