@@ -318,6 +318,25 @@ async fn deliveries_are_signed_retried_and_dead_lettered_as_the_endpoint_answers
     })
     .await;
     assert_eq!(info.position.unwrap().ack_floor_sequence, 6);
+
+    // An update may change the in-flight bound (the durable follows), not the subjects.
+    let mut changed = info.subscription.unwrap();
+    changed.concurrency = 3;
+    admin
+        .update_push_subscription(changed.clone())
+        .await
+        .unwrap();
+    let durable = js
+        .get_stream("events")
+        .await
+        .unwrap()
+        .consumer_info("push-hooks")
+        .await
+        .unwrap();
+    assert_eq!(durable.config.max_ack_pending, 3);
+    changed.subjects = vec!["events.other.>".into()];
+    let refused = admin.update_push_subscription(changed).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

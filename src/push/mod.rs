@@ -331,8 +331,31 @@ impl PushAdmin {
             spec.secrets = current.secrets.clone();
         }
         spec.validate(&self.settings, "push")?;
+        let mut want = spec.subjects.clone();
+        let mut have = current.subjects.clone();
+        want.sort();
+        have.sort();
+        if want != have {
+            return Err(Error::invalid(
+                "push.subjects",
+                "a push subscription's subjects are its durable's and cannot change; delete it \
+                 and create it again",
+            ));
+        }
         if spec.url != current.url {
             self.handshake(&spec.url).await?;
+        }
+        if spec.concurrency() != current.concurrency()
+            || spec.timeout(&self.settings) != current.timeout(&self.settings)
+        {
+            self.store
+                .update_durable_limits(
+                    &spec.stream,
+                    &spec.durable(),
+                    spec.timeout(&self.settings) + Duration::from_secs(10),
+                    i64::from(spec.concurrency()),
+                )
+                .await?;
         }
         self.put(&spec).await?;
         self.info(spec).await

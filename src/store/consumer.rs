@@ -413,6 +413,37 @@ impl Store {
         }
     }
 
+    /// Changes the in-flight bound and ack deadline of the durable `name` (what a push
+    /// subscription's update may change without losing its position).
+    pub async fn update_durable_limits(
+        &self,
+        stream: &str,
+        name: &str,
+        ack_wait: Duration,
+        max_ack_pending: i64,
+    ) -> Result<(), StoreError> {
+        let info = self.durable_info(stream, name).await?;
+        use consumer::FromConsumer;
+        let mut config =
+            consumer::pull::Config::try_from_consumer_config(info.config).map_err(|e| {
+                StoreError::Unavailable {
+                    context: "reading a durable's configuration".into(),
+                    source: Some(e),
+                }
+            })?;
+        config.ack_wait = ack_wait;
+        config.max_ack_pending = max_ack_pending;
+        self.stream_handle(stream)
+            .await?
+            .update_consumer(config)
+            .await
+            .map_err(|e| StoreError::Unavailable {
+                context: format!("updating durable `{name}`"),
+                source: Some(Box::new(e)),
+            })?;
+        Ok(())
+    }
+
     /// The state of the durable `name` on `stream`.
     pub async fn durable(&self, stream: &str, name: &str) -> Result<ConsumerState, StoreError> {
         self.durable_info(stream, name)
