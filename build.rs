@@ -17,7 +17,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(PROTOS, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(out.join("jetwatch_descriptor.bin"), fds.encode_to_vec())?;
+    // Reflection serves every type the API returns, the `google.rpc` error details included
+    // (`ErrorInfo`, `BadRequest`, `RetryInfo` travel in `grpc-status-details-bin`), so grpcurl
+    // and other reflection clients decode errors by name: the files tonic-types was built
+    // from are added to ours (those not already there).
+    let mut served = fds.clone();
+    let details = prost_types::FileDescriptorSet::decode(tonic_types::pb::FILE_DESCRIPTOR_SET)?;
+    for file in details.file {
+        if !served.file.iter().any(|f| f.name == file.name) {
+            served.file.push(file);
+        }
+    }
+    fs::write(out.join("jetwatch_descriptor.bin"), served.encode_to_vec())?;
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)

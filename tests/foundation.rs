@@ -165,6 +165,42 @@ async fn reflection_lists_the_jetwatch_services() {
         matches!(response.message_response, Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
         "{response:?}"
     );
+    // Every error detail the API returns resolves by name, as grpcurl asks for it to print
+    // an error's details.
+    for symbol in [
+        "google.rpc.ErrorInfo",
+        "google.rpc.BadRequest",
+        "google.rpc.RetryInfo",
+    ] {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+        };
+        let response = client
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
+            panic!("{symbol} does not resolve: {response:?}");
+        };
+        use prost::Message;
+        let names: Vec<String> = files
+            .file_descriptor_proto
+            .iter()
+            .map(|f| prost_types::FileDescriptorProto::decode(f.as_slice()).unwrap())
+            .flat_map(|f| f.message_type.into_iter().map(|m| m.name().to_owned()))
+            .collect();
+        let short = symbol.rsplit('.').next().unwrap();
+        assert!(
+            names.iter().any(|n| n == short),
+            "{symbol} not in {names:?}"
+        );
+    }
 }
 
 #[tokio::test]
