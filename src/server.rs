@@ -237,9 +237,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
     };
     let limit = settings.server.max_request_bytes;
     let router = tonic::transport::Server::builder()
+        // gRPC-Web (browsers) arrives over HTTP/1.1 as well as HTTP/2.
+        .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_max_local_error_reset_streams(Some(settings.server.http2_max_local_resets))
-        // Outermost: every call is counted with the code the client sees.
+        // gRPC-Web requests become gRPC before anything else looks at them.
+        .layer(tonic_web::GrpcWebLayer::new())
+        // Every call is counted with the code the client sees.
         .layer(crate::grpc::metrics::MetricsLayer)
         // Requests tonic cannot read (too large, not protobuf) are answered with the
         // contract's codes, not tonic's OUT_OF_RANGE and INTERNAL.
