@@ -163,6 +163,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
             streams: settings.streams.iter().map(|s| s.name.clone()).collect(),
             max_durables: settings.telemetry.max_durables,
             ready,
+            reported: Default::default(),
         },
         shutdown.clone(),
     )

@@ -208,6 +208,8 @@ pub struct HttpState {
     pub max_durables: usize,
     /// True while the gateway is ready: NATS connected, streams declared, not shutting down.
     pub ready: tokio::sync::watch::Receiver<bool>,
+    /// The durables the last scrape reported (removed from the metrics when they are gone).
+    pub reported: std::sync::Arc<parking_lot::Mutex<Vec<metrics::DurableLabels>>>,
 }
 
 /// Serves `/metrics`, `/healthz` (alive: 200 while the process serves) and `/readyz` (200 when
@@ -331,11 +333,31 @@ async fn refresh_durables(state: &HttpState) {
             break;
         }
     }
-    m.durable_pending.clear();
-    m.durable_ack_pending.clear();
-    m.durable_redelivered.clear();
-    m.durable_oldest_unacked_age.clear();
     let now = chrono::Utc::now();
+    let current: Vec<metrics::DurableLabels> = found
+        .iter()
+        .map(|d| metrics::DurableLabels {
+            stream: d.stream.clone(),
+            durable: d.name.clone(),
+        })
+        .collect();
+    // Durables gone since the last scrape leave the metrics (only this gateway's own).
+    let gone: Vec<metrics::DurableLabels> = {
+        let mut reported = state.reported.lock();
+        let gone = reported
+            .iter()
+            .filter(|l| !current.contains(l))
+            .cloned()
+            .collect();
+        *reported = current;
+        gone
+    };
+    for labels in &gone {
+        m.durable_pending.remove(labels);
+        m.durable_ack_pending.remove(labels);
+        m.durable_redelivered.remove(labels);
+        m.durable_oldest_unacked_age.remove(labels);
+    }
     for d in &found {
         let labels = metrics::DurableLabels {
             stream: d.stream.clone(),
