@@ -369,19 +369,39 @@ async fn ordered_delivery_keeps_order_and_secrets_rotate_without_a_gap() {
         }
     })
     .await;
-    // Rotation: both secrets sign while receivers move over, then only the new one.
+    // Rotation: both secrets sign while receivers move over. Workers pick the change up
+    // within push.reload_interval: events go one at a time until one is signed with both.
     sub.secrets = vec![NEW_SECRET.into(), SECRET.into()];
     admin.update_push_subscription(sub.clone()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for i in 10..20 {
+    let mut published = 10;
+    loop {
+        publish(
+            &mut publisher,
+            widget(&format!("o{published}"), "w1", "modified"),
+        )
+        .await;
+        published += 1;
+        let id = format!("ordered-events-{published}");
+        let arrival = eventually("the probe delivered", || {
+            let (receiver, id) = (receiver.clone(), id.clone());
+            async move { receiver.arrivals().into_iter().rev().find(|a| a.id == id) }
+        })
+        .await;
+        if signed_with(&arrival, NEW_SECRET) {
+            break;
+        }
+        assert!(published < 200, "the new secret was never used");
+    }
+    for i in published..published + 5 {
         publish(&mut publisher, widget(&format!("o{i}"), "w1", "modified")).await;
     }
-    let arrivals = eventually("all twenty delivered", || {
+    let total = published + 5;
+    let arrivals = eventually("every event delivered", || {
         let receiver = receiver.clone();
         async move {
             let a = receiver.arrivals();
             let ids: std::collections::HashSet<String> = a.iter().map(|a| a.id.clone()).collect();
-            (ids.len() >= 20).then_some(a)
+            (ids.len() >= total).then_some(a)
         }
     })
     .await;
