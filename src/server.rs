@@ -175,11 +175,16 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
 
     // Health follows the NATS connection and the streams: after NATS comes back, the streams
     // are declared again (a server that lost its store has none) before serving resumes.
+    // Health changes go through one lock that shutdown takes too, so a late "serving" can
+    // never follow "not serving" at shutdown.
+    let health_lock = Arc::new(tokio::sync::Mutex::new(false));
     {
         let (health, shutdown, ready_tx) = (health.clone(), shutdown.clone(), ready_tx.clone());
         let (store, streams) = (store.clone(), settings.streams.clone());
+        let health_lock = health_lock.clone();
         let mut connected = store.connection();
         tokio::spawn(async move {
+            let mut was_down = false;
             loop {
                 tokio::select! {
                     r = connected.changed() => if r.is_err() { return },
@@ -188,11 +193,15 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
                 let up = *connected.borrow_and_update();
                 tracing::warn!(connected = up, "NATS connection state changed");
                 if !up {
-                    ready_tx.send_replace(false);
-                    set_health(&health, ServingStatus::NotServing).await;
+                    was_down = true;
+                    let stopping = health_lock.lock().await;
+                    if !*stopping {
+                        ready_tx.send_replace(false);
+                        set_health(&health, ServingStatus::NotServing).await;
+                    }
                     continue;
                 }
-                let mut declared = false;
+                let mut declared = !was_down;
                 while !declared && *connected.borrow() && !shutdown.is_cancelled() {
                     declared = true;
                     for s in &streams {
@@ -204,9 +213,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
                         }
                     }
                 }
-                if declared && !shutdown.is_cancelled() {
-                    ready_tx.send_replace(true);
-                    set_health(&health, ServingStatus::Serving).await;
+                if declared {
+                    was_down = false;
+                    let stopping = health_lock.lock().await;
+                    if !*stopping {
+                        ready_tx.send_replace(true);
+                        set_health(&health, ServingStatus::Serving).await;
+                    }
                 }
             }
         });
@@ -232,6 +245,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         async move {
             shutdown.cancelled().await;
             tracing::info!("shutting down: refusing new streams, ending open ones");
+            let mut stopping = health_lock.lock().await;
+            *stopping = true;
             ready_tx.send_replace(false);
             set_health(&health, ServingStatus::NotServing).await;
         }
