@@ -125,8 +125,14 @@ async fn receiver(received: Arc<Received>) -> Result<SocketAddr> {
     };
     let options = || async { ([("webhook-allowed-origin", "*")], "") };
     let app = axum::Router::new().route("/hook", axum::routing::post(post).options(options));
+    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    // As a real receiver should: without TCP_NODELAY its small answers wait for delayed ACKs
+    // (40 ms), which measured the receiver, not the push path.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(addr)
 }
