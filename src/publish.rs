@@ -159,6 +159,25 @@ pub fn refused(stream: &str, default_stream: &str, e: &Error) {
     record(stream, outcome_of(e), 0);
 }
 
+/// Copies `event` to the dead-letter `subject` with `why` as extension attributes (the engine's
+/// durables and the push workers give up on events the same way). An event that cannot be
+/// encoded is `Error::Internal`; a copy JetStream did not store is the store's error.
+pub async fn dead_letter(
+    store: &Store,
+    subject: &str,
+    event: &Event,
+    why: Vec<(&'static str, AttributeValue)>,
+) -> Result<(), Error> {
+    let mut copy = event.clone();
+    for (name, value) in why {
+        copy.set(name, value);
+    }
+    let encoded = codec::encode(&copy)
+        .map_err(|e| Error::Internal(format!("cannot encode a dead-letter copy: {e}")))?;
+    store.publish_copy(subject.to_owned(), encoded).await?;
+    Ok(())
+}
+
 /// Publishes events into the configured streams.
 #[derive(Debug, Clone)]
 pub struct Publisher {
@@ -231,15 +250,20 @@ impl Publisher {
         started: std::time::Instant,
     ) -> Result<InFlight, Error> {
         let inner = &self.inner;
-        let span = tracing::info_span!(
-            "jetwatch.publish",
-            otel.kind = "server",
-            stream = %stream,
-            subject = tracing::field::Empty,
-            sequence = tracing::field::Empty,
-            duplicate = tracing::field::Empty,
-            error = tracing::field::Empty,
-        );
+        // Spans only when they are exported: logs do not need one per publish.
+        let span = if trace::exporting() {
+            tracing::info_span!(
+                "jetwatch.publish",
+                otel.kind = "server",
+                stream = %stream,
+                subject = tracing::field::Empty,
+                sequence = tracing::field::Empty,
+                duplicate = tracing::field::Empty,
+                error = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
         let template = inner
             .templates
             .get(&stream)
@@ -279,7 +303,11 @@ impl Publisher {
         let bytes = encoded.size() as u64;
         let msg_id = codec::dedup_key(&event.source, &event.id);
         span.record("subject", subject.as_str());
-        let store_span = tracing::info_span!(parent: &span, "jetstream.store", otel.kind = "client", subject = %subject);
+        let store_span = if trace::exporting() {
+            tracing::info_span!(parent: &span, "jetstream.store", otel.kind = "client", subject = %subject)
+        } else {
+            tracing::Span::none()
+        };
         // The store refuses a message over the configured limit or the server's max_payload,
         // measured as NATS counts it (EventTooLarge), before sending it.
         let ack = inner

@@ -449,35 +449,28 @@ impl Task {
             );
             return;
         };
-        let mut copy = event.event.clone();
-        copy.set(
-            "deadletterreason",
-            AttributeValue::String(reason.to_owned()),
-        );
-        copy.set(
-            "deadletterstream",
-            AttributeValue::String(self.stream.clone()),
-        );
-        copy.set(
-            "deadlettersequence",
-            AttributeValue::String(event.sequence.to_string()),
-        );
-        copy.set(
-            "deadletterdeliveries",
-            AttributeValue::Integer(i32::try_from(deliveries).unwrap_or(i32::MAX)),
-        );
-        match crate::codec::encode(&copy) {
-            Ok(encoded) => {
-                if let Err(e) = self
-                    .shared
-                    .store
-                    .publish_copy(subject.clone(), encoded)
-                    .await
-                {
-                    tracing::warn!(error = %e, sequence = event.sequence, "dead-lettering failed");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot encode a dead-letter copy"),
+        let why = vec![
+            (
+                "deadletterreason",
+                AttributeValue::String(reason.to_owned()),
+            ),
+            (
+                "deadletterstream",
+                AttributeValue::String(self.stream.clone()),
+            ),
+            (
+                "deadlettersequence",
+                AttributeValue::String(event.sequence.to_string()),
+            ),
+            (
+                "deadletterdeliveries",
+                AttributeValue::Integer(i32::try_from(deliveries).unwrap_or(i32::MAX)),
+            ),
+        ];
+        if let Err(e) =
+            crate::publish::dead_letter(&self.shared.store, subject, &event.event, why).await
+        {
+            tracing::warn!(error = %e, sequence = event.sequence, "dead-lettering failed");
         }
     }
 

@@ -122,7 +122,7 @@ pub(crate) struct Lifecycle {
     counters: DeliveryCounters,
     span: tracing::Span,
     /// How it ended: `client_gone` unless the stream ended with an error.
-    reason: &'static str,
+    reason: std::borrow::Cow<'static, str>,
     /// The gRPC code it ended with, for the call metrics (`CANCELLED` when the client left).
     code: &'static str,
     /// The gRPC method, for the call metrics.
@@ -162,7 +162,7 @@ impl Lifecycle {
             },
             counters: DeliveryCounters::of(&req.stream),
             span,
-            reason: "client_gone",
+            reason: "client_gone".into(),
             code: "CANCELLED",
             method,
             opened: std::time::Instant::now(),
@@ -184,12 +184,12 @@ impl Lifecycle {
     }
 
     /// It ends with `status`.
-    fn failed(&mut self, status: &Status) {
+    fn failed(&mut self, status: &Status, shutdown: bool) {
         self.code = super::metrics::code_name(status.code() as i32);
-        self.reason = if status.message().contains("shutting down") {
-            "shutdown"
+        self.reason = if shutdown {
+            "shutdown".into()
         } else {
-            code_name(status.code())
+            self.code.to_ascii_lowercase().into()
         };
     }
 }
@@ -205,7 +205,7 @@ impl Drop for Lifecycle {
             m.subscriptions_ended
                 .get_or_create(&EndLabels {
                     stream: self.labels.stream.clone(),
-                    reason: self.reason.to_owned(),
+                    reason: self.reason.to_string(),
                 })
                 .inc();
             super::metrics::Call {
@@ -214,33 +214,9 @@ impl Drop for Lifecycle {
             }
             .done(self.code);
         }
-        let (reason, lived) = (self.reason, self.opened.elapsed());
+        let (reason, lived) = (self.reason.as_ref(), self.opened.elapsed());
         self.span
             .in_scope(|| tracing::info!(reason, ?lived, "subscription ended"));
-    }
-}
-
-/// A gRPC code as a metric label: `unavailable`, `out_of_range`, ...
-pub(crate) fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "ok",
-        Code::Cancelled => "cancelled",
-        Code::Unknown => "unknown",
-        Code::InvalidArgument => "invalid_argument",
-        Code::DeadlineExceeded => "deadline_exceeded",
-        Code::NotFound => "not_found",
-        Code::AlreadyExists => "already_exists",
-        Code::PermissionDenied => "permission_denied",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::FailedPrecondition => "failed_precondition",
-        Code::Aborted => "aborted",
-        Code::OutOfRange => "out_of_range",
-        Code::Unimplemented => "unimplemented",
-        Code::Internal => "internal",
-        Code::Unavailable => "unavailable",
-        Code::DataLoss => "data_loss",
-        Code::Unauthenticated => "unauthenticated",
     }
 }
 
@@ -406,8 +382,9 @@ fn respond(
                     st.done = true;
                     // Whatever ends an open subscription says where it got to, so the client can
                     // resume without a gap.
+                    let shutdown = matches!(e, Error::ShuttingDown);
                     let status = to_status(e, Some(st.last_delivered));
-                    st.life.failed(&status);
+                    st.life.failed(&status, shutdown);
                     Some((Err(status), st))
                 }
             };

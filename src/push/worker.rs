@@ -253,45 +253,43 @@ impl Job {
             "push delivery given up"
         );
         if let Some(subject) = &self.spec.dead_letter_subject {
-            let mut copy = stored.event.clone();
-            copy.set(
-                "deadletterreason",
-                AttributeValue::String(reason.to_owned()),
-            );
-            copy.set(
-                "deadletterpush",
-                AttributeValue::String(self.spec.name.clone()),
-            );
-            copy.set(
-                "deadlettersequence",
-                AttributeValue::String(stored.sequence.to_string()),
-            );
-            copy.set(
-                "deadletterattempts",
-                AttributeValue::Integer(i32::try_from(attempts).unwrap_or(i32::MAX)),
-            );
+            let mut why = vec![
+                (
+                    "deadletterreason",
+                    AttributeValue::String(reason.to_owned()),
+                ),
+                (
+                    "deadletterpush",
+                    AttributeValue::String(self.spec.name.clone()),
+                ),
+                (
+                    "deadlettersequence",
+                    AttributeValue::String(stored.sequence.to_string()),
+                ),
+                (
+                    "deadletterattempts",
+                    AttributeValue::Integer(i32::try_from(attempts).unwrap_or(i32::MAX)),
+                ),
+            ];
             if let Some((status, body)) = last {
-                copy.set(
+                why.push((
                     "deadletterstatus",
                     AttributeValue::Integer(i32::from(status)),
-                );
-                copy.set("deadletterbody", AttributeValue::String(body));
+                ));
+                why.push(("deadletterbody", AttributeValue::String(body)));
             }
-            match crate::codec::encode(&copy) {
-                Ok(encoded) => {
-                    if let Err(e) = self
-                        .shared
-                        .store
-                        .publish_copy(subject.clone(), encoded)
-                        .await
-                    {
-                        // Not terminated: it comes back and is given up on again.
-                        tracing::warn!(error = %e, "dead-lettering failed; the event will be retried");
-                        let _ = acker.nak(Duration::from_secs(1)).await;
-                        return;
-                    }
+            match crate::publish::dead_letter(&self.shared.store, subject, &stored.event, why).await
+            {
+                Ok(()) => {}
+                Err(crate::error::Error::Internal(e)) => {
+                    tracing::warn!(error = %e, "dead letter not written")
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot encode a dead-letter copy"),
+                Err(e) => {
+                    // Not terminated: it comes back and is given up on again.
+                    tracing::warn!(error = %e, "dead-lettering failed; the event will be retried");
+                    let _ = acker.nak(Duration::from_secs(1)).await;
+                    return;
+                }
             }
         }
         let _ = acker.term().await;
