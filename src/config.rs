@@ -61,6 +61,10 @@ pub struct Settings {
     /// Push subscriptions (webhooks).
     #[serde(default)]
     pub push: PushSettings,
+    /// The HTTP/JSON API (CloudEvents over HTTP, Server-Sent Events, NDJSON) on the gRPC
+    /// listener.
+    #[serde(default)]
+    pub http: HttpSettings,
     /// The streams the gateway declares at start-up (created or updated).
     pub streams: Vec<StreamSettings>,
 }
@@ -149,6 +153,56 @@ impl Default for PushSettings {
             body_excerpt_bytes: 512,
             reload_interval: Duration::from_secs(2),
             subscriptions: Vec::new(),
+        }
+    }
+}
+
+/// `[http]`: the HTTP/JSON API served on the gRPC listener under `/v1/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Serve the HTTP/JSON API (publish with the CloudEvents HTTP binding, watch as
+    /// Server-Sent Events or NDJSON). Default `true`.
+    pub enabled: bool,
+    /// Largest HTTP request body accepted, in bytes (one event, or one batch); larger ones are
+    /// refused with 413 (`REQUEST_TOO_LARGE`) before they are buffered whole. Must be at
+    /// least `publish.max_event_bytes`. Default 4194304 (4 MiB).
+    pub max_body_bytes: usize,
+    /// Events one `application/cloudevents-batch+json` request may carry at most. Default 1000.
+    pub max_batch_events: usize,
+    /// Browser origins allowed to call the HTTP API and gRPC-Web across origins (CORS), e.g.
+    /// `https://dashboard.example.com`; `*` allows any origin. Empty: CORS is off and browsers
+    /// allow same-origin pages only. Default empty.
+    pub cors_allowed_origins: Vec<String>,
+    /// How long browsers may cache a CORS preflight answer. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub cors_max_age: Duration,
+    /// The reconnection delay a Server-Sent Events stream asks browsers to use (`retry:`).
+    /// Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub sse_retry: Duration,
+    /// How often an idle Server-Sent Events watch writes a keep-alive comment, so proxies keep
+    /// the connection open (NDJSON watches ask for bookmarks with `heartbeat` instead).
+    /// Default `15s`.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Accept a bearer token in the `access_token` query parameter, for browsers' EventSource,
+    /// which cannot set headers. URLs end up in proxy logs and browser history: prefer
+    /// short-lived tokens. Default `false`.
+    pub allow_query_token: bool,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            enabled: true,
+            max_body_bytes: 4 * 1024 * 1024,
+            max_batch_events: 1000,
+            cors_allowed_origins: Vec::new(),
+            cors_max_age: Duration::from_secs(600),
+            sse_retry: Duration::from_secs(1),
+            keepalive_interval: Duration::from_secs(15),
+            allow_query_token: false,
         }
     }
 }
@@ -943,6 +997,41 @@ impl Settings {
             );
         }
         self.validate_security(&names)?;
+        let h = &self.http;
+        if h.max_body_bytes < self.publish.max_event_bytes.max(1024) {
+            return invalid(
+                "http.max_body_bytes".into(),
+                format!(
+                    "must be at least publish.max_event_bytes ({}) and 1024",
+                    self.publish.max_event_bytes
+                ),
+            );
+        }
+        if h.max_batch_events == 0 {
+            return invalid("http.max_batch_events".into(), "must be at least 1".into());
+        }
+        if h.keepalive_interval.is_zero() || h.sse_retry.is_zero() {
+            return invalid(
+                "http.keepalive_interval".into(),
+                "http.keepalive_interval and http.sse_retry must be more than zero".into(),
+            );
+        }
+        for (i, o) in h.cors_allowed_origins.iter().enumerate() {
+            let valid = o == "*"
+                || (url::Url::parse(o).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host().is_some()
+                        && u.origin().ascii_serialization() == *o
+                }));
+            if !valid {
+                return invalid(
+                    format!("http.cors_allowed_origins[{i}]"),
+                    format!(
+                        "`{o}` is not an origin: write `scheme://host[:port]` with no path or                          trailing slash, or `*`"
+                    ),
+                );
+            }
+        }
         let p = &self.push;
         for (i, net) in p.allowed_networks.iter().enumerate() {
             if net.parse::<ipnet::IpNet>().is_err() && net.parse::<std::net::IpAddr>().is_err() {

@@ -33,6 +33,7 @@ pub mod error;
 pub use jetwatch_client::event;
 pub mod filter;
 pub mod grpc;
+pub mod http;
 pub mod publish;
 pub mod push;
 pub mod server;

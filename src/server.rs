@@ -225,6 +225,22 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         });
     }
 
+    let http_api = settings.http.enabled.then(|| {
+        Arc::new(crate::http::Api {
+            publisher: publisher.clone(),
+            engine: engine.clone(),
+            auth: auth.clone(),
+            settings: settings.http.clone(),
+            subscribe: settings.subscribe.clone(),
+            default_stream: settings.publish.default_stream.clone(),
+            max_event_bytes: match settings.publish.max_event_bytes {
+                0 => usize::MAX,
+                n => n,
+            },
+            max_pending_acks: settings.publish.max_pending_acks,
+            shutdown: shutdown.clone(),
+        })
+    });
     let subscriber = SubscriberService::new(
         engine,
         settings.publish.default_stream.clone(),
@@ -257,6 +273,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_max_local_error_reset_streams(Some(settings.server.http2_max_local_resets))
+        // Browsers' cross-origin requests (HTTP API and gRPC-Web), when origins are allowed.
+        .layer(tower::util::option_layer(crate::http::cors(&settings.http)))
+        // The HTTP/JSON API under /v1/; everything else is gRPC or gRPC-Web.
+        .layer(crate::http::HttpLayer::new(http_api))
         // gRPC-Web requests become gRPC before anything else looks at them.
         .layer(tonic_web::GrpcWebLayer::new())
         // Every call is counted with the code the client sees.

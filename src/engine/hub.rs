@@ -295,6 +295,7 @@ mod tests {
             event: Event::default(),
             size,
             wire: Default::default(),
+            json: Default::default(),
         })
     }
 

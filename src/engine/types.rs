@@ -30,6 +30,9 @@ pub struct StoredEvent {
     /// The transport's encoding of this event, made once on first delivery and shared by every
     /// subscriber it is delivered to. Opaque to the engine.
     pub wire: std::sync::OnceLock<bytes::Bytes>,
+    /// The HTTP API's JSON of this delivery (Server-Sent Events and NDJSON), made once on
+    /// first delivery over HTTP and shared likewise. Opaque to the engine.
+    pub json: std::sync::OnceLock<bytes::Bytes>,
 }
 
 /// Where a subscription starts (DESIGN §3 `StartPosition`).
@@ -177,6 +180,7 @@ pub fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredEvent>> 
             // strings, the Arc).
             size: 2 * raw_bytes + event.approximate_size() + ENTRY_OVERHEAD,
             wire: std::sync::OnceLock::new(),
+            json: std::sync::OnceLock::new(),
             event,
         })),
         Err(e) => {

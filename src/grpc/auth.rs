@@ -20,6 +20,36 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Option<Arc<Identity>> {
     request.extensions().get::<Arc<Identity>>().cloned()
 }
 
+/// Identifies the caller of `request` from its `authorization: Bearer` header (or, when it has
+/// none, `fallback_bearer`) and its verified TLS client certificate.
+pub(crate) fn authenticate<B>(
+    auth: &Auth,
+    request: &http::Request<B>,
+    fallback_bearer: Option<&str>,
+) -> Result<Option<Identity>, Unauthenticated> {
+    let bearer = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .or(fallback_bearer);
+    let certificates = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs);
+    auth.authenticate(Credentials {
+        bearer,
+        peer_certificate: certificates
+            .as_ref()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref()),
+    })
+}
+
 /// Authenticates every call (see the module docs).
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
@@ -79,27 +109,7 @@ where
         {
             return Box::pin(inner.call(request));
         }
-        let bearer = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        let certificates = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(TlsConnectInfo::peer_certs);
-        let credentials = Credentials {
-            bearer,
-            peer_certificate: certificates
-                .as_ref()
-                .and_then(|c| c.first())
-                .map(|c| c.as_ref()),
-        };
-        match self.auth.authenticate(credentials) {
+        match authenticate(&self.auth, &request, None) {
             Ok(identity) => {
                 if let Some(identity) = identity {
                     request.extensions_mut().insert(Arc::new(identity));

@@ -317,6 +317,7 @@ mod tests {
             event,
             size: 0,
             wire: Default::default(),
+            json: Default::default(),
         })
     }
 

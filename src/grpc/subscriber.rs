@@ -49,9 +49,66 @@ impl SubscriberService {
 /// A subscription's responses, ready for the wire.
 pub(crate) type ResponseStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
 
+/// How a transport writes a subscription's items: gRPC frames here, Server-Sent Events and
+/// NDJSON chunks in [`crate::http`]. The stream logic (runs, window, shutdown, expiry,
+/// revocation, metrics) is the same for every transport; only the bytes differ.
+pub(crate) trait Wire: Send + 'static {
+    /// One piece of the response.
+    type Frame: Send + 'static;
+    /// How the response ends when the subscription fails.
+    type End: Send + 'static;
+    /// The first frame: the subscription is open.
+    fn opened(&self, id: &str, start_sequence: u64, last_sequence: u64) -> Self::Frame;
+    /// A first delivery of a run; `more` says whether more of the run follows at once.
+    fn first_delivery(&self, event: Arc<StoredEvent>, more: bool) -> Self::Frame;
+    /// Any other item.
+    fn item(&self, item: &Item) -> Self::Frame;
+    /// The bytes one delivery of `event` puts on the wire (for the metrics).
+    fn delivery_bytes(&self, event: &StoredEvent) -> u64;
+    /// The end of a failed subscription, from the one error table.
+    fn end(&self, status: Status) -> Self::End;
+}
+
+/// The gRPC transport: protobuf frames, each event's encoding made once and shared.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grpc;
+
+impl Wire for Grpc {
+    type Frame = Frame;
+    type End = Status;
+
+    fn opened(&self, id: &str, start_sequence: u64, last_sequence: u64) -> Frame {
+        Frame::Message(Box::new(api::SubscribeResponse {
+            response: Some(api::subscribe_response::Response::Opened(api::Opened {
+                subscription_id: id.to_owned(),
+                start_sequence,
+                last_sequence,
+            })),
+        }))
+    }
+
+    fn first_delivery(&self, event: Arc<StoredEvent>, more: bool) -> Frame {
+        Frame::first_delivery(event, more)
+    }
+
+    fn item(&self, item: &Item) -> Frame {
+        Frame::of(item)
+    }
+
+    fn delivery_bytes(&self, event: &StoredEvent) -> u64 {
+        // The body is encoded once per event (and cached); this only reads its length.
+        super::frame::delivery_body(event).len() as u64 + 2
+    }
+
+    fn end(&self, status: Status) -> Status {
+        status
+    }
+}
+
 /// State of one response stream.
-struct Out {
-    opened: Option<Frame>,
+struct Out<W: Wire> {
+    wire: W,
+    opened: Option<W::Frame>,
     items: mpsc::Receiver<Result<Batch, Box<Error>>>,
     /// The rest of the run of deliveries being sent, and the run's length (its window
     /// permits return together when the run is done).
@@ -125,19 +182,20 @@ pub(crate) struct Lifecycle {
     reason: std::borrow::Cow<'static, str>,
     /// The gRPC code it ended with, for the call metrics (`CANCELLED` when the client left).
     code: &'static str,
-    /// The gRPC method, for the call metrics.
-    method: &'static str,
+    /// The gRPC method, for the call metrics (`None`: not a gRPC call).
+    method: Option<&'static str>,
     opened: std::time::Instant,
     /// Whether the engine opened it (one refused at open is counted by the call layer).
     is_open: bool,
 }
 
 impl Lifecycle {
-    /// A subscription about to open: counted when [`Lifecycle::opened`] says it did.
-    fn new(
+    /// A subscription about to open: counted when [`Lifecycle::opened`] says it did. `method`
+    /// is the gRPC method, counted in the call metrics (`None` for other transports).
+    pub(crate) fn new(
         req: &crate::engine::OpenRequest,
         peer: Option<std::net::SocketAddr>,
-        method: &'static str,
+        method: Option<&'static str>,
     ) -> Lifecycle {
         let kind = if req.durable.is_some() {
             Kind::durable
@@ -208,11 +266,13 @@ impl Drop for Lifecycle {
                     reason: self.reason.to_string(),
                 })
                 .inc();
-            super::metrics::Call {
-                method: self.method,
-                started: self.opened,
+            if let Some(method) = self.method {
+                super::metrics::Call {
+                    method,
+                    started: self.opened,
+                }
+                .done(self.code);
             }
-            .done(self.code);
         }
         let (reason, lived) = (self.reason.as_ref(), self.opened.elapsed());
         self.span
@@ -221,7 +281,7 @@ impl Drop for Lifecycle {
 }
 
 /// The instant `identity`'s credential expires, if it does.
-fn expiry(identity: Option<&crate::auth::Identity>) -> Option<tokio::time::Instant> {
+pub(crate) fn expiry(identity: Option<&crate::auth::Identity>) -> Option<tokio::time::Instant> {
     let at = identity?.expires_at?;
     let left = at
         .duration_since(std::time::SystemTime::now())
@@ -245,7 +305,9 @@ fn expired() -> Error {
 
 /// The response stream of a subscription: `Opened`, then items; ends with UNAVAILABLE carrying
 /// `last_delivered_sequence` at shutdown or when the engine reports a lost NATS.
-fn respond(
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn respond<W: Wire>(
+    wire: W,
     sub: Subscription,
     mut life: Lifecycle,
     keep_control: bool,
@@ -253,16 +315,11 @@ fn respond(
     shutdown: CancellationToken,
     expires: Option<tokio::time::Instant>,
     revoked: Option<CancellationToken>,
-) -> ResponseStream {
+) -> Pin<Box<dyn Stream<Item = Result<W::Frame, W::End>> + Send>> {
     life.opened(&sub.id, sub.start_sequence);
-    let opened = Frame::Message(Box::new(api::SubscribeResponse {
-        response: Some(api::subscribe_response::Response::Opened(api::Opened {
-            subscription_id: sub.id,
-            start_sequence: sub.start_sequence,
-            last_sequence: sub.last_sequence,
-        })),
-    }));
+    let opened = wire.opened(&sub.id, sub.start_sequence, sub.last_sequence);
     let state = Out {
+        wire,
         opened: Some(opened),
         items: sub.items,
         run: Vec::new().into_iter(),
@@ -368,7 +425,7 @@ fn respond(
                         }
                         let _span =
                             delivery_span(&st.life, Path::consumer, std::iter::once(&**event));
-                        let bytes = super::frame::delivery_body(event).len() as u64 + 2;
+                        let bytes = st.wire.delivery_bytes(event);
                         st.life
                             .counters
                             .sent(Path::consumer, 1, bytes, Some(event.stored_at));
@@ -376,7 +433,7 @@ fn respond(
                             st.life.counters.redelivered();
                         }
                     }
-                    Some((Ok(Frame::of(&item)), st))
+                    Some((Ok(st.wire.item(&item)), st))
                 }
                 Err(e) => {
                     st.done = true;
@@ -385,27 +442,26 @@ fn respond(
                     let shutdown = matches!(e, Error::ShuttingDown);
                     let status = to_status(e, Some(st.last_delivered));
                     st.life.failed(&status, shutdown);
-                    Some((Err(status), st))
+                    Some((Err(st.wire.end(status)), st))
                 }
             };
         }
     }))
 }
 
-impl Out {
+impl<W: Wire> Out<W> {
     /// The next delivery of the run in hand, if any.
-    fn next_of_run(&mut self) -> Option<Frame> {
+    fn next_of_run(&mut self) -> Option<W::Frame> {
         let event = self.run.next()?;
         self.last_delivered = self.last_delivered.max(event.sequence);
         if self.life.counters.counting() {
-            // The body is encoded once per event (and cached); this only reads its length.
-            self.run_bytes += super::frame::delivery_body(&event).len() as u64 + 2;
+            self.run_bytes += self.wire.delivery_bytes(&event);
         }
         let more = self.run.len() > 0;
         if !more {
             self.run_done();
         }
-        Some(Frame::first_delivery(event, more))
+        Some(self.wire.first_delivery(event, more))
     }
 
     /// The last delivery of a run was handed over: its permits return, and it is counted.
@@ -480,7 +536,7 @@ impl SubscriberService {
         let expires = expiry(caller.as_deref());
         let revoked = self.engine.auth().revocation(caller.as_deref());
         req.caller = caller;
-        let life = Lifecycle::new(&req, peer, super::metrics::SUBSCRIBER_STREAMS[0]);
+        let life = Lifecycle::new(&req, peer, Some(super::metrics::SUBSCRIBER_STREAMS[0]));
         let sub = self.engine.open(req).await?;
         let (error_tx, error_rx) = mpsc::channel(1);
         let control = sub.control.clone();
@@ -509,6 +565,7 @@ impl SubscriberService {
             }
         });
         Ok(Response::new(respond(
+            Grpc,
             sub,
             life,
             false,
@@ -534,9 +591,10 @@ impl SubscriberService {
         let expires = expiry(caller.as_deref());
         let revoked = self.engine.auth().revocation(caller.as_deref());
         req.caller = caller;
-        let life = Lifecycle::new(&req, peer, super::metrics::SUBSCRIBER_STREAMS[1]);
+        let life = Lifecycle::new(&req, peer, Some(super::metrics::SUBSCRIBER_STREAMS[1]));
         let sub = self.engine.open(req).await?;
         Ok(Response::new(respond(
+            Grpc,
             sub,
             life,
             true,
