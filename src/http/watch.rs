@@ -100,7 +100,7 @@ impl Wire for Sse {
 
     fn opened(&self, id: &str, start_sequence: u64, last_sequence: u64) -> Bytes {
         let mut out = BytesMut::new();
-        out.put_slice(format!("retry: {}\n\n", self.retry.as_millis()).as_bytes());
+        out.put_slice(format!("retry: {}\n", self.retry.as_millis()).as_bytes());
         out.put_slice(&Sse::named(
             "opened",
             None,
@@ -339,6 +339,23 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     })
 }
 
+/// An invalid `Open` field, named by the query parameter that set it.
+fn query_field(e: Error) -> Error {
+    match e {
+        Error::InvalidArgument { field, reason } => {
+            let rest = field.strip_prefix("open.").unwrap_or(&field);
+            let field = match rest.split(['.', '[']).next().unwrap_or(rest) {
+                "subjects" => rest.replacen("subjects", "subject", 1),
+                "filter" => "filter".to_owned(),
+                "start" => "from".to_owned(),
+                other => other.to_owned(),
+            };
+            Error::InvalidArgument { field, reason }
+        }
+        other => other,
+    }
+}
+
 fn peer_of(head: &http::Request<()>) -> Option<std::net::SocketAddr> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     let ext = head.extensions();
@@ -373,7 +390,8 @@ async fn open(api: &Api, stream: String, request: Request) -> Result<Response, E
         &api.default_stream,
         &api.subscribe,
         true,
-    )?;
+    )
+    .map_err(query_field)?;
     let expires = subscriber::expiry(caller.as_deref());
     let revoked = api.engine.auth().revocation(caller.as_deref());
     req.caller = caller;
