@@ -864,7 +864,10 @@ impl Settings {
             config::Environment::with_prefix("JETWATCH")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                // Lists from the environment are comma-separated.
+                .list_separator(",")
+                .with_list_parse_key("http.cors_allowed_origins"),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;

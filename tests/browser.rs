@@ -138,7 +138,11 @@ async fn a_browser_watches_with_event_source_and_resumes_after_a_gateway_restart
     .await;
     let mut publisher = env.publisher().await;
     for i in 1..=3 {
-        publish(&mut publisher, widget(&format!("before-{i}"), "w1", "modified")).await;
+        publish(
+            &mut publisher,
+            widget(&format!("before-{i}"), "w1", "modified"),
+        )
+        .await;
     }
     let _browser = Browser::open(&format!("{origin}/?gateway=http://{}", env.addr));
     eventually("the page receives the first events", || {
@@ -150,7 +154,11 @@ async fn a_browser_watches_with_event_source_and_resumes_after_a_gateway_restart
     env.restart_gateway().await;
     let mut publisher = env.publisher().await;
     for i in 4..=6 {
-        publish(&mut publisher, widget(&format!("after-{i}"), "w1", "modified")).await;
+        publish(
+            &mut publisher,
+            widget(&format!("after-{i}"), "w1", "modified"),
+        )
+        .await;
     }
     eventually("the page resumes and receives the rest", || {
         let n = of_kind(&reports, "event").len();
@@ -159,10 +167,20 @@ async fn a_browser_watches_with_event_source_and_resumes_after_a_gateway_restart
     .await;
 
     let events = of_kind(&reports, "event");
-    let sequences: Vec<u64> = events.iter().map(|e| e["sequence"].as_u64().unwrap()).collect();
-    assert_eq!(sequences, vec![1, 2, 3, 4, 5, 6], "every event once, in order: {events:?}");
+    let sequences: Vec<u64> = events
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        sequences,
+        vec![1, 2, 3, 4, 5, 6],
+        "every event once, in order: {events:?}"
+    );
     for e in &events {
-        assert_eq!(e["last_event_id"].as_str().unwrap(), e["sequence"].to_string());
+        assert_eq!(
+            e["last_event_id"].as_str().unwrap(),
+            e["sequence"].to_string()
+        );
     }
     // The gateway told the page it was going, and the second open started after what the
     // browser had seen: EventSource sent Last-Event-ID (the URL says from=earliest).

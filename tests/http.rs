@@ -73,7 +73,8 @@ impl Lines {
             let chunk = tokio::time::timeout(Duration::from_secs(20), self.body.next())
                 .await
                 .expect("the stream goes on")?;
-            self.buffer.extend_from_slice(&chunk.expect("the body reads"));
+            self.buffer
+                .extend_from_slice(&chunk.expect("the body reads"));
         }
     }
 
@@ -134,12 +135,20 @@ async fn cloudevents_are_published_in_binary_structured_and_batch_modes() {
 
     // Structured mode, on the default stream's path.
     let event = structured("str-1", "w2", "com.example.widget.modified");
-    let (status, body) = json_of(post_structured(&format!("{}/v1/events", base(&env)), &event).await).await;
-    assert_eq!((status, body["sequence"].clone()), (200, json!(2)), "{body}");
+    let (status, body) =
+        json_of(post_structured(&format!("{}/v1/events", base(&env)), &event).await).await;
+    assert_eq!(
+        (status, body["sequence"].clone()),
+        (200, json!(2)),
+        "{body}"
+    );
     // The same event again is a duplicate of the stored one, not a second copy.
     let (status, body) = json_of(post_structured(&url, &event).await).await;
     assert_eq!(status, 200);
-    assert_eq!((body["sequence"].clone(), body["duplicate"].clone()), (json!(2), json!(true)));
+    assert_eq!(
+        (body["sequence"].clone(), body["duplicate"].clone()),
+        (json!(2), json!(true))
+    );
 
     // A batch: one result per event, in order.
     let batch = json!([
@@ -173,7 +182,11 @@ async fn cloudevents_are_published_in_binary_structured_and_batch_modes() {
     opened(&mut watch).await;
     let first = next_delivery(&mut watch).await.event.unwrap();
     assert_eq!(first.id, "bin-1");
-    let attr = |e: &ce::CloudEvent, name: &str| match e.attributes.get(name).and_then(|a| a.attr.clone()) {
+    let attr = |e: &ce::CloudEvent, name: &str| match e
+        .attributes
+        .get(name)
+        .and_then(|a| a.attr.clone())
+    {
         Some(ce::cloud_event::cloud_event_attribute_value::Attr::CeString(s)) => s,
         other => panic!("{name}: {other:?}"),
     };
@@ -188,7 +201,10 @@ async fn cloudevents_are_published_in_binary_structured_and_batch_modes() {
     assert_eq!(next_delivery(&mut watch).await.event.unwrap().id, "batch-1");
     let last = next_delivery(&mut watch).await.event.unwrap();
     assert_eq!(last.id, "batch-2");
-    assert_eq!(last.data, Some(ce::cloud_event::Data::BinaryData(vec![0, 1, 2])));
+    assert_eq!(
+        last.data,
+        Some(ce::cloud_event::Data::BinaryData(vec![0, 1, 2]))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,21 +243,45 @@ async fn bad_http_input_gets_a_clear_error_and_stores_nothing() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["reason"], "INVALID_EVENT");
     assert_eq!(body["error"]["metadata"]["attribute"], "type");
-    assert!(body["error"]["message"].as_str().unwrap().contains("[1]"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("[1]"),
+        "{body}"
+    );
 
     let (status, body) = post(batch, "[{".into()).await;
-    assert_eq!((status, body["error"]["reason"].clone()), (400, json!("MALFORMED_REQUEST")), "{body}");
+    assert_eq!(
+        (status, body["error"]["reason"].clone()),
+        (400, json!("MALFORMED_REQUEST")),
+        "{body}"
+    );
 
-    let four: Vec<Value> = (0..4).map(|i| structured(&format!("b{i}"), "w", "t")).collect();
+    let four: Vec<Value> = (0..4)
+        .map(|i| structured(&format!("b{i}"), "w", "t"))
+        .collect();
     let (status, body) = post(batch, json!(four).to_string()).await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("http.max_batch_events"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("http.max_batch_events"));
 
-    let (status, body) = post("application/cloudevents+json", "{\"specversion\":\"1.0\"".into()).await;
-    assert_eq!((status, body["error"]["reason"].clone()), (400, json!("INVALID_EVENT")), "{body}");
+    let (status, body) = post(
+        "application/cloudevents+json",
+        "{\"specversion\":\"1.0\"".into(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["reason"].clone()),
+        (400, json!("INVALID_EVENT")),
+        "{body}"
+    );
 
     let (status, body) = post("application/cloudevents+xml", "<event/>".into()).await;
-    assert_eq!((status, body["error"]["reason"].clone()), (400, json!("INVALID_ARGUMENT")), "{body}");
+    assert_eq!(
+        (status, body["error"]["reason"].clone()),
+        (400, json!("INVALID_ARGUMENT")),
+        "{body}"
+    );
 
     // Binary mode without the required headers.
     let (status, body) = post("application/json", "{}".into()).await;
@@ -284,7 +324,10 @@ async fn bad_http_input_gets_a_clear_error_and_stores_nothing() {
             .unwrap(),
     )
     .await;
-    assert_eq!((status, body["error"]["reason"].clone()), (404, json!("STREAM_NOT_FOUND")));
+    assert_eq!(
+        (status, body["error"]["reason"].clone()),
+        (404, json!("STREAM_NOT_FOUND"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,7 +335,11 @@ async fn an_ndjson_watch_filters_replays_and_goes_live() {
     let env = TestEnv::start().await;
     let mut publisher = env.publisher().await;
     for (i, verb) in ["created", "modified", "deleted"].iter().enumerate() {
-        publish(&mut publisher, widget(&format!("e{i}"), &format!("w{i}"), verb)).await;
+        publish(
+            &mut publisher,
+            widget(&format!("e{i}"), &format!("w{i}"), verb),
+        )
+        .await;
     }
     let response = reqwest::Client::new()
         .get(format!(
@@ -304,10 +351,7 @@ async fn an_ndjson_watch_filters_replays_and_goes_live() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/x-ndjson"
-    );
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
     let mut lines = Lines::of(response);
     let opened = lines.next_json().await.unwrap();
     assert_eq!(opened["opened"]["start_sequence"], 1, "{opened}");
@@ -315,7 +359,10 @@ async fn an_ndjson_watch_filters_replays_and_goes_live() {
     let first = lines.next_json().await.unwrap();
     assert_eq!(first["sequence"], 1);
     assert_eq!(first["event"]["id"], "e0");
-    assert_eq!(first["event"]["data"]["name"], "w0", "JSON data stays JSON: {first}");
+    assert_eq!(
+        first["event"]["data"]["name"], "w0",
+        "JSON data stays JSON: {first}"
+    );
     assert_eq!(lines.next_json().await.unwrap()["event"]["id"], "e1");
     // The deleted event is filtered out; the bookmark says the watcher is past it.
     let bookmark = loop {
@@ -334,7 +381,10 @@ async fn an_ndjson_watch_filters_replays_and_goes_live() {
             break line;
         }
     };
-    assert_eq!((live["sequence"].as_u64(), live["event"]["id"].clone()), (Some(seq), json!("e3")));
+    assert_eq!(
+        (live["sequence"].as_u64(), live["event"]["id"].clone()),
+        (Some(seq), json!("e3"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,7 +392,11 @@ async fn an_sse_watch_resumes_after_last_event_id_and_ends_with_where_it_got_to(
     let mut env = TestEnv::start().await;
     let mut publisher = env.publisher().await;
     for i in 0..4 {
-        publish(&mut publisher, widget(&format!("e{i}"), &format!("w{i}"), "modified")).await;
+        publish(
+            &mut publisher,
+            widget(&format!("e{i}"), &format!("w{i}"), "modified"),
+        )
+        .await;
     }
     let sse = |last: Option<u64>| {
         let mut request = reqwest::Client::new()
@@ -362,14 +416,20 @@ async fn an_sse_watch_resumes_after_last_event_id_and_ends_with_where_it_got_to(
     let mut ids = Vec::new();
     for _ in 0..4 {
         let e = events.next_event().await.unwrap();
-        assert!(!e.contains_key("event"), "a delivery is a plain message: {e:?}");
+        assert!(
+            !e.contains_key("event"),
+            "a delivery is a plain message: {e:?}"
+        );
         let data: Value = serde_json::from_str(&e["data"]).unwrap();
         assert_eq!(data["sequence"].to_string(), e["id"]);
         ids.push(e["id"].parse::<u64>().unwrap());
     }
     assert_eq!(ids, vec![1, 2, 3, 4]);
     let end = events.next_event().await.unwrap();
-    assert_eq!((end["event"].as_str(), end["id"].as_str()), ("snapshot_end", "4"));
+    assert_eq!(
+        (end["event"].as_str(), end["id"].as_str()),
+        ("snapshot_end", "4")
+    );
 
     // A client that saw up to 2 resumes with the rest, once each, and not the snapshot again.
     let mut resumed = Lines::of(sse(Some(2)).await.unwrap());
@@ -381,7 +441,10 @@ async fn an_sse_watch_resumes_after_last_event_id_and_ends_with_where_it_got_to(
     // (EventSource then reconnects with Last-Event-ID).
     env.restart_gateway().await;
     let end = loop {
-        let e = resumed.next_event().await.expect("an end event before the stream closes");
+        let e = resumed
+            .next_event()
+            .await
+            .expect("an end event before the stream closes");
         if e.get("event").map(String::as_str) == Some("end") {
             break e;
         }
@@ -389,7 +452,10 @@ async fn an_sse_watch_resumes_after_last_event_id_and_ends_with_where_it_got_to(
     let error: Value = serde_json::from_str(&end["data"]).unwrap();
     assert_eq!(error["reason"], "SHUTTING_DOWN", "{error}");
     assert_eq!(error["metadata"]["last_delivered_sequence"], "4");
-    assert!(resumed.next().await.is_none(), "the stream closes after its end");
+    assert!(
+        resumed.next().await.is_none(),
+        "the stream closes after its end"
+    );
 }
 
 fn sha256(token: &str) -> String {
@@ -443,7 +509,11 @@ async fn http_callers_have_the_same_identities_grants_and_errors_as_grpc() {
         request.send()
     };
     let (status, body) = json_of(send(None, "x", "w1").await.unwrap()).await;
-    assert_eq!((status, body["error"]["reason"].clone()), (401, json!("UNAUTHENTICATED")), "{body}");
+    assert_eq!(
+        (status, body["error"]["reason"].clone()),
+        (401, json!("UNAUTHENTICATED")),
+        "{body}"
+    );
     let (status, body) = json_of(send(Some("wrong"), "x", "w1").await.unwrap()).await;
     assert_eq!(status, 401, "{body}");
     let (status, body) = json_of(send(Some("bob-token"), "x", "w1").await.unwrap()).await;
@@ -475,7 +545,11 @@ async fn http_callers_have_the_same_identities_grants_and_errors_as_grpc() {
             .unwrap(),
     )
     .await;
-    assert_eq!((status, body["error"]["reason"].clone()), (403, json!("PERMISSION_DENIED")), "{body}");
+    assert_eq!(
+        (status, body["error"]["reason"].clone()),
+        (403, json!("PERMISSION_DENIED")),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,10 +582,17 @@ async fn cors_answers_for_allowed_origins_only() {
     };
     for path in ["/v1/events", "/jetwatch.v1.Publisher/Publish"] {
         let allowed = preflight(page, path).await.unwrap();
-        assert_eq!(allowed.headers()["access-control-allow-origin"], page, "{path}");
+        assert_eq!(
+            allowed.headers()["access-control-allow-origin"],
+            page,
+            "{path}"
+        );
         let denied = preflight("http://evil.test", path).await.unwrap();
         assert!(
-            denied.headers().get("access-control-allow-origin").is_none(),
+            denied
+                .headers()
+                .get("access-control-allow-origin")
+                .is_none(),
             "{path}: {:?}",
             denied.headers()
         );
@@ -524,5 +605,8 @@ async fn cors_answers_for_allowed_origins_only() {
         .send()
         .await
         .unwrap();
-    assert!(response.headers().get("access-control-allow-origin").is_none());
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
 }

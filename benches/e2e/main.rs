@@ -22,6 +22,8 @@
 //!   counting costs in gateway CPU per delivery.
 //! - `push`: deliveries per second from a push subscription to a local webhook receiver with 1
 //!   and 64 in flight, and publish → webhook latency at 500 ev/s.
+//! - `http`: deliveries per second to 256 Server-Sent Events watchers next to 256 gRPC
+//!   watchers on the same gateway, and the gateway's CPU per million deliveries for each.
 //! - `failover`: a 3-node NATS cluster, the R3 stream's leader killed under steady publishing
 //!   and a live watcher: how long publishing is unavailable and deliveries stall.
 //! - `soak` (only when named in `JETWATCH_BENCH`): publishing, watchers, durables and
@@ -237,13 +239,15 @@ enum Scenario {
     Push,
     /// The stream leader of a 3-node cluster killed under load.
     Failover,
+    /// Server-Sent Events watchers next to gRPC watchers.
+    Http,
     /// A long random workload, sampled for leaks (not in the default set).
     Soak,
 }
 
 impl Scenario {
     /// Every scenario; all but the last run by default.
-    const ALL: [Scenario; 13] = [
+    const ALL: [Scenario; 14] = [
         Scenario::Publish,
         Scenario::Watch,
         Scenario::Fanout,
@@ -255,6 +259,7 @@ impl Scenario {
         Scenario::Security,
         Scenario::Metrics,
         Scenario::Push,
+        Scenario::Http,
         Scenario::Failover,
         Scenario::Soak,
     ];
@@ -272,6 +277,7 @@ impl Scenario {
             Scenario::Security => "security",
             Scenario::Metrics => "metrics",
             Scenario::Push => "push",
+            Scenario::Http => "http",
             Scenario::Failover => "failover",
             Scenario::Soak => "soak",
         }
@@ -294,6 +300,7 @@ impl Scenario {
             Scenario::Security => security::run(o).await,
             Scenario::Metrics => metrics::run(o).await,
             Scenario::Push => push::run(o).await,
+            Scenario::Http => http::run(o).await,
             Scenario::Failover => failover::run(o).await,
             Scenario::Soak => soak::run(o).await,
         }
@@ -307,6 +314,7 @@ impl Scenario {
 mod burst;
 mod failover;
 mod fanout;
+mod http;
 mod latency;
 mod memory;
 mod metrics;

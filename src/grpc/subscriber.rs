@@ -105,6 +105,10 @@ impl Wire for Grpc {
     }
 }
 
+/// A subscription's responses in a transport's frames.
+pub(crate) type Responses<W> =
+    Pin<Box<dyn Stream<Item = Result<<W as Wire>::Frame, <W as Wire>::End>> + Send>>;
+
 /// State of one response stream.
 struct Out<W: Wire> {
     wire: W,
@@ -315,7 +319,7 @@ pub(crate) fn respond<W: Wire>(
     shutdown: CancellationToken,
     expires: Option<tokio::time::Instant>,
     revoked: Option<CancellationToken>,
-) -> Pin<Box<dyn Stream<Item = Result<W::Frame, W::End>> + Send>> {
+) -> Responses<W> {
     life.opened(&sub.id, sub.start_sequence);
     let opened = wire.opened(&sub.id, sub.start_sequence, sub.last_sequence);
     let state = Out {

@@ -141,7 +141,11 @@ fn query_of(uri: &http::Uri) -> Result<Query, Error> {
 
 /// Reads the body, at most `limit` bytes (refused from `Content-Length` before reading when
 /// it says more).
-async fn read_body(body: axum::body::Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Error> {
+async fn read_body(
+    body: axum::body::Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, Error> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -171,7 +175,12 @@ fn invalid_event(e: &CodecError, index: Option<usize>) -> Error {
 }
 
 /// The events of a request body.
-fn events_of(mode: Mode, headers: &HeaderMap, body: Bytes, max_batch: usize) -> Result<Vec<Event>, Error> {
+fn events_of(
+    mode: Mode,
+    headers: &HeaderMap,
+    body: Bytes,
+    max_batch: usize,
+) -> Result<Vec<Event>, Error> {
     match mode {
         Mode::Structured => Ok(vec![
             codec::event_from_json(&body).map_err(|e| invalid_event(&e, None))?

@@ -111,9 +111,10 @@ impl Wire for Sse {
     }
 
     fn first_delivery(&self, event: Arc<StoredEvent>, _more: bool) -> Bytes {
+        use std::fmt::Write as _;
         let body = delivery_json(&event);
-        let mut out = BytesMut::with_capacity(body.len() + 32);
-        out.put_slice(format!("id: {}\ndata: ", event.sequence).as_bytes());
+        let mut out = BytesMut::with_capacity(body.len() + 40);
+        let _ = write!(out, "id: {}\ndata: ", event.sequence);
         // JSON text has no raw newlines, so it is one `data:` line.
         out.put_slice(body);
         out.put_slice(b"\n\n");
@@ -385,13 +386,9 @@ async fn open(api: &Api, stream: String, request: Request) -> Result<Response, E
             });
         }
     }
-    let mut req = crate::grpc::convert::open_from_pb(
-        open,
-        &api.default_stream,
-        &api.subscribe,
-        true,
-    )
-    .map_err(query_field)?;
+    let mut req =
+        crate::grpc::convert::open_from_pb(open, &api.default_stream, &api.subscribe, true)
+            .map_err(query_field)?;
     let expires = subscriber::expiry(caller.as_deref());
     let revoked = api.engine.auth().revocation(caller.as_deref());
     req.caller = caller;
@@ -416,8 +413,7 @@ async fn open(api: &Api, stream: String, request: Request) -> Result<Response, E
             body_of(with_keepalive(items, api.settings.keepalive_interval)),
         )
     } else {
-        let items =
-            subscriber::respond(Ndjson, sub, life, true, None, shutdown, expires, revoked);
+        let items = subscriber::respond(Ndjson, sub, life, true, None, shutdown, expires, revoked);
         ("application/x-ndjson", body_of(items))
     };
     Ok((
@@ -436,13 +432,29 @@ async fn open(api: &Api, stream: String, request: Request) -> Result<Response, E
         .into_response())
 }
 
+/// Frames gathered into one body chunk at most: what is ready is written together (one chunk,
+/// one write), nothing waits for more.
+const CHUNK_FRAMES: usize = 64;
+
 /// The response body: every frame, then the end frame if the subscription failed.
-fn body_of(
-    items: impl Stream<Item = Result<Bytes, Bytes>> + Send + 'static,
-) -> axum::body::Body {
-    axum::body::Body::from_stream(
-        items.map(|r| Ok::<Bytes, std::convert::Infallible>(r.unwrap_or_else(|end| end))),
-    )
+fn body_of(items: impl Stream<Item = Result<Bytes, Bytes>> + Send + 'static) -> axum::body::Body {
+    let chunks = items
+        .map(|r| r.unwrap_or_else(|end| end))
+        .ready_chunks(CHUNK_FRAMES)
+        .map(|frames| {
+            let chunk = match <[Bytes; 1]>::try_from(frames) {
+                Ok([one]) => one,
+                Err(frames) => {
+                    let mut chunk = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+                    for f in &frames {
+                        chunk.put_slice(f);
+                    }
+                    chunk.freeze()
+                }
+            };
+            Ok::<Bytes, std::convert::Infallible>(chunk)
+        });
+    axum::body::Body::from_stream(chunks)
 }
 
 /// `items` with a keep-alive comment whenever nothing was written for `every`.
