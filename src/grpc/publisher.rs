@@ -55,16 +55,7 @@ fn request_from_pb(
 
 /// The W3C trace context of a call's metadata, when it has a `traceparent`.
 fn trace_of(metadata: &tonic::metadata::MetadataMap) -> Option<TraceHeaders> {
-    let get = |name| {
-        metadata
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    Some(TraceHeaders {
-        traceparent: get("traceparent")?,
-        tracestate: get("tracestate"),
-    })
+    TraceHeaders::of_call(|name| metadata.get(name).and_then(|v| v.to_str().ok()))
 }
 
 fn response_to_pb(p: Published) -> api::PublishResponse {

@@ -103,10 +103,7 @@ pub(crate) fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
 /// The API's routes.
 pub(crate) fn router(api: Arc<Api>) -> axum::Router {
     axum::Router::new()
-        .route(
-            "/v1/events",
-            get(watch::watch_default).post(publish::publish_default),
-        )
+        .route("/v1/events", get(watch::watch).post(publish::publish))
         .route(
             "/v1/streams/{stream}/events",
             get(watch::watch).post(publish::publish),

@@ -34,16 +34,13 @@ use crate::telemetry::trace::TraceHeaders;
 
 const BATCH: &str = "application/cloudevents-batch+json";
 
-pub(super) async fn publish_default(State(api): State<Arc<Api>>, request: Request) -> Response {
-    handle(api, String::new(), request).await
-}
-
+/// `/v1/streams/{stream}/events`, or `/v1/events` (no stream: the default one).
 pub(super) async fn publish(
     State(api): State<Arc<Api>>,
-    Path(stream): Path<String>,
+    stream: Option<Path<String>>,
     request: Request,
 ) -> Response {
-    handle(api, stream, request).await
+    handle(api, stream.map(|Path(s)| s).unwrap_or_default(), request).await
 }
 
 async fn handle(api: Arc<Api>, stream: String, request: Request) -> Response {
@@ -247,16 +244,7 @@ fn events_of(
 
 /// The W3C trace context of the request's headers, when it has a `traceparent`.
 fn trace_of(headers: &HeaderMap) -> Option<TraceHeaders> {
-    let get = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    Some(TraceHeaders {
-        traceparent: get("traceparent")?,
-        tracestate: get("tracestate"),
-    })
+    TraceHeaders::of_call(|name| headers.get(name).and_then(|v| v.to_str().ok()))
 }
 
 fn published_json(p: &Published) -> Value {

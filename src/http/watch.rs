@@ -37,16 +37,13 @@ use crate::error::Error;
 use crate::grpc::pb::jetwatch::v1 as api;
 use crate::grpc::subscriber::{self, Lifecycle, Wire};
 
-pub(super) async fn watch_default(State(api): State<Arc<Api>>, request: Request) -> Response {
-    handle(api, String::new(), request).await
-}
-
+/// `/v1/streams/{stream}/events`, or `/v1/events` (no stream: the default one).
 pub(super) async fn watch(
     State(api): State<Arc<Api>>,
-    Path(stream): Path<String>,
+    stream: Option<Path<String>>,
     request: Request,
 ) -> Response {
-    handle(api, stream, request).await
+    handle(api, stream.map(|Path(s)| s).unwrap_or_default(), request).await
 }
 
 async fn handle(api: Arc<Api>, stream: String, request: Request) -> Response {
@@ -73,12 +70,34 @@ fn delivery_json(event: &StoredEvent) -> &Bytes {
     })
 }
 
+/// The JSON of a delivery: the shared one, with `delivery_count` added to a redelivery's.
+fn delivery(event: &StoredEvent, delivery_count: u32) -> Bytes {
+    let shared = delivery_json(event);
+    if delivery_count <= 1 {
+        return shared.clone();
+    }
+    let mut body: serde_json::Value = serde_json::from_slice(shared).unwrap_or_default();
+    body["delivery_count"] = delivery_count.into();
+    Bytes::from(body.to_string())
+}
+
 /// Server-Sent Events.
 struct Sse {
     retry: Duration,
 }
 
 impl Sse {
+    /// A plain message event whose `id:` is `sequence`.
+    fn message(sequence: u64, json: &[u8]) -> Bytes {
+        use std::fmt::Write as _;
+        let mut out = BytesMut::with_capacity(json.len() + 40);
+        let _ = write!(out, "id: {sequence}\ndata: ");
+        // JSON text has no raw newlines, so it is one `data:` line.
+        out.put_slice(json);
+        out.put_slice(b"\n\n");
+        out.freeze()
+    }
+
     fn named(name: &str, id: Option<u64>, data: &serde_json::Value) -> Bytes {
         let mut out = BytesMut::with_capacity(64);
         out.put_slice(b"event: ");
@@ -111,31 +130,15 @@ impl Wire for Sse {
     }
 
     fn first_delivery(&self, event: Arc<StoredEvent>, _more: bool) -> Bytes {
-        use std::fmt::Write as _;
-        let body = delivery_json(&event);
-        let mut out = BytesMut::with_capacity(body.len() + 40);
-        let _ = write!(out, "id: {}\ndata: ", event.sequence);
-        // JSON text has no raw newlines, so it is one `data:` line.
-        out.put_slice(body);
-        out.put_slice(b"\n\n");
-        out.freeze()
+        Sse::message(event.sequence, delivery_json(&event))
     }
 
     fn item(&self, item: &Item) -> Bytes {
         match item {
             Item::Delivery {
                 event,
-                delivery_count: 1,
-            } => self.first_delivery(event.clone(), false),
-            Item::Delivery {
-                event,
                 delivery_count,
-            } => {
-                let mut body: serde_json::Value =
-                    serde_json::from_slice(delivery_json(event)).unwrap_or_default();
-                body["delivery_count"] = (*delivery_count).into();
-                Bytes::from(format!("id: {}\ndata: {body}\n\n", event.sequence))
-            }
+            } => Sse::message(event.sequence, &delivery(event, *delivery_count)),
             Item::Bookmark { sequence, pending } => Sse::named(
                 "bookmark",
                 Some(*sequence),
@@ -168,6 +171,13 @@ impl Ndjson {
         line.push(b'\n');
         Bytes::from(line)
     }
+
+    fn raw_line(json: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(json.len() + 1);
+        out.put_slice(json);
+        out.put_u8(b'\n');
+        out.freeze()
+    }
 }
 
 impl Wire for Ndjson {
@@ -180,28 +190,15 @@ impl Wire for Ndjson {
     }
 
     fn first_delivery(&self, event: Arc<StoredEvent>, _more: bool) -> Bytes {
-        let body = delivery_json(&event);
-        let mut out = BytesMut::with_capacity(body.len() + 1);
-        out.put_slice(body);
-        out.put_u8(b'\n');
-        out.freeze()
+        Ndjson::raw_line(delivery_json(&event))
     }
 
     fn item(&self, item: &Item) -> Bytes {
         match item {
             Item::Delivery {
                 event,
-                delivery_count: 1,
-            } => self.first_delivery(event.clone(), false),
-            Item::Delivery {
-                event,
                 delivery_count,
-            } => {
-                let mut body: serde_json::Value =
-                    serde_json::from_slice(delivery_json(event)).unwrap_or_default();
-                body["delivery_count"] = (*delivery_count).into();
-                Ndjson::line(&body)
-            }
+            } => Ndjson::raw_line(&delivery(event, *delivery_count)),
             Item::Bookmark { sequence, pending } => {
                 Ndjson::line(&json!({"bookmark": {"sequence": sequence, "pending": pending}}))
             }

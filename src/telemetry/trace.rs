@@ -39,6 +39,17 @@ pub struct TraceHeaders {
 }
 
 impl TraceHeaders {
+    /// The trace context of a call whose headers (or gRPC metadata) `get` reads, when it has a
+    /// `traceparent`.
+    pub fn of_call<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<TraceHeaders> {
+        Some(TraceHeaders {
+            traceparent: get("traceparent")?.to_owned(),
+            tracestate: get("tracestate").map(str::to_owned),
+        })
+    }
+}
+
+impl TraceHeaders {
     /// The event's distributed-tracing extension, when it has one.
     pub fn of_event(event: &Event) -> Option<TraceHeaders> {
         let get = |name| {
