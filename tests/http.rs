@@ -328,6 +328,27 @@ async fn bad_http_input_gets_a_clear_error_and_stores_nothing() {
         (status, body["error"]["reason"].clone()),
         (404, json!("STREAM_NOT_FOUND"))
     );
+
+    // Counted by route and status (metrics are process-wide: other tests add to them).
+    let metrics = reqwest::get(format!(
+        "http://{}/metrics",
+        env.gateway.as_ref().unwrap().metrics_addr()
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let count = |labels: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("jetwatch_http_requests_total{{{labels}}} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count(r#"route="publish",code="413""#) >= 1, "{metrics}");
+    assert!(count(r#"route="watch",code="400""#) >= 5, "{metrics}");
+    assert!(count(r#"route="watch",code="404""#) >= 1, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

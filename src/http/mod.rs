@@ -154,6 +154,20 @@ pub fn cors(settings: &HttpSettings) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
+/// The metrics label of a request (bounded: never the path itself).
+fn route_of(method: &http::Method, path: &str) -> &'static str {
+    let events = path == "/v1/events"
+        || path
+            .strip_prefix("/v1/streams/")
+            .and_then(|rest| rest.strip_suffix("/events"))
+            .is_some_and(|stream| !stream.is_empty() && !stream.contains('/'));
+    match (events, method) {
+        (true, &http::Method::POST) => "publish",
+        (true, &http::Method::GET) => "watch",
+        _ => "other",
+    }
+}
+
 /// Sends requests under [`PREFIX`] to the HTTP API and everything else on to the gRPC
 /// services (see the module docs).
 #[derive(Debug, Clone)]
@@ -210,12 +224,22 @@ where
         match &self.router {
             Some(router) if request.uri().path().starts_with(PREFIX) => {
                 let mut router = router.clone();
+                let route = route_of(request.method(), request.uri().path());
                 let request = request.map(axum::body::Body::new);
                 Box::pin(async move {
                     let response = match router.call(request).await {
                         Ok(r) => r,
                         Err(never) => match never {},
                     };
+                    if crate::telemetry::metrics::enabled() {
+                        crate::telemetry::METRICS
+                            .http_requests
+                            .get_or_create(&crate::telemetry::metrics::HttpLabels {
+                                route,
+                                code: response.status().as_u16(),
+                            })
+                            .inc();
+                    }
                     Ok(response.map(tonic::body::Body::new))
                 })
             }

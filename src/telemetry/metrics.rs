@@ -182,6 +182,15 @@ pub struct GrpcLabels {
     pub code: String,
 }
 
+/// An HTTP API route and the status it answered.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// `publish`, `watch`, or `other` (unknown paths and methods).
+    pub route: &'static str,
+    /// The HTTP status code, e.g. `200`, `400`.
+    pub code: u16,
+}
+
 /// A gRPC method.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
@@ -276,6 +285,8 @@ pub struct Metrics {
     pub malformed_skipped: Counter,
     /// gRPC calls by method and status code (streams counted when they end).
     pub grpc_requests: Family<GrpcLabels, Counter>,
+    /// HTTP API requests by route and status (a watch counts when it opens or is refused).
+    pub http_requests: Family<HttpLabels, Counter>,
     /// gRPC call duration by method (streams: their whole life).
     pub grpc_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
     /// Slow-subscriber warnings suppressed by the rate limit.
@@ -321,6 +332,7 @@ impl Metrics {
             reads_interrupted: Counter::default(),
             malformed_skipped: Counter::default(),
             grpc_requests: Family::default(),
+            http_requests: Family::default(),
             grpc_duration: Family::new_with_constructor(latency),
             warnings_suppressed: Counter::default(),
             push_attempts: Family::default(),
@@ -489,6 +501,11 @@ impl Metrics {
             "grpc_requests",
             "gRPC calls by method and status code (a stream counts when it ends)",
             self.grpc_requests.clone(),
+        );
+        r.register(
+            "http_requests",
+            "HTTP API requests by route and status code (a watch counts when it opens)",
+            self.http_requests.clone(),
         );
         r.register_with_unit(
             "grpc_duration",
