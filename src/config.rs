@@ -370,6 +370,10 @@ pub struct FanoutSettings {
     /// Snapshot reads (each a short-lived JetStream consumer) the gateway runs at once; further
     /// snapshots wait their turn. Bounds the consumers the gateway holds for watchers. Default 4.
     pub snapshot_reads: usize,
+    /// Messages one pull of a snapshot read asks JetStream for (each answer is also bounded by
+    /// `read_bytes`). A snapshot is one long sequential read: larger pulls mean fewer round
+    /// trips. Default 1024.
+    pub snapshot_batch: usize,
     /// JetStream consumers the gateway may hold for history reads of shared blocks (each kept
     /// while it reads on sequentially, let go after 5 s idle); past it, history reads use
     /// direct gets. 0: direct gets only. Default 4.
@@ -1131,6 +1135,7 @@ impl Settings {
             ("fanout.catchup_reads", self.fanout.catchup_reads),
             ("fanout.read_bytes", self.fanout.read_bytes),
             ("fanout.snapshot_reads", self.fanout.snapshot_reads),
+            ("fanout.snapshot_batch", self.fanout.snapshot_batch),
         ] {
             if value == 0 {
                 return invalid(key.into(), "must be at least 1".into());

@@ -20,6 +20,8 @@ pub(crate) struct Shared {
     pub(crate) snapshot_reads: Arc<Semaphore>,
     /// Largest answer of one read (`fanout.read_bytes`).
     pub(crate) read_bytes: usize,
+    /// Messages one pull of a snapshot read asks for (`fanout.snapshot_batch`).
+    pub(crate) snapshot_batch: usize,
 }
 
 /// Follows the NATS connection: the returned flag turns true once it has been down for longer

@@ -157,6 +157,7 @@ impl Engine {
             outage: self.inner.outage.clone(),
             snapshot_reads: self.inner.snapshot_reads.clone(),
             read_bytes: self.inner.settings.fanout.read_bytes,
+            snapshot_batch: self.inner.settings.fanout.snapshot_batch,
         }
     }
 

@@ -335,7 +335,7 @@ impl Task {
                     &stream,
                     StartAt::LastPerSubject,
                     &subjects,
-                    self.batch,
+                    self.shared.snapshot_batch,
                     self.shared.read_bytes,
                 ))
                 .await?;
