@@ -103,8 +103,10 @@ fn build_config(m: &Material, f: &TlsFiles) -> Result<ServerConfig, BoxError> {
     };
     // Fails if the key does not match the leaf certificate (protects against half-written files).
     let mut cfg = builder.with_single_cert(certs, key)?;
-    // gRPC needs HTTP/2: tonic's client errors with "HTTP/2 was not negotiated" otherwise.
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    // gRPC needs HTTP/2 (tonic's client errors with "HTTP/2 was not negotiated" otherwise), so
+    // it comes first; HTTP/1.1 is offered too, for the HTTP API and gRPC-Web from clients that
+    // speak only that (browsers' EventSource over some proxies, plain HTTP/1.1 libraries).
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
 

@@ -1239,3 +1239,83 @@ async fn certificate_names_map_to_identities_as_configured_and_revoked_certifica
         .await
         .expect("a certificate not revoked still works");
 }
+
+/// The HTTP API on a TLS listener: a client certificate is the caller's identity there too,
+/// held to the same grants, and stamped on what it publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_callers_are_identified_by_their_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca("clients-and-server");
+    let (server_crt, server_key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let clients_ca = dir.path().join("clients-ca.crt");
+    let (cert, key) = issue(&ca, None);
+    write_atomically(&server_crt, &cert);
+    write_atomically(&server_key, &key);
+    write_atomically(&clients_ca, &ca.0.pem());
+    let env = TestEnv::with(|s| {
+        s.tls.cert_file = Some(server_crt.clone());
+        s.tls.key_file = Some(server_key.clone());
+        s.tls.client_ca_file = Some(clients_ca.clone());
+        s.auth.client_certificates = true;
+        s.auth.grants = vec![grant(
+            "alice",
+            &[Action::Subscribe, Action::Publish],
+            "events",
+            &[">"],
+        )];
+    })
+    .await;
+    let client = |who: &str| {
+        let (cert, key) = issue(&ca, Some(who));
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.0.pem().as_bytes()).unwrap())
+            .identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap())
+            .resolve("localhost", env.addr)
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://localhost:{}/v1/events", env.addr.port());
+    let event = serde_json::json!({"specversion": "1.0", "id": "h1", "source": "/widgets",
+        "type": "com.example.widget.created", "subject": "w1"});
+    let publish = |client: reqwest::Client| {
+        let (url, body) = (url.clone(), event.to_string());
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/cloudevents+json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    let refused = publish(client("bob")).await;
+    assert_eq!(refused.status(), 403);
+    let body: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["reason"], "PERMISSION_DENIED");
+
+    let alice = client("alice");
+    assert_eq!(publish(alice.clone()).await.status(), 200);
+    let watch = alice
+        .get(format!("{url}?from=earliest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status(), 200);
+    let mut body = watch.bytes_stream();
+    let mut text = String::new();
+    while text.lines().count() < 2 {
+        let chunk =
+            tokio::time::timeout(Duration::from_secs(20), futures::StreamExt::next(&mut body))
+                .await
+                .expect("the watch goes on")
+                .unwrap()
+                .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let delivery: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(delivery["event"]["id"], "h1");
+    assert_eq!(delivery["event"]["authid"], "alice", "{delivery}");
+    assert_eq!(delivery["event"]["authtype"], "service_account");
+}
