@@ -408,7 +408,26 @@ impl Auth {
         ))))
     }
 
-    /// Takes `n` publishes from `caller`'s budget, or says how long to wait.
+    /// Takes `n` publishes from `caller`'s budget at once (all or none), or says how long to
+    /// wait. More than the budget's burst can never pass: it is refused like a rate overrun.
+    pub fn admit_publishes(&self, caller: Option<&Identity>, n: usize) -> Result<(), Limited> {
+        let (Some(limiter), Some(caller)) = (&self.publish_rate, caller) else {
+            return Ok(());
+        };
+        let Some(n) = u32::try_from(n).ok().and_then(std::num::NonZeroU32::new) else {
+            return Ok(());
+        };
+        use governor::clock::Clock;
+        match limiter.check_key_n(&caller.id, n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(Limited::PublishRate(
+                not_until.wait_time_from(limiter.clock().now()),
+            )),
+            Err(_insufficient) => Err(Limited::PublishRate(Duration::from_secs(1))),
+        }
+    }
+
+    /// Takes one publish from `caller`'s budget, or says how long to wait.
     pub fn admit_publish(&self, caller: Option<&Identity>) -> Result<(), Limited> {
         let (Some(limiter), Some(caller)) = (&self.publish_rate, caller) else {
             return Ok(());

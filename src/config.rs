@@ -1034,7 +1034,8 @@ impl Settings {
                 return invalid(
                     format!("http.cors_allowed_origins[{i}]"),
                     format!(
-                        "`{o}` is not an origin: write `scheme://host[:port]` with no path or                          trailing slash, or `*`"
+                        "`{o}` is not an origin: write `scheme://host[:port]` with no path or \
+                         trailing slash, or `*`"
                     ),
                 );
             }

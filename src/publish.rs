@@ -48,6 +48,20 @@ pub struct Published {
     pub duplicate: bool,
 }
 
+/// A publish checked and encoded, not yet sent ([`Publisher::prepare`]).
+#[derive(Debug)]
+pub struct Ready {
+    stream: String,
+    subject: String,
+    encoded: codec::Encoded,
+    msg_id: String,
+    expected_subject_sequence: Option<u64>,
+    started: std::time::Instant,
+    bytes: u64,
+    span: tracing::Span,
+    store_span: tracing::Span,
+}
+
 /// A publish handed to JetStream, awaiting acknowledgement.
 #[derive(Debug)]
 pub struct InFlight {
@@ -148,17 +162,6 @@ fn record(stream: &str, outcome: Outcome, bytes: u64) {
     METRICS.publish_bytes.get_or_create(&labels).inc_by(bytes);
 }
 
-/// Counts a publish refused before it reached JetStream (`stream` as the request named it;
-/// empty for the default stream).
-pub fn refused(stream: &str, default_stream: &str, e: &Error) {
-    let stream = if stream.is_empty() {
-        default_stream
-    } else {
-        stream
-    };
-    record(stream, outcome_of(e), 0);
-}
-
 /// Copies `event` to the dead-letter `subject` with `why` as extension attributes (the engine's
 /// durables and the push workers give up on events the same way). An event that cannot be
 /// encoded is `Error::Internal`; a copy JetStream did not store is the store's error.
@@ -228,27 +231,82 @@ impl Publisher {
 
     /// Validates, encodes and sends one event; the returned [`InFlight`] yields the ack.
     pub async fn send(&self, req: PublishRequest) -> Result<InFlight, Error> {
-        let started = std::time::Instant::now();
-        let stream = if req.stream.is_empty() {
-            self.inner.default_stream.clone()
-        } else {
-            req.stream.clone()
+        let ready = self.prepare(req)?;
+        self.send_ready(ready).await
+    }
+
+    /// Everything a publish does before it is sent: the rate limit, validation, the subject,
+    /// the grant, the encoding and the size as NATS counts it. A publish that passes is sent
+    /// by [`Publisher::send_ready`]; one that fails is counted and nothing is sent.
+    pub fn prepare(&self, req: PublishRequest) -> Result<Ready, Error> {
+        self.prepare_counted(req, true)
+    }
+
+    /// [`Publisher::prepare`] for several events that are sent only if all pass: the caller's
+    /// rate budget is taken for all of them at once. On failure, the index of the first event
+    /// that failed and why; nothing is sent.
+    pub fn prepare_all(&self, reqs: Vec<PublishRequest>) -> Result<Vec<Ready>, (usize, Error)> {
+        let Some(first) = reqs.first() else {
+            return Ok(Vec::new());
         };
-        match self.send_inner(req, stream.clone(), started).await {
-            Ok(f) => Ok(f),
-            Err(e) => {
-                record(&stream, outcome_of(&e), 0);
-                Err(e)
-            }
+        if let Err(limited) = self
+            .inner
+            .auth
+            .admit_publishes(first.caller.as_deref(), reqs.len())
+        {
+            let e = Error::from(limited);
+            record(self.label(self.stream_of(first)), outcome_of(&e), 0);
+            return Err((0, e));
+        }
+        reqs.into_iter()
+            .enumerate()
+            .map(|(i, req)| self.prepare_counted(req, false).map_err(|e| (i, e)))
+            .collect()
+    }
+
+    /// Counts a publish refused before it reached the publish path (a request that could not
+    /// be read; `stream` as the request named it, empty for the default stream). A stream that
+    /// is not declared is counted as `unknown`: request paths must not make metric series.
+    pub fn refused(&self, stream: &str, e: &Error) {
+        let stream = if stream.is_empty() {
+            self.inner.default_stream.as_str()
+        } else {
+            self.label(stream)
+        };
+        record(stream, outcome_of(e), 0);
+    }
+
+    /// The metrics label of a stream a request named: itself when declared, else `unknown`.
+    fn label<'a>(&self, stream: &'a str) -> &'a str {
+        if self.inner.templates.contains_key(stream) {
+            stream
+        } else {
+            "unknown"
         }
     }
 
-    async fn send_inner(
+    fn stream_of<'a>(&'a self, req: &'a PublishRequest) -> &'a str {
+        if req.stream.is_empty() {
+            &self.inner.default_stream
+        } else {
+            &req.stream
+        }
+    }
+
+    fn prepare_counted(&self, req: PublishRequest, admit: bool) -> Result<Ready, Error> {
+        let started = std::time::Instant::now();
+        let stream = self.stream_of(&req).to_owned();
+        self.prepare_inner(req, stream.clone(), started, admit)
+            .inspect_err(|e| record(self.label(&stream), outcome_of(e), 0))
+    }
+
+    fn prepare_inner(
         &self,
         req: PublishRequest,
         stream: String,
         started: std::time::Instant,
-    ) -> Result<InFlight, Error> {
+        admit: bool,
+    ) -> Result<Ready, Error> {
         let inner = &self.inner;
         // Spans only when they are exported: logs do not need one per publish.
         let span = if trace::exporting() {
@@ -270,7 +328,9 @@ impl Publisher {
             .ok_or_else(|| Error::StreamNotFound(stream.clone()))?;
         let mut event = req.event;
         let caller = req.caller.as_deref();
-        inner.auth.admit_publish(caller)?;
+        if admit {
+            inner.auth.admit_publish(caller)?;
+        }
         if let Some(identity) = caller {
             // Who published, from the verified identity: whatever the client sent is replaced
             // (the CloudEvents `authcontext` extension).
@@ -308,28 +368,68 @@ impl Publisher {
         } else {
             tracing::Span::none()
         };
-        // The store refuses a message over the configured limit or the server's max_payload,
-        // measured as NATS counts it (EventTooLarge), before sending it.
-        let ack = inner
-            .store
-            .publish(
-                subject.clone(),
-                encoded,
-                &msg_id,
-                req.expected_subject_sequence,
-                inner.max_event_bytes,
-            )
-            .instrument(store_span.clone())
-            .await?;
-        Ok(InFlight {
+        // The size as NATS counts it, against the configured limit and the server's
+        // max_payload: refused here, before anything of a batch is sent (the store checks
+        // again when it sends).
+        let size = crate::store::publish_size(&encoded, &msg_id, req.expected_subject_sequence);
+        let limit = inner.store.max_payload().min(inner.max_event_bytes);
+        if size > limit {
+            return Err(Error::EventTooLarge { size, limit });
+        }
+        Ok(Ready {
             stream,
             subject,
-            ack,
+            encoded,
+            msg_id,
+            expected_subject_sequence: req.expected_subject_sequence,
             started,
             bytes,
             span,
             store_span,
         })
+    }
+
+    /// Sends a prepared publish; the returned [`InFlight`] yields the ack.
+    pub async fn send_ready(&self, ready: Ready) -> Result<InFlight, Error> {
+        let Ready {
+            stream,
+            subject,
+            encoded,
+            msg_id,
+            expected_subject_sequence,
+            started,
+            bytes,
+            span,
+            store_span,
+        } = ready;
+        let sent = self
+            .inner
+            .store
+            .publish(
+                subject.clone(),
+                encoded,
+                &msg_id,
+                expected_subject_sequence,
+                self.inner.max_event_bytes,
+            )
+            .instrument(store_span.clone())
+            .await;
+        match sent {
+            Ok(ack) => Ok(InFlight {
+                stream,
+                subject,
+                ack,
+                started,
+                bytes,
+                span,
+                store_span,
+            }),
+            Err(e) => {
+                let e = Error::from(e);
+                record(&stream, outcome_of(&e), 0);
+                Err(e)
+            }
+        }
     }
 
     /// Publishes one event and waits for it to be stored.

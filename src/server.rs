@@ -233,10 +233,6 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
             settings: settings.http.clone(),
             subscribe: settings.subscribe.clone(),
             default_stream: settings.publish.default_stream.clone(),
-            max_event_bytes: match settings.publish.max_event_bytes {
-                0 => usize::MAX,
-                n => n,
-            },
             max_pending_acks: settings.publish.max_pending_acks,
             shutdown: shutdown.clone(),
         })

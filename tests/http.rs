@@ -454,7 +454,10 @@ async fn an_sse_watch_resumes_after_last_event_id_and_ends_with_where_it_got_to(
 
     // A client that saw up to 2 resumes with the rest, once each, and not the snapshot again.
     let mut resumed = Lines::of(sse(Some(2)).await.unwrap());
-    assert_eq!(resumed.next_event().await.unwrap()["event"], "opened");
+    let opened = resumed.next_event().await.unwrap();
+    assert_eq!(opened["event"], "opened");
+    // Not a snapshot: `opened` says where a reconnect continues, even before any event.
+    assert_eq!(opened["id"], "2", "{opened:?}");
     assert_eq!(resumed.next_event().await.unwrap()["id"], "3");
     assert_eq!(resumed.next_event().await.unwrap()["id"], "4");
 
@@ -473,6 +476,10 @@ async fn an_sse_watch_resumes_after_last_event_id_and_ends_with_where_it_got_to(
     let error: Value = serde_json::from_str(&end["data"]).unwrap();
     assert_eq!(error["reason"], "SHUTTING_DOWN", "{error}");
     assert_eq!(error["metadata"]["last_delivered_sequence"], "4");
+    assert_eq!(
+        end["id"], "4",
+        "a reconnect continues after the last delivered event"
+    );
     assert!(
         resumed.next().await.is_none(),
         "the stream closes after its end"
@@ -514,6 +521,20 @@ async fn http_callers_have_the_same_identities_grants_and_errors_as_grpc() {
             stream: "events".into(),
             subjects: vec!["events.widgets.*.w1".into()],
         });
+        // carol publishes on w1 only.
+        s.auth.tokens.push(StaticToken {
+            sha256: sha256("carol-token"),
+            identity: "carol".into(),
+            groups: vec![],
+        });
+        s.auth.grants.push(Grant {
+            identities: vec!["carol".into()],
+            groups: vec![],
+            actions: vec![Action::Publish],
+            stream: "events".into(),
+            subjects: vec!["events.widgets.*.w1".into()],
+        });
+        s.auth.max_subscriptions_per_identity = 1;
         s.http.allow_query_token = true;
     })
     .await;
@@ -570,6 +591,61 @@ async fn http_callers_have_the_same_identities_grants_and_errors_as_grpc() {
         (status, body["error"]["reason"].clone()),
         (403, json!("PERMISSION_DENIED")),
         "{body}"
+    );
+
+    // bob's second watch is over his limit: NDJSON gets 429; an EventSource gets a stream that
+    // says so and ends (any other answer would make the browser give up for good).
+    let (status, body) = json_of(
+        client
+            .get(&url)
+            .bearer_auth("bob-token")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["reason"].clone()),
+        (429, json!("LIMIT_EXCEEDED"))
+    );
+    let refused = client
+        .get(&url)
+        .bearer_auth("bob-token")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 200);
+    let mut refused = Lines::of(refused);
+    let end = refused.next_event().await.unwrap();
+    assert_eq!(end["event"], "end");
+    let error: Value = serde_json::from_str(&end["data"]).unwrap();
+    assert_eq!(error["reason"], "LIMIT_EXCEEDED");
+    assert!(
+        refused.next().await.is_none(),
+        "the refusal ends the stream"
+    );
+
+    // A batch with one event carol may not publish stores none of them.
+    let before = env.stored_count("events").await;
+    let (status, body) = json_of(
+        client
+            .post(&url)
+            .bearer_auth("carol-token")
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(json!([structured("c1", "w1", "t"), structured("c2", "w2", "t")]).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["reason"], "PERMISSION_DENIED");
+    assert_eq!(body["error"]["index"], 1);
+    assert_eq!(
+        env.stored_count("events").await,
+        before,
+        "nothing of the batch stored"
     );
 }
 

@@ -107,7 +107,7 @@ impl api::publisher_server::Publisher for PublisherService {
         let message = request.into_inner();
         let named = message.stream.clone();
         let req = request_from_pb(message, caller, trace)
-            .inspect_err(|e| crate::publish::refused(&named, self.publisher.default_stream(), e))?;
+            .inspect_err(|e| self.publisher.refused(&named, e))?;
         let published = self.publisher.publish(req).await?;
         Ok(Response::new(response_to_pb(published)))
     }
@@ -146,7 +146,7 @@ impl api::publisher_server::Publisher for PublisherService {
                         Err(e) => Pending::Refused(e),
                     },
                     Err(e) => {
-                        crate::publish::refused(&named, publisher.default_stream(), &e);
+                        publisher.refused(&named, &e);
                         Pending::Refused(e)
                     }
                 };

@@ -48,7 +48,6 @@ pub(crate) struct Api {
     pub(crate) settings: HttpSettings,
     pub(crate) subscribe: SubscribeSettings,
     pub(crate) default_stream: String,
-    pub(crate) max_event_bytes: usize,
     pub(crate) max_pending_acks: usize,
     pub(crate) shutdown: CancellationToken,
 }

@@ -7,10 +7,12 @@
 //!   event format.
 //! - **Batch** (`application/cloudevents-batch+json`): a JSON array of events.
 //!
-//! Every event of a request is read and checked (CloudEvents rules, size) before any is sent:
-//! a request with one bad event stores nothing. Events that pass are published in order,
-//! pipelined like `PublishStream`; each has its own result (grants, expected sequence and
-//! NATS can still refuse one), and a batch answers 207 when any was refused. Publishing is
+//! Every event of a request goes through every check of the publish path (rate budget for the
+//! whole batch, CloudEvents rules, subject, grant, size as NATS counts it:
+//! [`crate::publish::Publisher::prepare_all`]) before any is sent: a request with one event
+//! that fails stores nothing. Then they are published in order, pipelined like
+//! `PublishStream`; each has its own result (NATS lost half-way, an expected sequence that
+//! does not match), and a batch answers 207 when any was refused then. Publishing is
 //! idempotent by (`source`, `id`) within the stream's duplicate window, so a client that lost
 //! the answer sends the same request again.
 
@@ -48,7 +50,7 @@ async fn handle(api: Arc<Api>, stream: String, request: Request) -> Response {
         Ok(p) => p,
         Err(e) => {
             // Counted like a gRPC publish refused before it reached JetStream.
-            crate::publish::refused(&stream, api.publisher.default_stream(), &e);
+            api.publisher.refused(&stream, &e);
             return respond(e);
         }
     };
@@ -280,24 +282,6 @@ async fn prepare(api: &Api, request: Request) -> Result<Prepared, Error> {
             "applies to one event; a batch cannot carry it",
         ));
     }
-    // Nothing is sent before every event has passed.
-    for (i, event) in events.iter().enumerate() {
-        codec::validate(event, api.max_event_bytes).map_err(|e| {
-            if let Some(t) = e.too_large {
-                Error::EventTooLarge {
-                    size: t.size,
-                    limit: t.limit,
-                }
-            } else if mode == Mode::Batch {
-                Error::InvalidEvent(InvalidEvent {
-                    reason: format!("event [{i}] of the batch: {}", e.reason),
-                    ..e
-                })
-            } else {
-                Error::InvalidEvent(e)
-            }
-        })?;
-    }
     Ok(Prepared {
         events,
         batch: mode == Mode::Batch,
@@ -315,17 +299,26 @@ async fn send(api: &Api, stream: String, prepared: Prepared) -> Result<Response,
         caller,
         trace,
     } = prepared;
-    let mut results: Vec<Result<Published, Error>> = Vec::with_capacity(events.len());
-    let mut pending = VecDeque::new();
-    for event in events {
-        let req = PublishRequest {
+    let requests = events
+        .into_iter()
+        .map(|event| PublishRequest {
             event,
             stream: stream.clone(),
             expected_subject_sequence,
             caller: caller.clone(),
             trace: trace.clone(),
-        };
-        pending.push_back(api.publisher.send(req).await);
+        })
+        .collect();
+    // Every event passes every check (rate, rules, subject, grant, size) before any is sent.
+    let ready = match api.publisher.prepare_all(requests) {
+        Ok(ready) => ready,
+        Err((index, e)) if batch => return Ok(batch_refused(index, e)),
+        Err((_, e)) => return Err(e),
+    };
+    let mut results: Vec<Result<Published, Error>> = Vec::with_capacity(ready.len());
+    let mut pending = VecDeque::new();
+    for ready in ready {
+        pending.push_back(api.publisher.send_ready(ready).await);
         while pending.len() >= api.max_pending_acks.max(1) {
             if let Some(sent) = pending.pop_front() {
                 results.push(wait(sent).await);
@@ -363,6 +356,19 @@ async fn send(api: &Api, stream: String, prepared: Prepared) -> Result<Response,
         status,
         &json!({ "results": results, "refused": refused }),
     ))
+}
+
+/// A batch refused whole because of its event `index`: the error, with `index` beside it.
+fn batch_refused(index: usize, e: Error) -> Response {
+    let status = tonic::Status::from(e);
+    let (code, mut error) = error_json(&status);
+    error["index"] = index.into();
+    let message = format!(
+        "event [{index}] of the batch: {}; nothing of the batch was stored",
+        status.message()
+    );
+    error["message"] = message.into();
+    json_response(code, &json!({ "error": error }))
 }
 
 async fn wait(sent: Result<crate::publish::InFlight, Error>) -> Result<Published, Error> {

@@ -10,13 +10,15 @@
 //! event whose `id:` is the stream sequence, so a browser's `EventSource` resumes after a
 //! disconnect with `Last-Event-ID` by itself (the gateway starts just after it; a durable
 //! resumes from its own position instead). Snapshots arrive in sequence order, so resuming
-//! in the middle of one loses nothing. Named events: `opened`, `bookmark` and `snapshot_end`
-//! (with an `id:`, so resuming continues after them), and `end` when the gateway ends the
-//! stream (shutdown, lost NATS, an expired token), after which `EventSource` reconnects.
-//! Idle streams get a comment every `http.keepalive_interval`.
+//! in the middle of one loses nothing. Named events: `opened` (with `id: start - 1` unless a
+//! snapshot or a durable), `bookmark` and `snapshot_end` (with an `id:`, so resuming continues
+//! after them), and `end` (with `id: last_delivered_sequence`) when the gateway ends the stream
+//! (shutdown, lost NATS, an expired token), after which `EventSource` reconnects. A refusal at
+//! open that may pass later is such a stream too (`retry:` and `end`): `EventSource` gives up
+//! for good on any other answer. Idle streams get a comment every `http.keepalive_interval`.
 //!
 //! **NDJSON** (anything else): one JSON object per line: a delivery is
-//! `{"sequence":N,"subject":"...","event":{...}}` (the event in the JSON event format), the
+//! `{"event":{...},"sequence":N,"subject":"..."}` (the event in the JSON event format), the
 //! others `{"opened":{...}}`, `{"bookmark":{...}}`, `{"snapshot_end":{...}}` and a last
 //! `{"error":{...}}` when the gateway ends the stream.
 
@@ -47,10 +49,48 @@ pub(super) async fn watch(
 }
 
 async fn handle(api: Arc<Api>, stream: String, request: Request) -> Response {
+    let sse = wants_sse(request.headers());
     match open(&api, stream, request).await {
         Ok(response) => response,
+        // A browser's EventSource gives up for good on any answer but 200 with
+        // text/event-stream, and retries only after a stream that ends. So a refusal that is
+        // worth retrying (NATS unavailable, shutting down, a limit) is a stream that says so
+        // and ends at once; the browser tries again after `retry:`.
+        Err(e) if sse && retry_later(&e) => {
+            let (_, error) = error_json(&tonic::Status::from(e));
+            let wait = error["retry_after_ms"]
+                .as_u64()
+                .map_or(api.settings.sse_retry, Duration::from_millis)
+                .max(api.settings.sse_retry);
+            let mut body = BytesMut::new();
+            body.put_slice(format!("retry: {}\n", wait.as_millis()).as_bytes());
+            body.put_slice(&Sse::named("end", None, &error));
+            (
+                StatusCode::OK,
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/event-stream"),
+                    ),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                ],
+                body.freeze(),
+            )
+                .into_response()
+        }
         Err(e) => respond(e),
     }
+}
+
+/// Whether a watch refused at open may succeed if asked again later, unchanged.
+fn retry_later(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Unavailable { .. }
+            | Error::ShuttingDown
+            | Error::RateLimited { .. }
+            | Error::ResourceExhausted(_)
+    )
 }
 
 /// The JSON of one delivery, made once per event and shared by every HTTP watcher.
@@ -84,6 +124,12 @@ fn delivery(event: &StoredEvent, delivery_count: u32) -> Bytes {
 /// Server-Sent Events.
 struct Sse {
     retry: Duration,
+    /// Whether the start is a position a reconnect can continue from (not a snapshot, not a
+    /// durable): then `opened` carries `id: start - 1`, so a client that loses the stream
+    /// before its first event resumes without missing what was stored meanwhile.
+    resumable: bool,
+    /// Whether an `id:` was sent: then `end` carries `id: last_delivered_sequence` too.
+    id_sent: std::cell::Cell<bool>,
 }
 
 impl Sse {
@@ -120,9 +166,11 @@ impl Wire for Sse {
     fn opened(&self, id: &str, start_sequence: u64, last_sequence: u64) -> Bytes {
         let mut out = BytesMut::new();
         out.put_slice(format!("retry: {}\n", self.retry.as_millis()).as_bytes());
+        let resume_after = self.resumable.then(|| start_sequence.saturating_sub(1));
+        self.id_sent.set(resume_after.is_some());
         out.put_slice(&Sse::named(
             "opened",
-            None,
+            resume_after,
             &json!({"subscription_id": id, "start_sequence": start_sequence,
                     "last_sequence": last_sequence}),
         ));
@@ -130,10 +178,12 @@ impl Wire for Sse {
     }
 
     fn first_delivery(&self, event: Arc<StoredEvent>, _more: bool) -> Bytes {
+        self.id_sent.set(true);
         Sse::message(event.sequence, delivery_json(&event))
     }
 
     fn item(&self, item: &Item) -> Bytes {
+        self.id_sent.set(true);
         match item {
             Item::Delivery {
                 event,
@@ -158,7 +208,18 @@ impl Wire for Sse {
 
     fn end(&self, status: tonic::Status) -> Bytes {
         let (_, error) = error_json(&status);
-        Sse::named("end", None, &error)
+        // Where the stream got to, once it has said where it was: a reconnect continues there.
+        let id = self
+            .id_sent
+            .get()
+            .then(|| {
+                error["metadata"]["last_delivered_sequence"]
+                    .as_str()?
+                    .parse()
+                    .ok()
+            })
+            .flatten();
+        Sse::named("end", id, &error)
     }
 }
 
@@ -378,11 +439,20 @@ async fn open(api: &Api, stream: String, request: Request) -> Result<Response, E
         // A durable resumes from its own stored position; anything else just after the last
         // event the client saw.
         if open.durable.is_empty() {
+            let next = seen.checked_add(1).ok_or_else(|| {
+                Error::invalid("last-event-id", "is past the last possible sequence")
+            })?;
             open.start = Some(api::StartPosition {
-                position: Some(api::start_position::Position::Sequence(seen + 1)),
+                position: Some(api::start_position::Position::Sequence(next)),
             });
         }
     }
+    let resumable = open.durable.is_empty()
+        && open.on_expired != api::OnExpired::FromSnapshot as i32
+        && !matches!(
+            open.start.as_ref().and_then(|s| s.position.as_ref()),
+            Some(api::start_position::Position::Snapshot(()))
+        );
     let mut req =
         crate::grpc::convert::open_from_pb(open, &api.default_stream, &api.subscribe, true)
             .map_err(query_field)?;
@@ -396,6 +466,8 @@ async fn open(api: &Api, stream: String, request: Request) -> Result<Response, E
         let items = subscriber::respond(
             Sse {
                 retry: api.settings.sse_retry,
+                resumable,
+                id_sent: std::cell::Cell::new(false),
             },
             sub,
             life,
