@@ -410,6 +410,8 @@ impl Publisher {
                 encoded,
                 &msg_id,
                 expected_subject_sequence,
+                // Checked in `prepare`; the store checks again against the server it is
+                // connected to now (a reconnect may have changed `max_payload`).
                 self.inner.max_event_bytes,
             )
             .instrument(store_span.clone())
