@@ -496,44 +496,26 @@ fn sha256(token: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_callers_have_the_same_identities_grants_and_errors_as_grpc() {
     let env = TestEnv::with(|s| {
-        s.auth.tokens.push(StaticToken {
-            sha256: sha256("alice-token"),
-            identity: "alice".into(),
-            groups: vec![],
-        });
-        s.auth.tokens.push(StaticToken {
-            sha256: sha256("bob-token"),
-            identity: "bob".into(),
-            groups: vec![],
-        });
-        // alice writes and reads everything; bob reads the `w1` widget only.
-        s.auth.grants.push(Grant {
-            identities: vec!["alice".into()],
-            groups: vec![],
-            actions: vec![Action::Publish, Action::Subscribe],
-            stream: "events".into(),
-            subjects: vec![">".into()],
-        });
-        s.auth.grants.push(Grant {
-            identities: vec!["bob".into()],
-            groups: vec![],
-            actions: vec![Action::Subscribe],
-            stream: "events".into(),
-            subjects: vec!["events.widgets.*.w1".into()],
-        });
-        // carol publishes on w1 only.
-        s.auth.tokens.push(StaticToken {
-            sha256: sha256("carol-token"),
-            identity: "carol".into(),
-            groups: vec![],
-        });
-        s.auth.grants.push(Grant {
-            identities: vec!["carol".into()],
-            groups: vec![],
-            actions: vec![Action::Publish],
-            stream: "events".into(),
-            subjects: vec!["events.widgets.*.w1".into()],
-        });
+        // alice writes and reads everything; bob reads the `w1` widget only; carol publishes
+        // on w1 only.
+        for (who, actions, subjects) in [
+            ("alice", vec![Action::Publish, Action::Subscribe], ">"),
+            ("bob", vec![Action::Subscribe], "events.widgets.*.w1"),
+            ("carol", vec![Action::Publish], "events.widgets.*.w1"),
+        ] {
+            s.auth.tokens.push(StaticToken {
+                sha256: sha256(&format!("{who}-token")),
+                identity: who.into(),
+                groups: vec![],
+            });
+            s.auth.grants.push(Grant {
+                identities: vec![who.into()],
+                groups: vec![],
+                actions,
+                stream: "events".into(),
+                subjects: vec![subjects.into()],
+            });
+        }
         s.auth.max_subscriptions_per_identity = 1;
         s.http.allow_query_token = true;
     })

@@ -597,6 +597,36 @@ fn issue(ca: &Ca, client: Option<&str>) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
+/// A server certificate and key issued by `ca`, and `ca` as the clients' CA, written to files.
+struct TlsFiles {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    clients_ca: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    fn write(dir: &std::path::Path, ca: &Ca) -> TlsFiles {
+        let files = TlsFiles {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            clients_ca: dir.join("clients-ca.crt"),
+        };
+        let (cert, key) = issue(ca, None);
+        write_atomically(&files.cert, &cert);
+        write_atomically(&files.key, &key);
+        write_atomically(&files.clients_ca, &ca.0.pem());
+        files
+    }
+
+    /// TLS with these files, client certificates as identities.
+    fn apply(&self, s: &mut Settings) {
+        s.tls.cert_file = Some(self.cert.clone());
+        s.tls.key_file = Some(self.key.clone());
+        s.tls.client_ca_file = Some(self.clients_ca.clone());
+        s.auth.client_certificates = true;
+    }
+}
+
 fn write_atomically(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
@@ -638,18 +668,11 @@ async fn try_publish(channel: Channel, id: &str) -> Result<u64, tonic::Status> {
 async fn client_certificates_identify_callers_and_certificates_rotate_under_open_streams() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, other_ca) = (new_ca("clients-and-server"), new_ca("someone-else"));
-    let (server_crt, server_key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let clients_ca = dir.path().join("clients-ca.crt");
-    let (cert, key) = issue(&ca, None);
-    write_atomically(&server_crt, &cert);
-    write_atomically(&server_key, &key);
-    write_atomically(&clients_ca, &ca.0.pem());
+    let files = TlsFiles::write(dir.path(), &ca);
+    let (server_crt, server_key) = (files.cert.clone(), files.key.clone());
     let env = TestEnv::with(|s| {
-        s.tls.cert_file = Some(server_crt.clone());
-        s.tls.key_file = Some(server_key.clone());
-        s.tls.client_ca_file = Some(clients_ca.clone());
+        files.apply(s);
         s.tls.reload_interval = Duration::from_millis(100);
-        s.auth.client_certificates = true;
         s.auth.grants = vec![grant(
             "alice",
             &[Action::Subscribe, Action::Publish],
@@ -1246,17 +1269,9 @@ async fn certificate_names_map_to_identities_as_configured_and_revoked_certifica
 async fn http_callers_are_identified_by_their_client_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let ca = new_ca("clients-and-server");
-    let (server_crt, server_key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let clients_ca = dir.path().join("clients-ca.crt");
-    let (cert, key) = issue(&ca, None);
-    write_atomically(&server_crt, &cert);
-    write_atomically(&server_key, &key);
-    write_atomically(&clients_ca, &ca.0.pem());
+    let files = TlsFiles::write(dir.path(), &ca);
     let env = TestEnv::with(|s| {
-        s.tls.cert_file = Some(server_crt.clone());
-        s.tls.key_file = Some(server_key.clone());
-        s.tls.client_ca_file = Some(clients_ca.clone());
-        s.auth.client_certificates = true;
+        files.apply(s);
         s.auth.grants = vec![grant(
             "alice",
             &[Action::Subscribe, Action::Publish],
