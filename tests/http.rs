@@ -49,6 +49,11 @@ async fn json_of(response: reqwest::Response) -> (u16, Value) {
     )
 }
 
+/// Sends `request` and reads the JSON answer.
+async fn call(request: reqwest::RequestBuilder) -> (u16, Value) {
+    json_of(request.send().await.expect("the gateway answers")).await
+}
+
 /// Reads a streaming response line by line.
 struct Lines {
     body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
@@ -111,7 +116,7 @@ async fn cloudevents_are_published_in_binary_structured_and_batch_modes() {
     let url = format!("{}/v1/streams/events/events", base(&env));
 
     // Binary mode: attributes in ce-* headers (percent-encoded), the body is the data.
-    let (status, body) = json_of(
+    let (status, body) = call(
         client
             .post(&url)
             .header("ce-specversion", "1.0")
@@ -121,10 +126,7 @@ async fn cloudevents_are_published_in_binary_structured_and_batch_modes() {
             .header("ce-subject", "caf%C3%A9")
             .header("ce-color", "blue")
             .header("content-type", "application/json")
-            .body(r#"{"name":"café"}"#)
-            .send()
-            .await
-            .unwrap(),
+            .body(r#"{"name":"café"}"#),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -156,14 +158,11 @@ async fn cloudevents_are_published_in_binary_structured_and_batch_modes() {
         {"specversion": "1.0", "id": "batch-2", "source": "/widgets", "type": "t",
          "subject": "w4", "data_base64": "AAEC"},
     ]);
-    let (status, body) = json_of(
+    let (status, body) = call(
         client
             .post(&url)
             .header("content-type", "application/cloudevents-batch+json")
-            .body(batch.to_string())
-            .send()
-            .await
-            .unwrap(),
+            .body(batch.to_string()),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -219,14 +218,11 @@ async fn bad_http_input_gets_a_clear_error_and_stores_nothing() {
     let post = |content_type: &'static str, body: String| {
         let (client, url) = (client.clone(), url.clone());
         async move {
-            json_of(
+            call(
                 client
                     .post(&url)
                     .header("content-type", content_type)
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap(),
+                    .body(body),
             )
             .await
         }
@@ -304,26 +300,12 @@ async fn bad_http_input_gets_a_clear_error_and_stores_nothing() {
         ("durable=no%20spaces", "durable"),
         ("color=blue", "color"),
     ] {
-        let (status, body) = json_of(
-            client
-                .get(format!("{}/v1/events?{query}", base(&env)))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = call(client.get(format!("{}/v1/events?{query}", base(&env)))).await;
         assert_eq!(status, 400, "{query}: {body}");
         assert_eq!(body["error"]["reason"], "INVALID_ARGUMENT", "{query}");
         assert_eq!(body["error"]["metadata"]["field"], field, "{query}: {body}");
     }
-    let (status, body) = json_of(
-        client
-            .get(format!("{}/v1/streams/nope/events", base(&env)))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = call(client.get(format!("{}/v1/streams/nope/events", base(&env)))).await;
     assert_eq!(
         (status, body["error"]["reason"].clone()),
         (404, json!("STREAM_NOT_FOUND"))
@@ -560,13 +542,10 @@ async fn http_callers_have_the_same_identities_grants_and_errors_as_grpc() {
     assert_eq!(lines.next_json().await.unwrap()["event"]["id"], "a1");
     assert_eq!(lines.next_json().await.unwrap()["event"]["id"], "a3");
     // A watch of what bob may not read is refused as over gRPC.
-    let (status, body) = json_of(
+    let (status, body) = call(
         client
             .get(format!("{url}?subject=events.widgets.*.w2"))
-            .bearer_auth("bob-token")
-            .send()
-            .await
-            .unwrap(),
+            .bearer_auth("bob-token"),
     )
     .await;
     assert_eq!(
@@ -577,15 +556,7 @@ async fn http_callers_have_the_same_identities_grants_and_errors_as_grpc() {
 
     // bob's second watch is over his limit: NDJSON gets 429; an EventSource gets a stream that
     // says so and ends (any other answer would make the browser give up for good).
-    let (status, body) = json_of(
-        client
-            .get(&url)
-            .bearer_auth("bob-token")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = call(client.get(&url).bearer_auth("bob-token")).await;
     assert_eq!(
         (status, body["error"]["reason"].clone()),
         (429, json!("LIMIT_EXCEEDED"))
@@ -610,15 +581,12 @@ async fn http_callers_have_the_same_identities_grants_and_errors_as_grpc() {
 
     // A batch with one event carol may not publish stores none of them.
     let before = env.stored_count("events").await;
-    let (status, body) = json_of(
+    let (status, body) = call(
         client
             .post(&url)
             .bearer_auth("carol-token")
             .header("content-type", "application/cloudevents-batch+json")
-            .body(json!([structured("c1", "w1", "t"), structured("c2", "w2", "t")]).to_string())
-            .send()
-            .await
-            .unwrap(),
+            .body(json!([structured("c1", "w1", "t"), structured("c2", "w2", "t")]).to_string()),
     )
     .await;
     assert_eq!(status, 403, "{body}");
@@ -634,14 +602,9 @@ async fn http_callers_have_the_same_identities_grants_and_errors_as_grpc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_in_the_query_are_refused_unless_allowed() {
     let env = TestEnv::start().await;
-    let (status, body) = json_of(
-        reqwest::Client::new()
-            .get(format!("{}/v1/events?access_token=secret", base(&env)))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) =
+        call(reqwest::Client::new().get(format!("{}/v1/events?access_token=secret", base(&env))))
+            .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["metadata"]["field"], "access_token");
 }
