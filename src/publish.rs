@@ -56,6 +56,9 @@ pub struct Ready {
     encoded: codec::Encoded,
     msg_id: String,
     expected_subject_sequence: Option<u64>,
+    /// The size limit it was checked against: the configured one capped by the server's
+    /// `max_payload`, read once per publish.
+    limit: usize,
     started: std::time::Instant,
     bytes: u64,
     span: tracing::Span,
@@ -382,6 +385,7 @@ impl Publisher {
             encoded,
             msg_id,
             expected_subject_sequence: req.expected_subject_sequence,
+            limit,
             started,
             bytes,
             span,
@@ -397,6 +401,7 @@ impl Publisher {
             encoded,
             msg_id,
             expected_subject_sequence,
+            limit,
             started,
             bytes,
             span,
@@ -405,14 +410,12 @@ impl Publisher {
         let sent = self
             .inner
             .store
-            .publish(
+            .publish_within(
                 subject.clone(),
                 encoded,
                 &msg_id,
                 expected_subject_sequence,
-                // Checked in `prepare`; the store checks again against the server it is
-                // connected to now (a reconnect may have changed `max_payload`).
-                self.inner.max_event_bytes,
+                limit,
             )
             .instrument(store_span.clone())
             .await;

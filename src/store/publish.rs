@@ -28,10 +28,25 @@ impl Store {
         expected_subject_sequence: Option<u64>,
         max_bytes: usize,
     ) -> Result<PendingAck, StoreError> {
+        let limit = self.max_payload().min(max_bytes);
+        self.publish_within(subject, encoded, msg_id, expected_subject_sequence, limit)
+            .await
+    }
+
+    /// [`Store::publish`] with the whole size limit given: the configured one already capped
+    /// by [`Store::max_payload`] (read by the caller when it checked the message; a server
+    /// that changed since still enforces its own).
+    pub async fn publish_within(
+        &self,
+        subject: String,
+        encoded: Encoded,
+        msg_id: &str,
+        expected_subject_sequence: Option<u64>,
+        limit: usize,
+    ) -> Result<PendingAck, StoreError> {
         self.connected_for("publishing")?;
         let expected = expected_subject_sequence;
         let size = publish_size(&encoded, msg_id, expected);
-        let limit = self.max_payload().min(max_bytes);
         if size > limit {
             return Err(StoreError::TooLarge { size, limit });
         }
