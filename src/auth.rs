@@ -429,13 +429,7 @@ impl Auth {
 
     /// Takes one publish from `caller`'s budget, or says how long to wait.
     pub fn admit_publish(&self, caller: Option<&Identity>) -> Result<(), Limited> {
-        let (Some(limiter), Some(caller)) = (&self.publish_rate, caller) else {
-            return Ok(());
-        };
-        use governor::clock::Clock;
-        limiter.check_key(&caller.id).map_err(|not_until| {
-            Limited::PublishRate(not_until.wait_time_from(limiter.clock().now()))
-        })
+        self.admit_publishes(caller, 1)
     }
 
     /// The caller's identity: `Ok(None)` when authentication is off.

@@ -229,10 +229,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         Arc::new(crate::http::Api {
             publisher: publisher.clone(),
             engine: engine.clone(),
-            auth: auth.clone(),
             settings: settings.http.clone(),
             subscribe: settings.subscribe.clone(),
-            default_stream: settings.publish.default_stream.clone(),
             max_pending_acks: settings.publish.max_pending_acks,
             shutdown: shutdown.clone(),
         })

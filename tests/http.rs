@@ -652,3 +652,25 @@ async fn cors_answers_for_allowed_origins_only() {
         .get("access-control-allow-origin")
         .is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sse_watch_gets_keep_alive_comments() {
+    let env = TestEnv::with(|s| s.http.keepalive_interval = Duration::from_millis(50)).await;
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/events", base(&env)))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut lines = Lines::of(response);
+    loop {
+        let line = lines.next().await.expect("the stream goes on");
+        if line == ": keep-alive" {
+            break;
+        }
+        assert!(
+            !line.starts_with("data: {\"event\""),
+            "nothing was published: {line}"
+        );
+    }
+}

@@ -21,12 +21,13 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Option<Arc<Identity>> {
 }
 
 /// Identifies the caller of `request` from its `authorization: Bearer` header (or, when it has
-/// none, `fallback_bearer`) and its verified TLS client certificate.
+/// none, `fallback_bearer`) and its verified TLS client certificate. A refusal is audited and
+/// is the contract's UNAUTHENTICATED (`TOKEN_EXPIRED` for an expired credential).
 pub(crate) fn authenticate<B>(
     auth: &Auth,
     request: &http::Request<B>,
     fallback_bearer: Option<&str>,
-) -> Result<Option<Identity>, Unauthenticated> {
+) -> Result<Option<Identity>, Error> {
     let bearer = request
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -47,6 +48,14 @@ pub(crate) fn authenticate<B>(
             .as_ref()
             .and_then(|c| c.first())
             .map(|c| c.as_ref()),
+    })
+    .map_err(|e| {
+        let path = request.uri().path();
+        crate::auth::audit(None, "authenticate", path, &format!("denied: {e}"));
+        Error::Unauthenticated {
+            expired: e == Unauthenticated::Expired,
+            message: e.to_string(),
+        }
     })
 }
 
@@ -116,12 +125,7 @@ where
                 }
                 Box::pin(inner.call(request))
             }
-            Err(e) => {
-                crate::auth::audit(None, "authenticate", path, &format!("denied: {e}"));
-                let error = Error::Unauthenticated {
-                    expired: e == Unauthenticated::Expired,
-                    message: e.to_string(),
-                };
+            Err(error) => {
                 let response = Status::from(error).into_http();
                 Box::pin(async move { Ok(response) })
             }

@@ -47,7 +47,7 @@ impl SubscriberService {
 }
 
 /// A subscription's responses, ready for the wire.
-pub(crate) type ResponseStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
+pub(crate) type ResponseStream = Responses<Grpc>;
 
 /// How a transport writes a subscription's items: gRPC frames here, Server-Sent Events and
 /// NDJSON chunks in [`crate::http`]. The stream logic (runs, window, shutdown, expiry,
@@ -178,7 +178,7 @@ fn delivery_span<'a>(
 }
 
 /// One subscription's metrics and log span, from its open to its end (on drop).
-pub(crate) struct Lifecycle {
+struct Lifecycle {
     labels: KindLabels,
     counters: DeliveryCounters,
     span: tracing::Span,
@@ -196,7 +196,7 @@ pub(crate) struct Lifecycle {
 impl Lifecycle {
     /// A subscription about to open: counted when [`Lifecycle::opened`] says it did. `method`
     /// is the gRPC method, counted in the call metrics (`None` for other transports).
-    pub(crate) fn new(
+    fn new(
         req: &crate::engine::OpenRequest,
         peer: Option<std::net::SocketAddr>,
         method: Option<&'static str>,
@@ -285,7 +285,7 @@ impl Drop for Lifecycle {
 }
 
 /// The instant `identity`'s credential expires, if it does.
-pub(crate) fn expiry(identity: Option<&crate::auth::Identity>) -> Option<tokio::time::Instant> {
+fn expiry(identity: Option<&crate::auth::Identity>) -> Option<tokio::time::Instant> {
     let at = identity?.expires_at?;
     let left = at
         .duration_since(std::time::SystemTime::now())
@@ -310,7 +310,7 @@ fn expired() -> Error {
 /// The response stream of a subscription: `Opened`, then items; ends with UNAVAILABLE carrying
 /// `last_delivered_sequence` at shutdown or when the engine reports a lost NATS.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn respond<W: Wire>(
+fn respond<W: Wire>(
     wire: W,
     sub: Subscription,
     mut life: Lifecycle,
@@ -586,26 +586,44 @@ impl SubscriberService {
     ) -> Result<Response<ResponseStream>, Status> {
         let caller = super::auth::caller(&request);
         let peer = request.remote_addr();
-        let mut req = open_from_pb(
+        let req = open_from_pb(
             request.into_inner(),
             &self.default_stream,
             &self.defaults,
             true,
         )?;
-        let expires = expiry(caller.as_deref());
-        let revoked = self.engine.auth().revocation(caller.as_deref());
-        req.caller = caller;
-        let life = Lifecycle::new(&req, peer, Some(super::metrics::SUBSCRIBER_STREAMS[1]));
-        let sub = self.engine.open(req).await?;
-        Ok(Response::new(respond(
+        let responses = watch(
+            &self.engine,
             Grpc,
-            sub,
-            life,
-            true,
-            None,
+            req,
+            caller,
+            peer,
+            Some(super::metrics::SUBSCRIBER_STREAMS[1]),
             self.shutdown.clone(),
-            expires,
-            revoked,
-        )))
+        )
+        .await?;
+        Ok(Response::new(responses))
     }
+}
+
+/// Opens `req` for `caller` as a watch (no client messages after the open) and serves it over
+/// `wire`: the gRPC `Watch` and the HTTP API's watches. `method` is the gRPC method counted in
+/// the call metrics (`None` for other transports).
+pub(crate) async fn watch<W: Wire>(
+    engine: &Engine,
+    wire: W,
+    mut req: crate::engine::OpenRequest,
+    caller: Option<Arc<crate::auth::Identity>>,
+    peer: Option<std::net::SocketAddr>,
+    method: Option<&'static str>,
+    shutdown: CancellationToken,
+) -> Result<Responses<W>, Error> {
+    let expires = expiry(caller.as_deref());
+    let revoked = engine.auth().revocation(caller.as_deref());
+    req.caller = caller;
+    let life = Lifecycle::new(&req, peer, method);
+    let sub = engine.open(req).await?;
+    Ok(respond(
+        wire, sub, life, true, None, shutdown, expires, revoked,
+    ))
 }

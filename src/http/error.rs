@@ -84,12 +84,7 @@ pub(crate) fn error_json(status: &Status) -> (StatusCode, Value) {
 
 /// An error as an HTTP response.
 pub(crate) fn respond(e: Error) -> Response {
-    respond_status(&Status::from(e))
-}
-
-/// A status as an HTTP response.
-pub(crate) fn respond_status(status: &Status) -> Response {
-    let (code, error) = error_json(status);
+    let (code, error) = error_json(&Status::from(e));
     let retry = error
         .get("retry_after_ms")
         .and_then(Value::as_u64)

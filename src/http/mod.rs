@@ -30,7 +30,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Auth, Identity, Unauthenticated};
+use crate::auth::Identity;
 use crate::config::{HttpSettings, SubscribeSettings};
 use crate::engine::Engine;
 use crate::error::Error;
@@ -44,10 +44,8 @@ pub const PREFIX: &str = "/v1/";
 pub(crate) struct Api {
     pub(crate) publisher: Publisher,
     pub(crate) engine: Engine,
-    pub(crate) auth: Arc<Auth>,
     pub(crate) settings: HttpSettings,
     pub(crate) subscribe: SubscribeSettings,
-    pub(crate) default_stream: String,
     pub(crate) max_pending_acks: usize,
     pub(crate) shutdown: CancellationToken,
 }
@@ -67,24 +65,10 @@ impl Api {
                  `Authorization: Bearer <token>`",
             ));
         }
-        if !self.auth.enabled() {
-            return Ok(None);
-        }
-        match crate::grpc::auth::authenticate(&self.auth, request, query_token) {
-            Ok(identity) => Ok(identity.map(Arc::new)),
-            Err(e) => {
-                crate::auth::audit(
-                    None,
-                    "authenticate",
-                    request.uri().path(),
-                    &format!("denied: {e}"),
-                );
-                Err(Error::Unauthenticated {
-                    expired: e == Unauthenticated::Expired,
-                    message: e.to_string(),
-                })
-            }
-        }
+        Ok(
+            crate::grpc::auth::authenticate(self.engine.auth(), request, query_token)?
+                .map(Arc::new),
+        )
     }
 }
 

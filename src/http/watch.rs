@@ -37,7 +37,7 @@ use super::Api;
 use crate::engine::{Item, StoredEvent};
 use crate::error::Error;
 use crate::grpc::pb::jetwatch::v1 as api;
-use crate::grpc::subscriber::{self, Lifecycle, Wire};
+use crate::grpc::subscriber::{self, Wire};
 
 /// `/v1/streams/{stream}/events`, or `/v1/events` (no stream: the default one).
 pub(super) async fn watch(
@@ -64,7 +64,7 @@ async fn handle(api: Arc<Api>, stream: String, request: Request) -> Response {
                 .max(api.settings.sse_retry);
             let mut body = BytesMut::new();
             body.put_slice(format!("retry: {}\n", wait.as_millis()).as_bytes());
-            body.put_slice(&Sse::named("end", None, &error));
+            body.put_slice(&Format::Sse.control("end", None, error));
             (
                 StatusCode::OK,
                 [
@@ -110,103 +110,163 @@ fn delivery_json(event: &StoredEvent) -> &Bytes {
     })
 }
 
-/// The JSON of a delivery: the shared one, with `delivery_count` added to a redelivery's.
-fn delivery(event: &StoredEvent, delivery_count: u32) -> Bytes {
-    let shared = delivery_json(event);
-    if delivery_count <= 1 {
-        return shared.clone();
-    }
-    let mut body: serde_json::Value = serde_json::from_slice(shared).unwrap_or_default();
+/// The JSON of a redelivery: the shared one, with `delivery_count` added.
+fn redelivery_json(event: &StoredEvent, delivery_count: u32) -> Vec<u8> {
+    let mut body: serde_json::Value =
+        serde_json::from_slice(delivery_json(event)).unwrap_or_default();
     body["delivery_count"] = delivery_count.into();
-    Bytes::from(body.to_string())
+    body.to_string().into_bytes()
 }
 
-/// Server-Sent Events.
-struct Sse {
+/// How a watch over HTTP is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// Server-Sent Events.
+    Sse,
+    /// Newline-delimited JSON.
+    Ndjson,
+}
+
+impl Format {
+    /// The bytes a delivery adds around its JSON, at most (`id: ` and 20 digits, `data: `).
+    const fn framing(self) -> usize {
+        match self {
+            Format::Sse => 34,
+            Format::Ndjson => 1,
+        }
+    }
+
+    /// Appends a delivery of `sequence` whose JSON is `json`.
+    fn delivery(self, sequence: u64, json: &[u8], out: &mut BytesMut) {
+        use std::fmt::Write as _;
+        if self == Format::Sse {
+            let _ = write!(out, "id: {sequence}\ndata: ");
+        }
+        // JSON text has no raw newlines: one `data:` line, one NDJSON line.
+        out.put_slice(json);
+        out.put_slice(match self {
+            Format::Sse => b"\n\n",
+            Format::Ndjson => b"\n",
+        });
+    }
+
+    /// Anything but a delivery: a named event (SSE) or a `{"name": data}` line (NDJSON).
+    fn control(self, name: &str, id: Option<u64>, data: serde_json::Value) -> Bytes {
+        use std::fmt::Write as _;
+        let mut out = BytesMut::with_capacity(64);
+        match self {
+            Format::Sse => {
+                let _ = writeln!(out, "event: {name}");
+                if let Some(id) = id {
+                    let _ = writeln!(out, "id: {id}");
+                }
+                let _ = write!(out, "data: {data}\n\n");
+            }
+            Format::Ndjson => {
+                let _ = writeln!(out, "{}", json!({ name: data }));
+            }
+        }
+        out.freeze()
+    }
+}
+
+/// One piece of an HTTP watch's body: a first delivery, written straight from the event's
+/// shared JSON into the body chunk (no buffer of its own), or bytes made for anything else.
+enum Piece {
+    Delivery(Arc<StoredEvent>),
+    Bytes(Bytes),
+}
+
+impl Piece {
+    fn len(&self, format: Format) -> usize {
+        match self {
+            Piece::Delivery(event) => delivery_json(event).len() + format.framing(),
+            Piece::Bytes(b) => b.len(),
+        }
+    }
+
+    fn write(&self, format: Format, out: &mut BytesMut) {
+        match self {
+            Piece::Delivery(event) => format.delivery(event.sequence, delivery_json(event), out),
+            Piece::Bytes(b) => out.put_slice(b),
+        }
+    }
+}
+
+/// The HTTP transport of a watch (see the module docs).
+struct HttpWire {
+    format: Format,
+    /// SSE's reconnection delay (`retry:`).
     retry: Duration,
     /// Whether the start is a position a reconnect can continue from (not a snapshot, not a
-    /// durable): then `opened` carries `id: start - 1`, so a client that loses the stream
+    /// durable): then SSE's `opened` carries `id: start - 1`, so a client that loses the stream
     /// before its first event resumes without missing what was stored meanwhile.
     resumable: bool,
-    /// Whether an `id:` was sent: then `end` carries `id: last_delivered_sequence` too.
+    /// Whether an SSE `id:` was sent: then `end` carries `id: last_delivered_sequence` too.
     id_sent: std::cell::Cell<bool>,
 }
 
-impl Sse {
-    /// A plain message event whose `id:` is `sequence`.
-    fn message(sequence: u64, json: &[u8]) -> Bytes {
-        use std::fmt::Write as _;
-        let mut out = BytesMut::with_capacity(json.len() + 40);
-        let _ = write!(out, "id: {sequence}\ndata: ");
-        // JSON text has no raw newlines, so it is one `data:` line.
-        out.put_slice(json);
-        out.put_slice(b"\n\n");
-        out.freeze()
-    }
+impl Wire for HttpWire {
+    type Frame = Piece;
+    type End = Piece;
 
-    fn named(name: &str, id: Option<u64>, data: &serde_json::Value) -> Bytes {
-        let mut out = BytesMut::with_capacity(64);
-        out.put_slice(b"event: ");
-        out.put_slice(name.as_bytes());
-        out.put_u8(b'\n');
-        if let Some(id) = id {
-            out.put_slice(format!("id: {id}\n").as_bytes());
-        }
-        out.put_slice(b"data: ");
-        out.put_slice(data.to_string().as_bytes());
-        out.put_slice(b"\n\n");
-        out.freeze()
-    }
-}
-
-impl Wire for Sse {
-    type Frame = Bytes;
-    type End = Bytes;
-
-    fn opened(&self, id: &str, start_sequence: u64, last_sequence: u64) -> Bytes {
-        let mut out = BytesMut::new();
-        out.put_slice(format!("retry: {}\n", self.retry.as_millis()).as_bytes());
+    fn opened(&self, id: &str, start_sequence: u64, last_sequence: u64) -> Piece {
         let resume_after = self.resumable.then(|| start_sequence.saturating_sub(1));
         self.id_sent.set(resume_after.is_some());
-        out.put_slice(&Sse::named(
+        let opened = self.format.control(
             "opened",
             resume_after,
-            &json!({"subscription_id": id, "start_sequence": start_sequence,
-                    "last_sequence": last_sequence}),
-        ));
-        out.freeze()
+            json!({"subscription_id": id, "start_sequence": start_sequence,
+                   "last_sequence": last_sequence}),
+        );
+        if self.format == Format::Ndjson {
+            return Piece::Bytes(opened);
+        }
+        let mut out = BytesMut::new();
+        out.put_slice(format!("retry: {}\n", self.retry.as_millis()).as_bytes());
+        out.put_slice(&opened);
+        Piece::Bytes(out.freeze())
     }
 
-    fn first_delivery(&self, event: Arc<StoredEvent>, _more: bool) -> Bytes {
+    fn first_delivery(&self, event: Arc<StoredEvent>, _more: bool) -> Piece {
         self.id_sent.set(true);
-        Sse::message(event.sequence, delivery_json(&event))
+        Piece::Delivery(event)
     }
 
-    fn item(&self, item: &Item) -> Bytes {
+    fn item(&self, item: &Item) -> Piece {
         self.id_sent.set(true);
         match item {
             Item::Delivery {
                 event,
+                delivery_count: 0 | 1,
+            } => Piece::Delivery(event.clone()),
+            Item::Delivery {
+                event,
                 delivery_count,
-            } => Sse::message(event.sequence, &delivery(event, *delivery_count)),
-            Item::Bookmark { sequence, pending } => Sse::named(
+            } => {
+                let json = redelivery_json(event, *delivery_count);
+                let mut out = BytesMut::with_capacity(json.len() + self.format.framing());
+                self.format.delivery(event.sequence, &json, &mut out);
+                Piece::Bytes(out.freeze())
+            }
+            Item::Bookmark { sequence, pending } => Piece::Bytes(self.format.control(
                 "bookmark",
                 Some(*sequence),
-                &json!({"sequence": sequence, "pending": pending}),
-            ),
-            Item::SnapshotEnd { sequence } => Sse::named(
+                json!({"sequence": sequence, "pending": pending}),
+            )),
+            Item::SnapshotEnd { sequence } => Piece::Bytes(self.format.control(
                 "snapshot_end",
                 Some(*sequence),
-                &json!({ "sequence": sequence }),
-            ),
+                json!({ "sequence": sequence }),
+            )),
         }
     }
 
     fn delivery_bytes(&self, event: &StoredEvent) -> u64 {
-        delivery_json(event).len() as u64 + 16
+        (delivery_json(event).len() + self.format.framing()) as u64
     }
 
-    fn end(&self, status: tonic::Status) -> Bytes {
+    fn end(&self, status: tonic::Status) -> Piece {
         let (_, error) = error_json(&status);
         // Where the stream got to, once it has said where it was: a reconnect continues there.
         let id = self
@@ -219,63 +279,11 @@ impl Wire for Sse {
                     .ok()
             })
             .flatten();
-        Sse::named("end", id, &error)
-    }
-}
-
-/// Newline-delimited JSON.
-struct Ndjson;
-
-impl Ndjson {
-    fn line(value: &serde_json::Value) -> Bytes {
-        let mut line = value.to_string().into_bytes();
-        line.push(b'\n');
-        Bytes::from(line)
-    }
-
-    fn raw_line(json: &[u8]) -> Bytes {
-        let mut out = BytesMut::with_capacity(json.len() + 1);
-        out.put_slice(json);
-        out.put_u8(b'\n');
-        out.freeze()
-    }
-}
-
-impl Wire for Ndjson {
-    type Frame = Bytes;
-    type End = Bytes;
-
-    fn opened(&self, id: &str, start_sequence: u64, last_sequence: u64) -> Bytes {
-        Ndjson::line(&json!({"opened": {"subscription_id": id,
-            "start_sequence": start_sequence, "last_sequence": last_sequence}}))
-    }
-
-    fn first_delivery(&self, event: Arc<StoredEvent>, _more: bool) -> Bytes {
-        Ndjson::raw_line(delivery_json(&event))
-    }
-
-    fn item(&self, item: &Item) -> Bytes {
-        match item {
-            Item::Delivery {
-                event,
-                delivery_count,
-            } => Ndjson::raw_line(&delivery(event, *delivery_count)),
-            Item::Bookmark { sequence, pending } => {
-                Ndjson::line(&json!({"bookmark": {"sequence": sequence, "pending": pending}}))
-            }
-            Item::SnapshotEnd { sequence } => {
-                Ndjson::line(&json!({"snapshot_end": {"sequence": sequence}}))
-            }
-        }
-    }
-
-    fn delivery_bytes(&self, event: &StoredEvent) -> u64 {
-        delivery_json(event).len() as u64 + 1
-    }
-
-    fn end(&self, status: tonic::Status) -> Bytes {
-        let (_, error) = error_json(&status);
-        Ndjson::line(&json!({ "error": error }))
+        let name = match self.format {
+            Format::Sse => "end",
+            Format::Ndjson => "error",
+        };
+        Piece::Bytes(self.format.control(name, id, error))
     }
 }
 
@@ -453,38 +461,36 @@ async fn open(api: &Api, stream: String, request: Request) -> Result<Response, E
             open.start.as_ref().and_then(|s| s.position.as_ref()),
             Some(api::start_position::Position::Snapshot(()))
         );
-    let mut req =
-        crate::grpc::convert::open_from_pb(open, &api.default_stream, &api.subscribe, true)
-            .map_err(query_field)?;
-    let expires = subscriber::expiry(caller.as_deref());
-    let revoked = api.engine.auth().revocation(caller.as_deref());
-    req.caller = caller;
-    let life = Lifecycle::new(&req, peer_of(&head), None);
-    let sub = api.engine.open(req).await?;
-    let shutdown = api.shutdown.clone();
-    let (content_type, body): (&str, axum::body::Body) = if sse {
-        let items = subscriber::respond(
-            Sse {
-                retry: api.settings.sse_retry,
-                resumable,
-                id_sent: std::cell::Cell::new(false),
-            },
-            sub,
-            life,
-            true,
-            None,
-            shutdown,
-            expires,
-            revoked,
-        );
-        (
-            "text/event-stream",
-            body_of(with_keepalive(items, api.settings.keepalive_interval)),
-        )
+    let req = crate::grpc::convert::open_from_pb(
+        open,
+        api.publisher.default_stream(),
+        &api.subscribe,
+        true,
+    )
+    .map_err(query_field)?;
+    let (format, content_type) = if sse {
+        (Format::Sse, "text/event-stream")
     } else {
-        let items = subscriber::respond(Ndjson, sub, life, true, None, shutdown, expires, revoked);
-        ("application/x-ndjson", body_of(items))
+        (Format::Ndjson, "application/x-ndjson")
     };
+    let wire = HttpWire {
+        format,
+        retry: api.settings.sse_retry,
+        resumable,
+        id_sent: std::cell::Cell::new(false),
+    };
+    let items = subscriber::watch(
+        &api.engine,
+        wire,
+        req,
+        caller,
+        peer_of(&head),
+        None,
+        api.shutdown.clone(),
+    )
+    .await?;
+    let keepalive = sse.then_some(api.settings.keepalive_interval);
+    let body = body_of(items, format, keepalive);
     Ok((
         StatusCode::OK,
         [
@@ -505,39 +511,65 @@ async fn open(api: &Api, stream: String, request: Request) -> Result<Response, E
 /// one write), nothing waits for more.
 const CHUNK_FRAMES: usize = 64;
 
-/// The response body: every frame, then the end frame if the subscription failed.
-fn body_of(items: impl Stream<Item = Result<Bytes, Bytes>> + Send + 'static) -> axum::body::Body {
+/// An SSE comment, for idle streams.
+const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+
+/// The response body: every frame, then the end frame if the subscription failed, the frames
+/// ready together written into one chunk; with `keepalive`, a comment when nothing was
+/// written for that long.
+fn body_of(
+    items: subscriber::Responses<HttpWire>,
+    format: Format,
+    keepalive: Option<Duration>,
+) -> axum::body::Body {
     let chunks = items
         .map(|r| r.unwrap_or_else(|end| end))
         .ready_chunks(CHUNK_FRAMES)
-        .map(|frames| {
-            let chunk = match <[Bytes; 1]>::try_from(frames) {
-                Ok([one]) => one,
-                Err(frames) => {
-                    let mut chunk = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
-                    for f in &frames {
-                        chunk.put_slice(f);
-                    }
-                    chunk.freeze()
-                }
-            };
-            Ok::<Bytes, std::convert::Infallible>(chunk)
+        .map(move |pieces| {
+            let mut chunk = BytesMut::with_capacity(pieces.iter().map(|p| p.len(format)).sum());
+            for piece in &pieces {
+                piece.write(format, &mut chunk);
+            }
+            chunk.freeze()
         });
-    axum::body::Body::from_stream(chunks)
+    let chunks = match keepalive {
+        Some(every) => with_keepalive(chunks, every).left_stream(),
+        None => chunks.right_stream(),
+    };
+    axum::body::Body::from_stream(chunks.map(Ok::<Bytes, std::convert::Infallible>))
 }
 
-/// `items` with a keep-alive comment whenever nothing was written for `every`.
+/// `chunks` with a keep-alive comment whenever nothing was written for a whole `every`. One
+/// timer per stream, re-armed once per `every` (never per chunk): a busy stream only sets a
+/// flag.
 fn with_keepalive(
-    items: impl Stream<Item = Result<Bytes, Bytes>> + Send + 'static,
+    chunks: impl Stream<Item = Bytes> + Send + 'static,
     every: Duration,
-) -> impl Stream<Item = Result<Bytes, Bytes>> + Send + 'static {
-    let items = Box::pin(items);
-    futures::stream::unfold(Some(items), move |state| async move {
-        let mut items = state?;
-        tokio::select! {
-            next = items.next() => next.map(|n| (n, Some(items))),
-            () = tokio::time::sleep(every) => {
-                Some((Ok(Bytes::from_static(b": keep-alive\n\n")), Some(items)))
+) -> impl Stream<Item = Bytes> + Send + 'static {
+    struct State<S> {
+        chunks: std::pin::Pin<Box<S>>,
+        tick: std::pin::Pin<Box<tokio::time::Sleep>>,
+        wrote: bool,
+    }
+    let state = State {
+        chunks: Box::pin(chunks),
+        tick: Box::pin(tokio::time::sleep(every)),
+        wrote: false,
+    };
+    futures::stream::unfold(state, move |mut st| async move {
+        loop {
+            tokio::select! {
+                biased;
+                next = st.chunks.next() => {
+                    st.wrote = true;
+                    return next.map(|chunk| (chunk, st));
+                }
+                () = st.tick.as_mut() => {
+                    st.tick.as_mut().reset(tokio::time::Instant::now() + every);
+                    if !std::mem::take(&mut st.wrote) {
+                        return Some((Bytes::from_static(KEEPALIVE), st));
+                    }
+                }
             }
         }
     })
