@@ -51,6 +51,13 @@ pub(crate) fn is_cloudevents_json(content_type: &str) -> bool {
             || subtype.eq_ignore_ascii_case("cloudevents+json"))
 }
 
+/// Whether the content type is the JSON batch format of the CloudEvents HTTP binding
+/// (`application/cloudevents-batch+json`).
+pub(crate) fn is_cloudevents_batch_json(content_type: &str) -> bool {
+    let (ty, subtype) = split(content_type);
+    ty.eq_ignore_ascii_case("application") && subtype.eq_ignore_ascii_case("cloudevents-batch+json")
+}
+
 /// RFC 7230 `tchar`: the characters of a token.
 fn is_tchar(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)

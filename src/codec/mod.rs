@@ -125,6 +125,9 @@ mod error;
 mod header_value;
 mod json;
 mod media_type;
+pub(crate) use media_type::{
+    is_cloudevents_batch_json, is_cloudevents_json, is_structured_cloudevent,
+};
 mod types;
 mod validate;
 

@@ -80,19 +80,14 @@ enum Mode {
 fn mode_of(headers: &HeaderMap) -> Result<Mode, Error> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap_or_default().to_owned())
+        .map(|v| v.to_str().unwrap_or_default())
         .unwrap_or_default();
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    if essence == BATCH {
+    // The batch type also starts with `application/cloudevents`: it is asked first.
+    if codec::is_cloudevents_batch_json(content_type) {
         Ok(Mode::Batch)
-    } else if essence == "application/cloudevents+json" {
+    } else if codec::is_cloudevents_json(content_type) {
         Ok(Mode::Structured)
-    } else if essence.starts_with("application/cloudevents") {
+    } else if codec::is_structured_cloudevent(content_type) {
         Err(Error::invalid(
             "content-type",
             format!(
