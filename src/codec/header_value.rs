@@ -62,6 +62,16 @@ impl DecodeError {
     }
 }
 
+/// `raw` without the spaces and tabs around it (RFC 7230's optional whitespace), found byte by
+/// byte: both are ASCII, so the cuts fall on character boundaries.
+fn trim_optional_whitespace(raw: &str) -> &str {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let bytes = raw.as_bytes();
+    let start = bytes.iter().position(|b| !ows(b)).unwrap_or(bytes.len());
+    let end = bytes.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+    &raw[start..end]
+}
+
 /// Decodes a header value into the attribute's canonical string.
 ///
 /// Optional whitespace around the value is removed; double-quoted strings are unquoted (with
@@ -70,7 +80,11 @@ impl DecodeError {
 /// SDKs write values without percent-encoding them. Borrows when the value has neither quotes
 /// nor escapes.
 pub(crate) fn decode(raw: &str) -> Result<Cow<'_, str>, DecodeError> {
-    let trimmed = raw.trim_matches([' ', '\t']);
+    let trimmed = trim_optional_whitespace(raw);
+    if !trimmed.bytes().any(|b| b == b'"' || b == b'%') {
+        // Nothing to unquote or decode (the common case): the value is its own text.
+        return Ok(Cow::Borrowed(trimmed));
+    }
     if !trimmed.contains('"') {
         return percent_decode_str(trimmed)
             .decode_utf8()
@@ -132,6 +146,10 @@ mod tests {
             ("\"hello world\"", "hello world"),
             ("\"a \\\"quoted\\\" word\"", "a \"quoted\" word"),
             ("  padded\t", "padded"),
+            ("\t inner space kept ", "inner space kept"),
+            (" \t ", ""),
+            ("", ""),
+            ("  \u{e9}t\u{e9}  ", "\u{e9}t\u{e9}"),
             ("100%", "100%"),
             ("%zz", "%zz"),
             ("caf\u{e9}", "caf\u{e9}"),

@@ -24,7 +24,7 @@ use tonic::codegen::{http, Body, BoxFuture, StdError};
 use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService};
 use tonic::Status;
 
-use super::convert::{delivery_to_pb, item_to_pb};
+use super::convert::item_to_pb;
 use super::pb::jetwatch::v1 as api;
 use super::subscriber::{ResponseStream, SubscriberService};
 use crate::engine::{Item, StoredEvent};
@@ -130,7 +130,7 @@ fn delivery_len(body: &Bytes, delivery_count: u32) -> usize {
 pub fn delivery_body(event: &StoredEvent) -> &Bytes {
     event
         .wire
-        .get_or_init(|| Bytes::from(delivery_to_pb(event, 0).encode_to_vec()))
+        .get_or_init(|| Bytes::from(super::delivery::encode(event)))
 }
 
 /// A codec that writes [`Frame`]s and reads requests of type `D` like prost.

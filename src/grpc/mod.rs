@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod auth;
 pub mod convert;
+mod delivery;
 pub mod frame;
 pub mod metrics;
 pub mod publisher;

@@ -307,7 +307,7 @@ fn unpack(msg: jetstream::Message) -> Result<(RawMessage, u64, i64), StoreError>
     Ok((
         RawMessage {
             sequence,
-            subject: msg.subject.to_string(),
+            subject: msg.subject.as_str().to_owned(),
             stored_at,
             pending,
             headers: msg.headers,
