@@ -558,6 +558,34 @@ impl Drop for Gateway {
     }
 }
 
+/// One read of a stream (a Watch through the gateway, or a raw consumer): throughput and the
+/// reading process's CPU time.
+#[derive(Debug, Clone, Copy)]
+struct Read {
+    /// Events per second.
+    rate: f64,
+    /// CPU seconds of the reading process per million events.
+    cpu: f64,
+}
+
+impl Read {
+    /// A read of `events` that started at `started` and took `cpu_seconds` of CPU time.
+    fn measured(events: usize, started: Instant, cpu_seconds: f64) -> Read {
+        Read {
+            rate: rate(events, started.elapsed()),
+            cpu: cpu_seconds * 1e6 / events as f64,
+        }
+    }
+
+    /// The better of two reads: the higher rate, the lower CPU time.
+    fn max(self, other: Read) -> Read {
+        Read {
+            rate: self.rate.max(other.rate),
+            cpu: self.cpu.min(other.cpu),
+        }
+    }
+}
+
 /// The `jetwatch` binary cargo built for this bench (`target/release/jetwatch`).
 fn gateway_binary() -> Result<PathBuf> {
     let path = PathBuf::from(env!("CARGO_BIN_EXE_jetwatch"));

@@ -56,25 +56,6 @@ pub(super) async fn run(o: &Options) -> Result<Vec<Row>> {
     ])
 }
 
-/// One read's throughput and CPU time.
-#[derive(Debug, Clone, Copy)]
-struct Read {
-    /// Events per second.
-    rate: f64,
-    /// CPU seconds of the reading process per million events.
-    cpu: f64,
-}
-
-impl Read {
-    /// The better of two reads: the higher rate, the lower CPU time.
-    fn max(self, other: Read) -> Read {
-        Read {
-            rate: self.rate.max(other.rate),
-            cpu: self.cpu.min(other.cpu),
-        }
-    }
-}
-
 /// One gateway snapshot: Watch from `snapshot` until `SnapshotEnd`; events/s.
 async fn gateway_snapshot(channel: &Channel, pid: u32, resources: usize) -> Result<Read> {
     let cpu_before = cpu_seconds(pid)?;
@@ -85,19 +66,13 @@ async fn gateway_snapshot(channel: &Channel, pid: u32, resources: usize) -> Resu
         drain_watch(&mut watch, Until::SnapshotEnd, |_| {}),
     )
     .await?;
-    let rate = rate(resources, started.elapsed());
-    let cpu = per_million(cpu_seconds(pid)? - cpu_before, resources);
+    let read = Read::measured(resources, started, cpu_seconds(pid)? - cpu_before);
     drop(watch);
     ensure!(
         delivered == resources as u64,
         "the snapshot delivered {delivered} events for {resources} resources"
     );
-    Ok(Read { rate, cpu })
-}
-
-/// CPU seconds per million events.
-fn per_million(cpu_seconds: f64, events: usize) -> f64 {
-    cpu_seconds * 1e6 / events as f64
+    Ok(read)
 }
 
 /// One raw last-per-subject read of every resource; events/s.
@@ -116,8 +91,11 @@ async fn raw_snapshot(env: &Env, resources: usize) -> Result<Read> {
         reader.pending
     );
     within("the raw snapshot", reader.drain(resources as u64, |_| {})).await?;
-    let rate = rate(resources, started.elapsed());
-    let cpu = per_million(cpu_seconds(std::process::id())? - cpu_before, resources);
+    let read = Read::measured(
+        resources,
+        started,
+        cpu_seconds(std::process::id())? - cpu_before,
+    );
     reader.close().await?;
-    Ok(Read { rate, cpu })
+    Ok(read)
 }
