@@ -328,32 +328,35 @@ impl Catchup {
         let result = self.read_block(start).await;
         drop(running);
         let mut cache = self.cache.lock();
+        let mut evicted = Vec::new();
         let loaded = match result {
             // Nothing stored from `start`: nothing worth keeping.
             Ok(block) if block.end == block.start => {
-                cache.put(start, None);
+                evicted.extend(cache.put(start, None));
                 Ok(Arc::new(block))
             }
             Ok(block) => {
                 let block = Arc::new(block);
                 cache.clock += 1;
                 let used = cache.clock;
-                cache.put(
+                evicted.extend(cache.put(
                     start,
                     Some(Slot::Ready {
                         block: block.clone(),
                         used,
                     }),
-                );
-                evict(&mut cache, self.cache_bytes, start);
+                ));
+                evicted.extend(evict(&mut cache, self.cache_bytes, start));
                 Ok(block)
             }
             Err(e) => {
-                cache.put(start, None);
+                evicted.extend(cache.put(start, None));
                 Err(Arc::new(e))
             }
         };
         self.gauges.catchup_cache_bytes.set(cache.bytes as i64);
+        drop(cache);
+        drop(evicted);
         loaded
     }
 
@@ -533,8 +536,9 @@ impl Catchup {
 }
 
 impl Cache {
-    /// Puts `slot` at `key` (removes what is there when `None`), keeping `bytes` true.
-    fn put(&mut self, key: u64, slot: Option<Slot>) {
+    /// Puts `slot` at `key` (removes what is there when `None`), keeping `bytes` true; returns
+    /// what was there, for the caller to drop (after the lock, when it may hold a block).
+    fn put(&mut self, key: u64, slot: Option<Slot>) -> Option<Slot> {
         let old = match slot {
             Some(slot) => {
                 if let Slot::Ready { block, .. } = &slot {
@@ -544,15 +548,20 @@ impl Cache {
             }
             None => self.slots.remove(&key),
         };
-        if let Some(Slot::Ready { block, .. }) = old {
+        if let Some(Slot::Ready { block, .. }) = &old {
             self.bytes -= block.bytes;
         }
+        old
     }
 }
 
-/// Drops least recently used ready blocks until the cache fits `max` (the block at `keep`,
-/// just read, stays even when alone larger than `max`).
-fn evict(cache: &mut Cache, max: usize, keep: u64) {
+/// Takes least recently used ready blocks out until the cache fits `max` (the block at `keep`,
+/// just read, stays even when alone larger than `max`). The caller drops them once the cache's
+/// lock is released: freeing a block's events (hundreds of allocations) would otherwise hold
+/// every other catch-up waiting.
+#[must_use]
+fn evict(cache: &mut Cache, max: usize, keep: u64) -> Vec<Slot> {
+    let mut evicted = Vec::new();
     while cache.bytes > max {
         let oldest = cache
             .slots
@@ -562,7 +571,8 @@ fn evict(cache: &mut Cache, max: usize, keep: u64) {
                 _ => None,
             })
             .min();
-        let Some((_, key)) = oldest else { return };
-        cache.put(key, None);
+        let Some((_, key)) = oldest else { break };
+        evicted.extend(cache.put(key, None));
     }
+    evicted
 }
