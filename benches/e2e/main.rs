@@ -584,6 +584,28 @@ impl Read {
             cpu: self.cpu.min(other.cpu),
         }
     }
+
+    /// Prints two gateway reads and two raw ones, and returns the better of each pair.
+    fn best_of(
+        gateway_what: &str,
+        gateway: [Read; 2],
+        raw_what: &str,
+        raw: [Read; 2],
+    ) -> (Read, Read) {
+        println!(
+            "{gateway_what}: {} and {} ev/s, {:.2} and {:.2} gateway CPU s per 1M; {raw_what}: \
+             {} and {} ev/s, {:.2} and {:.2} reader CPU s per 1M",
+            thousands(gateway[0].rate),
+            thousands(gateway[1].rate),
+            gateway[0].cpu,
+            gateway[1].cpu,
+            thousands(raw[0].rate),
+            thousands(raw[1].rate),
+            raw[0].cpu,
+            raw[1].cpu,
+        );
+        (gateway[0].max(gateway[1]), raw[0].max(raw[1]))
+    }
 }
 
 /// The `jetwatch` binary cargo built for this bench (`target/release/jetwatch`).

@@ -26,19 +26,11 @@ pub(super) async fn run(o: &Options) -> Result<Vec<Row>> {
     let gateway_1 = gateway_snapshot(&channel, gateway_pid, resources).await?;
     let gateway_2 = gateway_snapshot(&channel, gateway_pid, resources).await?;
     let raw_2 = raw_snapshot(&env, resources).await?;
-    let (gateway, raw) = (gateway_1.max(gateway_2), raw_1.max(raw_2));
-    println!(
-        "gateway Watch (start snapshot) until SnapshotEnd: {} and {} ev/s, {:.2} and {:.2} \
-         gateway CPU s per 1M; raw last-per-subject pull consumer: {} and {} ev/s, {:.2} and \
-         {:.2} reader CPU s per 1M",
-        thousands(gateway_1.rate),
-        thousands(gateway_2.rate),
-        gateway_1.cpu,
-        gateway_2.cpu,
-        thousands(raw_1.rate),
-        thousands(raw_2.rate),
-        raw_1.cpu,
-        raw_2.cpu,
+    let (gateway, raw) = Read::best_of(
+        "gateway Watch (start snapshot) until SnapshotEnd",
+        [gateway_1, gateway_2],
+        "raw last-per-subject pull consumer",
+        [raw_1, raw_2],
     );
     Ok(vec![
         Row::new(

@@ -24,19 +24,11 @@ pub(super) async fn run(o: &Options) -> Result<Vec<Row>> {
     let gateway_1 = gateway_replay(&channel, gateway_pid, n).await?;
     let gateway_2 = gateway_replay(&channel, gateway_pid, n).await?;
     let raw_2 = raw_replay(&env, n).await?;
-    let (gateway, raw) = (gateway_1.max(gateway_2), raw_1.max(raw_2));
-    println!(
-        "gateway Watch (start earliest, window {WATCH_WINDOW}): {} and {} ev/s, {:.2} and {:.2} \
-         gateway CPU s per 1M; raw pull consumer (AckNone, batch {BATCH}): {} and {} ev/s, \
-         {:.2} and {:.2} reader CPU s per 1M",
-        thousands(gateway_1.rate),
-        thousands(gateway_2.rate),
-        gateway_1.cpu,
-        gateway_2.cpu,
-        thousands(raw_1.rate),
-        thousands(raw_2.rate),
-        raw_1.cpu,
-        raw_2.cpu,
+    let (gateway, raw) = Read::best_of(
+        &format!("gateway Watch (start earliest, window {WATCH_WINDOW})"),
+        [gateway_1, gateway_2],
+        &format!("raw pull consumer (AckNone, batch {BATCH})"),
+        [raw_1, raw_2],
     );
     Ok(vec![
         Row::new("watch replay (1 sub)", Figure::Rate(gateway.rate))
