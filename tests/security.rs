@@ -1318,18 +1318,9 @@ async fn http_callers_are_identified_by_their_client_certificates() {
         .await
         .unwrap();
     assert_eq!(watch.status(), 200);
-    let mut body = watch.bytes_stream();
-    let mut text = String::new();
-    while text.lines().count() < 2 {
-        let chunk =
-            tokio::time::timeout(Duration::from_secs(20), futures::StreamExt::next(&mut body))
-                .await
-                .expect("the watch goes on")
-                .unwrap()
-                .unwrap();
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    let delivery: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+    let mut lines = Lines::of(watch);
+    lines.next_json().await.expect("the opened line");
+    let delivery = lines.next_json().await.expect("the delivery");
     assert_eq!(delivery["event"]["id"], "h1");
     assert_eq!(delivery["event"]["authid"], "alice", "{delivery}");
     assert_eq!(delivery["event"]["authtype"], "service_account");

@@ -759,3 +759,58 @@ impl Drop for GatewayProcess {
         self.kill();
     }
 }
+
+/// Reads a streaming response line by line.
+pub struct Lines {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: Vec<u8>,
+}
+
+impl Lines {
+    pub fn of(response: reqwest::Response) -> Lines {
+        Lines {
+            body: response.bytes_stream().boxed(),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next line (without its newline); `None` when the response ended.
+    pub async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(at) = self.buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=at).collect();
+                return Some(String::from_utf8_lossy(&line[..at]).into_owned());
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(20), self.body.next())
+                .await
+                .expect("the stream goes on")?;
+            self.buffer
+                .extend_from_slice(&chunk.expect("the body reads"));
+        }
+    }
+
+    /// The next NDJSON object.
+    pub async fn next_json(&mut self) -> Option<serde_json::Value> {
+        let line = self.next().await?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+    }
+
+    /// The next Server-Sent Event (comments skipped): its fields by name.
+    pub async fn next_event(&mut self) -> Option<HashMap<String, String>> {
+        let mut fields = HashMap::new();
+        loop {
+            let line = self.next().await?;
+            if line.is_empty() {
+                if fields.is_empty() {
+                    continue;
+                }
+                return Some(fields);
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (name, value) = line.split_once(':').unwrap_or((&line, ""));
+            fields.insert(name.to_owned(), value.trim_start().to_owned());
+        }
+    }
+}
