@@ -56,9 +56,9 @@ pub struct Ready {
     encoded: codec::Encoded,
     msg_id: String,
     expected_subject_sequence: Option<u64>,
-    /// The size limit it was checked against: the configured one capped by the server's
-    /// `max_payload`, read once per publish.
-    limit: usize,
+    /// Its size as NATS counts it, checked once against the configured limit and the
+    /// server's `max_payload`.
+    checked: crate::store::Checked,
     started: std::time::Instant,
     bytes: u64,
     span: tracing::Span,
@@ -372,20 +372,20 @@ impl Publisher {
             tracing::Span::none()
         };
         // The size as NATS counts it, against the configured limit and the server's
-        // max_payload: refused here, before anything of a batch is sent (the store checks
-        // again when it sends).
-        let size = crate::store::publish_size(&encoded, &msg_id, req.expected_subject_sequence);
-        let limit = inner.store.max_payload().min(inner.max_event_bytes);
-        if size > limit {
-            return Err(Error::EventTooLarge { size, limit });
-        }
+        // max_payload: refused here, before anything of a batch is sent.
+        let checked = inner.store.check_size(
+            &encoded,
+            &msg_id,
+            req.expected_subject_sequence,
+            inner.max_event_bytes,
+        )?;
         Ok(Ready {
             stream,
             subject,
             encoded,
             msg_id,
             expected_subject_sequence: req.expected_subject_sequence,
-            limit,
+            checked,
             started,
             bytes,
             span,
@@ -401,7 +401,7 @@ impl Publisher {
             encoded,
             msg_id,
             expected_subject_sequence,
-            limit,
+            checked,
             started,
             bytes,
             span,
@@ -410,12 +410,12 @@ impl Publisher {
         let sent = self
             .inner
             .store
-            .publish_within(
+            .publish_checked(
                 subject.clone(),
                 encoded,
                 &msg_id,
                 expected_subject_sequence,
-                limit,
+                checked,
             )
             .instrument(store_span.clone())
             .await;

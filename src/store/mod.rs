@@ -31,7 +31,7 @@ mod streams;
 pub use consumer::{Acker, Consumer, ConsumerSpec, ConsumerStart, ConsumerState, Delivered, Pull};
 pub use direct::Range;
 pub use error::{BoxError, StoreError};
-pub use publish::{message_size, publish_size, PendingAck, PublishAck};
+pub use publish::{message_size, publish_size, Checked, PendingAck, PublishAck};
 pub use read::Reader;
 pub use streams::StreamState;
 

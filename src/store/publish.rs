@@ -6,6 +6,13 @@ use super::error::publish_error;
 use super::{Store, StoreError};
 use crate::codec::Encoded;
 
+/// A publish's size as NATS counts it and the limit it was checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked {
+    size: usize,
+    limit: usize,
+}
+
 /// The outcome of an acknowledged publish.
 #[derive(Debug, Clone, Copy)]
 pub struct PublishAck {
@@ -16,10 +23,26 @@ pub struct PublishAck {
 }
 
 impl Store {
-    /// Sends one publish and returns a future for its acknowledgement, so callers can pipeline.
-    /// A message larger than `max_bytes` or the connected server's `max_payload` (read each
-    /// time: a reconnect may land on a server with another limit), measured as NATS counts it
-    /// with the headers added here, is refused without being sent.
+    /// The size of a publish as NATS counts it (with the headers [`Store::publish`] adds),
+    /// checked against `max_bytes` and the connected server's `max_payload` (read each time: a
+    /// reconnect may land on a server with another limit).
+    pub fn check_size(
+        &self,
+        encoded: &Encoded,
+        msg_id: &str,
+        expected_subject_sequence: Option<u64>,
+        max_bytes: usize,
+    ) -> Result<Checked, StoreError> {
+        let size = publish_size(encoded, msg_id, expected_subject_sequence);
+        let limit = self.max_payload().min(max_bytes);
+        if size > limit {
+            return Err(StoreError::TooLarge { size, limit });
+        }
+        Ok(Checked { size, limit })
+    }
+
+    /// Checks one publish's size ([`Store::check_size`]) and sends it, returning a future for
+    /// its acknowledgement, so callers can pipeline.
     pub async fn publish(
         &self,
         subject: String,
@@ -28,28 +51,25 @@ impl Store {
         expected_subject_sequence: Option<u64>,
         max_bytes: usize,
     ) -> Result<PendingAck, StoreError> {
-        let limit = self.max_payload().min(max_bytes);
-        self.publish_within(subject, encoded, msg_id, expected_subject_sequence, limit)
+        let checked = self.check_size(&encoded, msg_id, expected_subject_sequence, max_bytes)?;
+        self.publish_checked(subject, encoded, msg_id, expected_subject_sequence, checked)
             .await
     }
 
-    /// [`Store::publish`] with the whole size limit given: the configured one already capped
-    /// by [`Store::max_payload`] (read by the caller when it checked the message; a server
-    /// that changed since still enforces its own).
-    pub async fn publish_within(
+    /// Sends one publish that passed [`Store::check_size`] and returns a future for its
+    /// acknowledgement. A server whose limit changed since still enforces its own (the error
+    /// then names the size and limit checked).
+    pub async fn publish_checked(
         &self,
         subject: String,
         encoded: Encoded,
         msg_id: &str,
         expected_subject_sequence: Option<u64>,
-        limit: usize,
+        checked: Checked,
     ) -> Result<PendingAck, StoreError> {
         self.connected_for("publishing")?;
         let expected = expected_subject_sequence;
-        let size = publish_size(&encoded, msg_id, expected);
-        if size > limit {
-            return Err(StoreError::TooLarge { size, limit });
-        }
+        let Checked { size, limit } = checked;
         let mut msg = jetstream::message::PublishMessage::build()
             .payload(encoded.payload)
             .headers(encoded.headers)
