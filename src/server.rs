@@ -127,6 +127,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
         shutdown.clone(),
         gauges.clone(),
         auth.clone(),
+        // Deliveries of whole history blocks go out as the same bytes to every subscriber.
+        Some(crate::grpc::frame::encode_block),
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::catchup::{Catchup, Limits};
-use super::StoredEvent;
+use super::{BlockEncoder, StoredEvent};
 use crate::store::{StartAt, Store};
 use crate::telemetry::StreamGauges;
 
@@ -107,6 +107,28 @@ impl Ring {
         RingRead::Events { next: self.next }
     }
 
+    /// Every event with a sequence in `[from, to)`, or `None` when the ring no longer covers
+    /// `from`.
+    pub(crate) fn events_in(&self, from: u64, to: u64) -> Option<Vec<Arc<StoredEvent>>> {
+        if from < self.start {
+            return None;
+        }
+        let first = self.events.partition_point(|e| e.sequence < from);
+        Some(
+            self.events
+                .range(first..)
+                .take_while(|e| e.sequence < to)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// The sequence of the first event held at or after `sequence`.
+    pub(crate) fn first_at_or_after(&self, sequence: u64) -> Option<u64> {
+        let i = self.events.partition_point(|e| e.sequence < sequence);
+        self.events.get(i).map(|e| e.sequence)
+    }
+
     /// First covered sequence.
     pub(crate) fn start(&self) -> u64 {
         self.start
@@ -149,28 +171,39 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    /// Creates the hub for `stream` covering from `next` and spawns its reader, which runs until
-    /// `shutdown`.
+    /// Creates the hub for `stream` with the (empty) history `ring` and spawns its reader,
+    /// which runs until `shutdown`.
     pub(crate) fn start(
         stream: String,
-        next: u64,
-        max_bytes: usize,
+        ring: Ring,
         limits: Limits,
         gauges: Arc<StreamGauges>,
         store: Store,
+        blocks: Option<BlockEncoder>,
         shutdown: CancellationToken,
     ) -> Arc<Hub> {
-        let (tail, _) = watch::channel(next);
+        let (tail, _) = watch::channel(ring.next());
         let (batch, read_bytes) = (limits.batch, limits.read_bytes);
         let hub = Arc::new(Hub {
             catchup: Catchup::new(stream.clone(), store.clone(), limits, gauges.clone()),
             stream,
-            ring: RwLock::new(Ring::new(next, max_bytes)),
+            ring: RwLock::new(ring),
             tail,
             gauges,
         });
         let span = tracing::info_span!("shared_reader", stream = %hub.stream);
-        tokio::spawn(run_reader(hub.clone(), store, batch, read_bytes, shutdown).instrument(span));
+        let reader = Reader {
+            hub: hub.clone(),
+            store,
+            batch,
+            read_bytes,
+            blocks: blocks.map(|encode| Blocks {
+                encode,
+                size: batch as u64,
+                next: 0,
+            }),
+        };
+        tokio::spawn(reader.run(shutdown).instrument(span));
         hub
     }
 
@@ -196,87 +229,147 @@ impl Drop for HubGuard {
     }
 }
 
-/// The shared reader: appends every message of the stream to the ring, in order, forever.
-/// On any error it re-opens its JetStream read at the ring's end, so nothing is skipped.
-async fn run_reader(
+/// The shared reader of a stream.
+struct Reader {
     hub: Arc<Hub>,
     store: Store,
     batch: usize,
     read_bytes: usize,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let next = hub.ring.read().next();
-        let reader = tokio::select! {
-            r = store.read(&hub.stream, StartAt::Sequence(next), &[], batch, read_bytes) => r,
-            () = shutdown.cancelled() => return,
-        };
-        let mut reader = match reader {
-            Ok(r) => {
-                backoff = Duration::from_millis(50);
-                r
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, next, "shared reader cannot open; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shutdown.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+    blocks: Option<Blocks>,
+}
+
+/// The complete blocks of the history handed to the transport's [`BlockEncoder`].
+struct Blocks {
+    encode: BlockEncoder,
+    /// Sequences per block (`fanout.batch`); block `k` is `[k × size, (k + 1) × size)`.
+    size: u64,
+    /// The start of the first block not yet looked at.
+    next: u64,
+}
+
+impl Blocks {
+    /// Hands every block completed below the ring's end to the encoder, if anyone watches.
+    fn completed(&mut self, ring: &RwLock<Ring>, watched: bool) {
+        let end = ring.read().next();
+        if !watched {
+            // Nobody to send them to: encoding would be wasted work.
+            self.next = end.div_ceil(self.size) * self.size;
+            return;
+        }
+        while self.next + self.size <= end {
+            let from = self.next;
+            self.next += self.size;
+            let Some(events) = ring.read().events_in(from, from + self.size) else {
+                // Evicted already, or began before the reader: skip ahead.
+                self.next = self
+                    .next
+                    .max(ring.read().start().div_ceil(self.size) * self.size);
                 continue;
+            };
+            // A block whose events were sent one by one (subscribers at the live end) is left
+            // alone: another encoding of it would only double its memory.
+            if events.is_empty() {
+                // Nothing stored there (deleted, or not CloudEvents): go on from the block of
+                // the next event, however far (a purge can skip millions of sequences).
+                let ahead = ring.read().first_at_or_after(self.next);
+                self.next = match ahead {
+                    Some(s) => self.next.max(s / self.size * self.size),
+                    None => self.next.max(end.div_ceil(self.size) * self.size),
+                };
+            } else if events.iter().all(|e| e.wire.get().is_none()) {
+                (self.encode)(&events);
             }
-        };
-        let mut healthy = true;
-        while healthy {
-            let mut result = tokio::select! {
-                m = reader.next() => m,
+        }
+    }
+}
+
+impl Reader {
+    /// Appends every message of the stream to the ring, in order, forever. On any error it
+    /// re-opens its JetStream read at the ring's end, so nothing is skipped.
+    async fn run(mut self, shutdown: CancellationToken) {
+        let hub = self.hub.clone();
+        if let Some(blocks) = &mut self.blocks {
+            // The first block that starts at or after the reader's start.
+            blocks.next = hub.ring.read().next().div_ceil(blocks.size) * blocks.size;
+        }
+        let (store, batch, read_bytes) = (self.store.clone(), self.batch, self.read_bytes);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let next = hub.ring.read().next();
+            let reader = tokio::select! {
+                r = store.read(&hub.stream, StartAt::Sequence(next), &[], batch, read_bytes) => r,
                 () = shutdown.cancelled() => return,
             };
-            let mut appended = 0usize;
-            // Append everything already received, then announce once.
-            loop {
-                match result {
-                    Some(Ok(raw)) => {
-                        let seq = raw.sequence;
-                        // Decode outside the lock; readers are never blocked by decoding.
-                        let decoded = super::decode_stored(raw);
-                        let mut ring = hub.ring.write();
-                        if seq >= ring.next() {
-                            match decoded {
-                                Some(ev) => ring.push(ev),
-                                None => ring.advance(seq + 1),
+            let mut reader = match reader {
+                Ok(r) => {
+                    backoff = Duration::from_millis(50);
+                    r
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, next, "shared reader cannot open; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            let mut healthy = true;
+            while healthy {
+                let mut result = tokio::select! {
+                    m = reader.next() => m,
+                    () = shutdown.cancelled() => return,
+                };
+                let mut appended = 0usize;
+                // Append everything already received, then announce once.
+                loop {
+                    match result {
+                        Some(Ok(raw)) => {
+                            let seq = raw.sequence;
+                            // Decode outside the lock; readers are never blocked by decoding.
+                            let decoded = super::decode_stored(raw);
+                            let mut ring = hub.ring.write();
+                            if seq >= ring.next() {
+                                match decoded {
+                                    Some(ev) => ring.push(ev),
+                                    None => ring.advance(seq + 1),
+                                }
+                                appended += 1;
                             }
-                            appended += 1;
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "shared reader interrupted; re-opening");
+                            healthy = false;
+                            break;
+                        }
+                        None => {
+                            healthy = false;
+                            break;
                         }
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "shared reader interrupted; re-opening");
-                        healthy = false;
+                    if appended >= batch {
                         break;
                     }
-                    None => {
-                        healthy = false;
-                        break;
+                    match reader.next().now_or_never() {
+                        Some(r) => result = r,
+                        None => break,
                     }
                 }
-                if appended >= batch {
-                    break;
+                if appended > 0 {
+                    if let Some(blocks) = &mut self.blocks {
+                        // Before the announcement: subscribers then find whole blocks encoded.
+                        blocks.completed(&hub.ring, hub.gauges.subscribers.get() > 0);
+                    }
+                    let (next, bytes, events, oldest) = {
+                        let ring = hub.ring.read();
+                        (ring.next(), ring.bytes(), ring.len(), ring.oldest())
+                    };
+                    hub.gauges.history_bytes.set(bytes as i64);
+                    hub.gauges.history_events.set(events as i64);
+                    hub.gauges.history_oldest.set(oldest as i64);
+                    hub.tail.send_replace(next);
                 }
-                match reader.next().now_or_never() {
-                    Some(r) => result = r,
-                    None => break,
-                }
-            }
-            if appended > 0 {
-                let (next, bytes, events, oldest) = {
-                    let ring = hub.ring.read();
-                    (ring.next(), ring.bytes(), ring.len(), ring.oldest())
-                };
-                hub.gauges.history_bytes.set(bytes as i64);
-                hub.gauges.history_events.set(events as i64);
-                hub.gauges.history_oldest.set(oldest as i64);
-                hub.tail.send_replace(next);
             }
         }
     }
@@ -296,6 +389,7 @@ mod tests {
             size,
             wire: Default::default(),
             json: Default::default(),
+            segment: Default::default(),
         })
     }
 
@@ -347,5 +441,71 @@ mod tests {
         ring.push(ev(2, 50));
         assert_eq!(ring.start(), 2);
         assert_eq!(ring.next(), 3);
+    }
+
+    thread_local! {
+        static ENCODED: std::cell::RefCell<Vec<Vec<u64>>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn record(events: &[Arc<StoredEvent>]) {
+        ENCODED.with(|e| {
+            e.borrow_mut()
+                .push(events.iter().map(|e| e.sequence).collect())
+        });
+    }
+
+    fn encoded() -> Vec<Vec<u64>> {
+        ENCODED.with(|e| std::mem::take(&mut *e.borrow_mut()))
+    }
+
+    #[test]
+    fn complete_blocks_are_handed_to_the_encoder_once_and_whole() {
+        let ring = RwLock::new(Ring::new(3, 1 << 20));
+        let mut blocks = Blocks {
+            encode: record,
+            size: 4,
+            // As the reader starts: the first block at or after the ring's start.
+            next: 4,
+        };
+        for s in 3..=9 {
+            ring.write().push(ev(s, 1));
+        }
+        blocks.completed(&ring, true);
+        // [0, 4) began before the reader; [4, 8) is complete; [8, 12) is not.
+        assert_eq!(encoded(), [vec![4, 5, 6, 7]]);
+        blocks.completed(&ring, true);
+        assert!(encoded().is_empty(), "each block once");
+
+        // A block one of whose events was already sent alone is left alone.
+        for s in 10..=11 {
+            ring.write().push(ev(s, 1));
+        }
+        ring.read().events_in(9, 10).unwrap()[0]
+            .wire
+            .set(bytes::Bytes::new())
+            .unwrap();
+        blocks.completed(&ring, true);
+        assert!(encoded().is_empty());
+
+        // Gaps count as part of their block; a jump over many empty blocks is one step.
+        ring.write().push(ev(13, 1));
+        ring.write().push(ev(1_000_001, 1));
+        ring.write().push(ev(1_000_005, 1));
+        blocks.completed(&ring, true);
+        assert_eq!(encoded(), [vec![13], vec![1_000_001]]);
+        assert_eq!(blocks.next, 1_000_004);
+
+        // Nobody watching: nothing is encoded, and blocks completed meanwhile are skipped.
+        for s in 1_000_006..=1_000_020 {
+            ring.write().push(ev(s, 1));
+        }
+        blocks.completed(&ring, false);
+        ring.write().push(ev(1_000_021, 1));
+        blocks.completed(&ring, true);
+        assert!(encoded().is_empty());
+        assert_eq!(
+            blocks.next, 1_000_024,
+            "the block under way when watching began"
+        );
     }
 }

@@ -45,7 +45,8 @@ use hub::Hub;
 pub(crate) use lifecycle::{lost, outage, Shared, Stop};
 pub(crate) use start::{consumer_start, resolve as resolve_start};
 pub use types::{
-    decode_stored, AckMode, Batch, Control, Item, OnExpired, OpenRequest, Start, StoredEvent,
+    decode_stored, AckMode, Batch, BlockEncoder, Control, Item, OnExpired, OpenRequest, Segment,
+    Start, StoredEvent,
 };
 pub(crate) use window::Matcher;
 pub use window::Window;
@@ -106,6 +107,8 @@ struct Inner {
     gauges: Gauges,
     /// Identities' grants.
     auth: Arc<crate::auth::Auth>,
+    /// The transport's encoder of complete history blocks, if it shares them.
+    blocks: Option<BlockEncoder>,
 }
 
 impl Engine {
@@ -115,13 +118,15 @@ impl Engine {
     }
 
     /// Creates the engine, which keeps `gauges` current; everything it spawns stops when
-    /// `shutdown` is cancelled.
+    /// `shutdown` is cancelled. `blocks` is the transport's encoder of complete blocks of the
+    /// shared history ([`BlockEncoder`]), if it shares them.
     pub fn new(
         store: Store,
         settings: Settings,
         shutdown: CancellationToken,
         gauges: Gauges,
         auth: Arc<crate::auth::Auth>,
+        blocks: Option<BlockEncoder>,
     ) -> Engine {
         let outage = lifecycle::spawn_outage_monitor(
             store.connection(),
@@ -146,6 +151,7 @@ impl Engine {
                 outage,
                 tombstones,
                 auth,
+                blocks,
             }),
         }
     }
@@ -330,8 +336,7 @@ impl Engine {
         let fanout = &self.inner.settings.fanout;
         let hub = Hub::start(
             stream.to_owned(),
-            state.last_sequence + 1,
-            fanout.history_bytes,
+            hub::Ring::new(state.last_sequence + 1, fanout.history_bytes),
             catchup::Limits {
                 reads: self.inner.history_reads.clone(),
                 batch: fanout.batch,
@@ -342,6 +347,7 @@ impl Engine {
             },
             self.inner.gauges.stream(stream),
             self.inner.store.clone(),
+            self.inner.blocks,
             self.inner.shutdown.clone(),
         );
         hubs.insert(stream.to_owned(), hub.clone());

@@ -33,7 +33,35 @@ pub struct StoredEvent {
     /// The HTTP API's JSON of this delivery (Server-Sent Events and NDJSON), made once on
     /// first delivery over HTTP and shared likewise. Opaque to the engine.
     pub json: std::sync::OnceLock<bytes::Bytes>,
+    /// The transport's encoding of a whole block of the shared history this event belongs to,
+    /// and its place in it ([`Segment`]): set by the shared reader's [`BlockEncoder`].
+    pub segment: std::sync::OnceLock<(Arc<Segment>, usize)>,
 }
+
+/// A transport's encoding of consecutive events of the shared history, made once for every
+/// subscriber: in a fan-out every unfiltered subscriber sends the same runs of events, so the
+/// bytes of a run can go to every one of them without being copied. Opaque to the engine.
+#[derive(Debug)]
+pub struct Segment {
+    /// The events' responses, end to end.
+    pub bytes: bytes::Bytes,
+    /// Where each event's response starts in `bytes`, and (last) where the last one ends.
+    pub offsets: Box<[usize]>,
+}
+
+impl Segment {
+    /// The bytes of the responses of the events at `from..to` of this segment.
+    pub fn responses(&self, from: usize, to: usize) -> bytes::Bytes {
+        self.bytes.slice(self.offsets[from]..self.offsets[to])
+    }
+}
+
+/// The transport's hook for complete blocks of the shared history: the shared reader calls it
+/// with every event of a block (`fanout.batch` sequences, aligned) once the block is complete,
+/// before subscribers are told of its last events, and the hook may record a [`Segment`] on
+/// them. Called only for blocks none of whose events has been delivered yet (a subscriber at
+/// the live end already sent them one by one; a segment would only double their memory).
+pub type BlockEncoder = fn(&[Arc<StoredEvent>]);
 
 /// Where a subscription starts (DESIGN §3 `StartPosition`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +209,7 @@ pub fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredEvent>> 
             size: 2 * raw_bytes + event.approximate_size() + ENTRY_OVERHEAD,
             wire: std::sync::OnceLock::new(),
             json: std::sync::OnceLock::new(),
+            segment: std::sync::OnceLock::new(),
             event,
         })),
         Err(e) => {

@@ -57,21 +57,29 @@ const TIMESTAMP_NANOS: u32 = 2;
 
 /// The `Delivery` of `stored` without `delivery_count`, encoded.
 pub(super) fn encode(stored: &StoredEvent) -> Vec<u8> {
-    let event_len = event_len(&stored.event);
-    let stored_at_len = timestamp_len(&stored.stored_at);
-    let len = field_len(DELIVERY_EVENT, event_len)
-        + varint_field_len(DELIVERY_SEQUENCE, stored.sequence)
-        + string_len(DELIVERY_SUBJECT, &stored.subject)
-        + field_len(DELIVERY_STORED_AT, stored_at_len);
+    let len = encoded_len(stored);
     let mut buf = Vec::with_capacity(len);
-    put_header(DELIVERY_EVENT, event_len, &mut buf);
-    put_event(&stored.event, &mut buf);
-    put_varint_field(DELIVERY_SEQUENCE, stored.sequence, &mut buf);
-    put_string(DELIVERY_SUBJECT, &stored.subject, &mut buf);
-    put_header(DELIVERY_STORED_AT, stored_at_len, &mut buf);
-    put_timestamp(&stored.stored_at, &mut buf);
+    encode_into(stored, &mut buf);
     debug_assert_eq!(buf.len(), len);
     buf
+}
+
+/// The length of [`encode`]'s bytes.
+pub(super) fn encoded_len(stored: &StoredEvent) -> usize {
+    field_len(DELIVERY_EVENT, event_len(&stored.event))
+        + varint_field_len(DELIVERY_SEQUENCE, stored.sequence)
+        + string_len(DELIVERY_SUBJECT, &stored.subject)
+        + field_len(DELIVERY_STORED_AT, timestamp_len(&stored.stored_at))
+}
+
+/// Appends [`encode`]'s bytes to `buf`.
+pub(super) fn encode_into(stored: &StoredEvent, buf: &mut Vec<u8>) {
+    put_header(DELIVERY_EVENT, event_len(&stored.event), buf);
+    put_event(&stored.event, buf);
+    put_varint_field(DELIVERY_SEQUENCE, stored.sequence, buf);
+    put_string(DELIVERY_SUBJECT, &stored.subject, buf);
+    put_header(DELIVERY_STORED_AT, timestamp_len(&stored.stored_at), buf);
+    put_timestamp(&stored.stored_at, buf);
 }
 
 fn event_len(e: &Event) -> usize {
@@ -260,6 +268,7 @@ mod tests {
             size: 0,
             wire: Default::default(),
             json: Default::default(),
+            segment: Default::default(),
         }
     }
 

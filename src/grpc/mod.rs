@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+mod body;
 pub mod convert;
 mod delivery;
 pub mod frame;

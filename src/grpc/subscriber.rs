@@ -61,6 +61,11 @@ pub(crate) trait Wire: Send + 'static {
     fn opened(&self, id: &str, start_sequence: u64, last_sequence: u64) -> Self::Frame;
     /// A first delivery of a run; `more` says whether more of the run follows at once.
     fn first_delivery(&self, event: Arc<StoredEvent>, more: bool) -> Self::Frame;
+    /// The first deliveries of a prefix of `run` in one frame, and how many events it holds,
+    /// when the transport has them encoded already.
+    fn shared_run(&self, _run: &[Arc<StoredEvent>]) -> Option<(Self::Frame, usize)> {
+        None
+    }
     /// Any other item.
     fn item(&self, item: &Item) -> Self::Frame;
     /// The bytes one delivery of `event` puts on the wire (for the metrics).
@@ -89,6 +94,10 @@ impl Wire for Grpc {
 
     fn first_delivery(&self, event: Arc<StoredEvent>, more: bool) -> Frame {
         Frame::first_delivery(event, more)
+    }
+
+    fn shared_run(&self, run: &[Arc<StoredEvent>]) -> Option<(Frame, usize)> {
+        Frame::shared_run(run)
     }
 
     fn item(&self, item: &Item) -> Frame {
@@ -454,8 +463,24 @@ fn respond<W: Wire>(
 }
 
 impl<W: Wire> Out<W> {
-    /// The next delivery of the run in hand, if any.
+    /// The next delivery of the run in hand, if any: one frame for as many of its next events
+    /// as the transport has encoded together, or one event's.
     fn next_of_run(&mut self) -> Option<W::Frame> {
+        if let Some((frame, n)) = self.wire.shared_run(self.run.as_slice()) {
+            let events = &self.run.as_slice()[..n];
+            self.last_delivered = self.last_delivered.max(events[n - 1].sequence);
+            if self.life.counters.counting() {
+                self.run_bytes += events
+                    .iter()
+                    .map(|e| self.wire.delivery_bytes(e))
+                    .sum::<u64>();
+            }
+            self.run.nth(n - 1);
+            if self.run.len() == 0 {
+                self.run_done();
+            }
+            return Some(frame);
+        }
         let event = self.run.next()?;
         self.last_delivered = self.last_delivered.max(event.sequence);
         if self.life.counters.counting() {
