@@ -266,8 +266,6 @@ impl Blocks {
                     .max(ring.read().start().div_ceil(self.size) * self.size);
                 continue;
             };
-            // A block whose events were sent one by one (subscribers at the live end) is left
-            // alone: another encoding of it would only double its memory.
             if events.is_empty() {
                 // Nothing stored there (deleted, or not CloudEvents): go on from the block of
                 // the next event, however far (a purge can skip millions of sequences).
@@ -276,7 +274,7 @@ impl Blocks {
                     Some(s) => self.next.max(s / self.size * self.size),
                     None => self.next.max(end.div_ceil(self.size) * self.size),
                 };
-            } else if events.iter().all(|e| e.wire.get().is_none()) {
+            } else {
                 (self.encode)(&events);
             }
         }
@@ -476,16 +474,11 @@ mod tests {
         blocks.completed(&ring, true);
         assert!(encoded().is_empty(), "each block once");
 
-        // A block one of whose events was already sent alone is left alone.
         for s in 10..=11 {
             ring.write().push(ev(s, 1));
         }
-        ring.read().events_in(9, 10).unwrap()[0]
-            .wire
-            .set(bytes::Bytes::new())
-            .unwrap();
         blocks.completed(&ring, true);
-        assert!(encoded().is_empty());
+        assert_eq!(encoded(), [vec![8, 9, 10, 11]]);
 
         // Gaps count as part of their block; a jump over many empty blocks is one step.
         ring.write().push(ev(13, 1));

@@ -59,8 +59,7 @@ impl Segment {
 /// The transport's hook for complete blocks of the shared history: the shared reader calls it
 /// with every event of a block (`fanout.batch` sequences, aligned) once the block is complete,
 /// before subscribers are told of its last events, and the hook may record a [`Segment`] on
-/// them. Called only for blocks none of whose events has been delivered yet (a subscriber at
-/// the live end already sent them one by one; a segment would only double their memory).
+/// them. Called only while the stream has subscribers.
 pub type BlockEncoder = fn(&[Arc<StoredEvent>]);
 
 /// Where a subscription starts (DESIGN §3 `StartPosition`).
@@ -203,10 +202,12 @@ pub fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredEvent>> 
             subject: raw.subject,
             stored_at: raw.stored_at,
             // What the entry really holds: the message as received (its header map lives on
-            // until the entry is dropped), the decoded event, the transport's encoding once it
-            // is made (about the message's size), and the allocations around them (map nodes,
-            // strings, the Arc).
-            size: 2 * raw_bytes + event.approximate_size() + ENTRY_OVERHEAD,
+            // until the entry is dropped), the decoded event, the transport's encodings once
+            // they are made (about the message's size each: its own, made on its first
+            // delivery, and its part of its block's shared segment, which is the same bytes
+            // unless a subscriber at the live end sent it before the block was complete), and
+            // the allocations around them (map nodes, strings, the Arc).
+            size: 3 * raw_bytes + event.approximate_size() + ENTRY_OVERHEAD,
             wire: std::sync::OnceLock::new(),
             json: std::sync::OnceLock::new(),
             segment: std::sync::OnceLock::new(),
