@@ -74,12 +74,24 @@ impl Ring {
         self.next = event.sequence + 1;
         self.bytes += event.size;
         self.events.push_back(event);
+        self.evict();
+    }
+
+    /// Evicts the oldest events beyond the byte bound; the newest event is always kept.
+    fn evict(&mut self) {
         while self.bytes > self.max_bytes && self.events.len() > 1 {
             if let Some(old) = self.events.pop_front() {
-                self.bytes -= old.size;
+                self.bytes -= old.size + old.duplicate_bytes();
                 self.start = old.sequence + 1;
             }
         }
+    }
+
+    /// Counts `bytes` more held by events in the ring (second encodings: see
+    /// [`StoredEvent::duplicate_bytes`], which eviction takes off again).
+    pub(crate) fn charge(&mut self, bytes: usize) {
+        self.bytes += bytes;
+        self.evict();
     }
 
     /// Records that every sequence below `next` has been read (a message that was skipped).
@@ -276,6 +288,9 @@ impl Blocks {
                 };
             } else {
                 (self.encode)(&events);
+                // Only this task changes the ring: the events are all still in it.
+                let twice = events.iter().map(|e| e.duplicate_bytes()).sum();
+                ring.write().charge(twice);
             }
         }
     }

@@ -38,6 +38,22 @@ pub struct StoredEvent {
     pub segment: std::sync::OnceLock<(Arc<Segment>, usize)>,
 }
 
+impl StoredEvent {
+    /// Bytes of this event's encoding held twice: its part of its block's [`Segment`] when its
+    /// own encoding is not a slice of the segment (a subscriber at the live end sent it before
+    /// the block was complete). Does not change once the segment is recorded.
+    pub fn duplicate_bytes(&self) -> usize {
+        let Some((segment, at)) = self.segment.get().map(|(s, at)| (s, *at)) else {
+            return 0;
+        };
+        let shared = segment.bytes.as_ptr_range();
+        match self.wire.get() {
+            Some(own) if shared.contains(&own.as_ptr()) => 0,
+            _ => segment.offsets[at + 1] - segment.offsets[at],
+        }
+    }
+}
+
 /// A transport's encoding of consecutive events of the shared history, made once for every
 /// subscriber: in a fan-out every unfiltered subscriber sends the same runs of events, so the
 /// bytes of a run can go to every one of them without being copied. Opaque to the engine.
@@ -202,12 +218,11 @@ pub fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredEvent>> 
             subject: raw.subject,
             stored_at: raw.stored_at,
             // What the entry really holds: the message as received (its header map lives on
-            // until the entry is dropped), the decoded event, the transport's encodings once
-            // they are made (about the message's size each: its own, made on its first
-            // delivery, and its part of its block's shared segment, which is the same bytes
-            // unless a subscriber at the live end sent it before the block was complete), and
-            // the allocations around them (map nodes, strings, the Arc).
-            size: 3 * raw_bytes + event.approximate_size() + ENTRY_OVERHEAD,
+            // until the entry is dropped), the decoded event, the transport's encoding once it
+            // is made (about the message's size), and the allocations around them (map nodes,
+            // strings, the Arc). A second encoding, if one is made, is counted where it is
+            // made ([`StoredEvent::duplicate_bytes`]).
+            size: 2 * raw_bytes + event.approximate_size() + ENTRY_OVERHEAD,
             wire: std::sync::OnceLock::new(),
             json: std::sync::OnceLock::new(),
             segment: std::sync::OnceLock::new(),

@@ -556,6 +556,23 @@ mod tests {
     }
 
     #[test]
+    fn an_event_sent_before_its_block_was_encoded_counts_its_second_encoding() {
+        let block: Vec<_> = (1..=3).map(|s| numbered(s, 100)).collect();
+        // A subscriber at the live end sent the first event alone.
+        let own = delivery_body(&block[0]).clone();
+        encode_block(&block);
+        assert_eq!(delivery_body(&block[0]), &own, "its own encoding stays");
+        let (segment, _) = block[0].segment.get().unwrap();
+        assert_eq!(
+            block[0].duplicate_bytes(),
+            segment.offsets[1] - segment.offsets[0]
+        );
+        assert_eq!(block[1].duplicate_bytes(), 0, "a slice of the segment");
+        assert_eq!(block[2].duplicate_bytes(), 0);
+        assert_eq!(numbered(9, 1).duplicate_bytes(), 0, "no segment");
+    }
+
+    #[test]
     fn a_shared_run_stops_where_the_run_leaves_out_an_event_of_the_block() {
         let block: Vec<_> = (1..=4).map(|s| numbered(s, 10)).collect();
         encode_block(&block);
