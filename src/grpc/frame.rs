@@ -384,6 +384,11 @@ impl ServerStreamingService<api::Open> for WatchMethod {
     }
 }
 
+/// tonic's handling of a method's requests (decoding, at most `limit` bytes each).
+fn requests<D: Message + Default + Send + 'static>(limit: usize) -> Grpc<RequestCodec<D>> {
+    Grpc::new(RequestCodec::default()).max_decoding_message_size(limit)
+}
+
 impl<B> tonic::codegen::Service<http::Request<B>> for SubscriberServer
 where
     B: Body + Send + 'static,
@@ -403,17 +408,13 @@ where
         let slot = Slot::default();
         match req.uri().path() {
             "/jetwatch.v1.Subscriber/Subscribe" => Box::pin(async move {
-                let mut grpc = Grpc::new(RequestCodec::<api::SubscribeRequest>::default())
-                    .max_decoding_message_size(limit);
-                let response = grpc
+                let response = requests::<api::SubscribeRequest>(limit)
                     .streaming(SubscribeMethod(inner, slot.clone()), req)
                     .await;
                 Ok(with_body(response, &slot))
             }),
             "/jetwatch.v1.Subscriber/Watch" => Box::pin(async move {
-                let mut grpc = Grpc::new(RequestCodec::<api::Open>::default())
-                    .max_decoding_message_size(limit);
-                let response = grpc
+                let response = requests::<api::Open>(limit)
                     .server_streaming(WatchMethod(inner, slot.clone()), req)
                     .await;
                 Ok(with_body(response, &slot))
