@@ -25,11 +25,23 @@ const YIELD_BYTES: usize = 32 * 1024;
 /// small. A burst makes room for a whole write at once.
 const FIRST_BYTES: usize = 1024;
 
+/// What became of a frame offered to the buffer.
+enum Gathered {
+    /// Appended to the buffer.
+    Added,
+    /// Shared bytes to write by themselves, after the buffer.
+    Shared(Bytes),
+    /// No room: the buffer is to be written first (the frame is kept for the next write).
+    Full,
+}
+
 /// A subscription's responses as an HTTP/2 body.
 pub(super) struct FrameBody {
     frames: ResponseStream,
     /// Responses gathered for the next write.
     buf: BytesMut,
+    /// A frame taken from the stream that did not fit in the buffer: gathered first next time.
+    pending: Option<Frame>,
     /// Shared bytes to write after `buf`.
     shared: Option<Bytes>,
     /// How the stream ended, once it has (sent as trailers after the data).
@@ -43,42 +55,54 @@ impl FrameBody {
         FrameBody {
             frames,
             buf: BytesMut::new(),
+            pending: None,
             shared: None,
             end: None,
             done: false,
         }
     }
 
-    /// Appends `frame` to the buffer as a gRPC message, or returns its shared bytes when they
-    /// are worth a write of their own.
-    fn gather(&mut self, frame: Frame) -> Result<Option<Bytes>, Status> {
+    /// Appends `frame` to the buffer as a gRPC message, or says what to write first.
+    fn gather(&mut self, frame: Frame) -> Result<Gathered, Status> {
         let Some(len) = frame.message_len() else {
             let Frame::Encoded(bytes) = frame else {
                 unreachable!("only shared bytes have no message length")
             };
             if bytes.len() >= COPY_BELOW {
-                return Ok(Some(bytes));
+                return Ok(Gathered::Shared(bytes));
             }
-            self.reserve(bytes.len(), false);
+            if !self.room(bytes.len(), false) {
+                self.pending = Some(Frame::Encoded(bytes));
+                return Ok(Gathered::Full);
+            }
             self.buf.put_slice(&bytes);
-            return Ok(None);
+            return Ok(Gathered::Added);
         };
         let prefix = u32::try_from(len)
             .map_err(|_| Status::internal("a response is larger than gRPC allows (4 GiB)"))?;
-        self.reserve(MESSAGE_PREFIX + len, frame.more());
+        if !self.room(MESSAGE_PREFIX + len, frame.more()) {
+            self.pending = Some(frame);
+            return Ok(Gathered::Full);
+        }
         self.buf.put_u8(0);
         self.buf.put_u32(prefix);
         frame.encode(&mut self.buf);
-        Ok(None)
+        Ok(Gathered::Added)
     }
 
-    /// Makes room for `len` more bytes: for a whole write at once in a burst, instead of
-    /// growing from a small buffer by doubling (a copy per step).
-    fn reserve(&mut self, len: usize, burst: bool) {
-        if self.buf.capacity() - self.buf.len() < len {
-            let first = if burst { YIELD_BYTES } else { FIRST_BYTES };
-            self.buf.reserve(len.max(first));
+    /// Makes room for `len` more bytes, or says the buffer must be written first: a buffer
+    /// holding responses is never grown (growing copies what it holds). An empty one gets
+    /// room for a whole write at once in a burst, else for a small response or two.
+    fn room(&mut self, len: usize, burst: bool) -> bool {
+        if self.buf.capacity() - self.buf.len() >= len {
+            return true;
         }
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let first = if burst { YIELD_BYTES } else { FIRST_BYTES };
+        self.buf.reserve(len.max(first));
+        true
     }
 
     fn data(bytes: Bytes) -> Poll<Option<Result<HttpFrame<Bytes>, Status>>> {
@@ -115,17 +139,24 @@ impl http_body::Body for FrameBody {
             if this.done {
                 return Poll::Ready(None);
             }
-            match this.frames.as_mut().poll_next(cx) {
+            let next = match this.pending.take() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => this.frames.as_mut().poll_next(cx),
+            };
+            match next {
                 Poll::Ready(Some(Ok(frame))) => match this.gather(frame) {
-                    Ok(Some(shared)) if this.buf.is_empty() => return Self::data(shared),
-                    Ok(Some(shared)) => {
+                    Ok(Gathered::Shared(shared)) if this.buf.is_empty() => {
+                        return Self::data(shared)
+                    }
+                    Ok(Gathered::Shared(shared)) => {
                         this.shared = Some(shared);
                         return Self::data(this.buf.split().freeze());
                     }
-                    Ok(None) if this.buf.len() >= YIELD_BYTES => {
+                    Ok(Gathered::Full) => return Self::data(this.buf.split().freeze()),
+                    Ok(Gathered::Added) if this.buf.len() >= YIELD_BYTES => {
                         return Self::data(this.buf.split().freeze());
                     }
-                    Ok(None) => {}
+                    Ok(Gathered::Added) => {}
                     Err(status) => this.end = Some(status),
                 },
                 Poll::Ready(Some(Err(status))) => this.end = Some(status),

@@ -667,4 +667,21 @@ mod tests {
         assert_eq!(got, [item_to_pb(&bookmark)]);
         assert_eq!(trailers["grpc-status"], "0", "a stream that ends ends OK");
     }
+
+    #[tokio::test]
+    async fn a_burst_larger_than_a_write_arrives_whole_and_in_order() {
+        // Sizes that do not divide a write evenly, single and in runs: responses that do not
+        // fit in a write's buffer go in the next one.
+        let events: Vec<_> = (1..=300)
+            .map(|s| numbered(s, 100 + (s as usize * 37) % 3000))
+            .collect();
+        let frames = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Ok(Frame::first_delivery(e.clone(), i % 7 != 0)))
+            .collect();
+        let (got, trailers) = read_body(frames).await;
+        assert_eq!(got, events.iter().map(delivery).collect::<Vec<_>>());
+        assert_eq!(trailers["grpc-status"], "0");
+    }
 }
