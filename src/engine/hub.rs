@@ -81,17 +81,10 @@ impl Ring {
     fn evict(&mut self) {
         while self.bytes > self.max_bytes && self.events.len() > 1 {
             if let Some(old) = self.events.pop_front() {
-                self.bytes -= old.size + old.duplicate_bytes();
+                self.bytes -= old.size;
                 self.start = old.sequence + 1;
             }
         }
-    }
-
-    /// Counts `bytes` more held by events in the ring (second encodings: see
-    /// [`StoredEvent::duplicate_bytes`], which eviction takes off again).
-    pub(crate) fn charge(&mut self, bytes: usize) {
-        self.bytes += bytes;
-        self.evict();
     }
 
     /// Records that every sequence below `next` has been read (a message that was skipped).
@@ -117,28 +110,6 @@ impl Ring {
         let first = self.events.partition_point(|e| e.sequence < cursor);
         out.extend(self.events.range(first..).take(max).cloned());
         RingRead::Events { next: self.next }
-    }
-
-    /// Every event with a sequence in `[from, to)`, or `None` when the ring no longer covers
-    /// `from`.
-    pub(crate) fn events_in(&self, from: u64, to: u64) -> Option<Vec<Arc<StoredEvent>>> {
-        if from < self.start {
-            return None;
-        }
-        let first = self.events.partition_point(|e| e.sequence < from);
-        Some(
-            self.events
-                .range(first..)
-                .take_while(|e| e.sequence < to)
-                .cloned()
-                .collect(),
-        )
-    }
-
-    /// The sequence of the first event held at or after `sequence`.
-    pub(crate) fn first_at_or_after(&self, sequence: u64) -> Option<u64> {
-        let i = self.events.partition_point(|e| e.sequence < sequence);
-        self.events.get(i).map(|e| e.sequence)
     }
 
     /// First covered sequence.
@@ -191,7 +162,7 @@ impl Hub {
         limits: Limits,
         gauges: Arc<StreamGauges>,
         store: Store,
-        blocks: Option<BlockEncoder>,
+        encode: Option<BlockEncoder>,
         shutdown: CancellationToken,
     ) -> Arc<Hub> {
         let (tail, _) = watch::channel(ring.next());
@@ -209,11 +180,7 @@ impl Hub {
             store,
             batch,
             read_bytes,
-            blocks: blocks.map(|encode| Blocks {
-                encode,
-                size: batch as u64,
-                next: 0,
-            }),
+            encode,
         };
         tokio::spawn(reader.run(shutdown).instrument(span));
         hub
@@ -247,51 +214,45 @@ struct Reader {
     store: Store,
     batch: usize,
     read_bytes: usize,
-    blocks: Option<Blocks>,
+    /// The transport's encoder of the events of each read, if it shares them.
+    encode: Option<BlockEncoder>,
 }
 
-/// The complete blocks of the history handed to the transport's [`BlockEncoder`].
-struct Blocks {
-    encode: BlockEncoder,
-    /// Sequences per block (`fanout.batch`); block `k` is `[k × size, (k + 1) × size)`.
-    size: u64,
-    /// The start of the first block not yet looked at.
-    next: u64,
+/// A message the shared reader received, decoded.
+enum Received {
+    /// A CloudEvent, for the ring.
+    Event(Arc<StoredEvent>),
+    /// Anything else (not a CloudEvent): moves the ring's end past its sequence.
+    Skipped(u64),
 }
 
-impl Blocks {
-    /// Hands every block completed below the ring's end to the encoder, if anyone watches.
-    fn completed(&mut self, ring: &RwLock<Ring>, watched: bool) {
-        let end = ring.read().next();
-        if !watched {
-            // Nobody to send them to: encoding would be wasted work.
-            self.next = end.div_ceil(self.size) * self.size;
-            return;
+/// Appends the messages one read received to the ring, in order. First, when someone watches
+/// and the read holds two events or more, hands its events to the transport's encoder: no
+/// subscriber can see an event before its shared encoding exists, so every delivery of it
+/// uses those bytes and it is never encoded twice.
+fn append(
+    ring: &RwLock<Ring>,
+    received: Vec<Received>,
+    encode: Option<BlockEncoder>,
+    watched: bool,
+) {
+    if let (Some(encode), true) = (encode, watched) {
+        let events: Vec<Arc<StoredEvent>> = received
+            .iter()
+            .filter_map(|r| match r {
+                Received::Event(e) => Some(e.clone()),
+                Received::Skipped(_) => None,
+            })
+            .collect();
+        if events.len() >= 2 {
+            encode(&events);
         }
-        while self.next + self.size <= end {
-            let from = self.next;
-            self.next += self.size;
-            let Some(events) = ring.read().events_in(from, from + self.size) else {
-                // Evicted already, or began before the reader: skip ahead.
-                self.next = self
-                    .next
-                    .max(ring.read().start().div_ceil(self.size) * self.size);
-                continue;
-            };
-            if events.is_empty() {
-                // Nothing stored there (deleted, or not CloudEvents): go on from the block of
-                // the next event, however far (a purge can skip millions of sequences).
-                let ahead = ring.read().first_at_or_after(self.next);
-                self.next = match ahead {
-                    Some(s) => self.next.max(s / self.size * self.size),
-                    None => self.next.max(end.div_ceil(self.size) * self.size),
-                };
-            } else {
-                (self.encode)(&events);
-                // Only this task changes the ring: the events are all still in it.
-                let twice = events.iter().map(|e| e.duplicate_bytes()).sum();
-                ring.write().charge(twice);
-            }
+    }
+    let mut ring = ring.write();
+    for r in received {
+        match r {
+            Received::Event(e) => ring.push(e),
+            Received::Skipped(sequence) => ring.advance(sequence + 1),
         }
     }
 }
@@ -299,12 +260,8 @@ impl Blocks {
 impl Reader {
     /// Appends every message of the stream to the ring, in order, forever. On any error it
     /// re-opens its JetStream read at the ring's end, so nothing is skipped.
-    async fn run(mut self, shutdown: CancellationToken) {
+    async fn run(self, shutdown: CancellationToken) {
         let hub = self.hub.clone();
-        if let Some(blocks) = &mut self.blocks {
-            // The first block that starts at or after the reader's start.
-            blocks.next = hub.ring.read().next().div_ceil(blocks.size) * blocks.size;
-        }
         let (store, batch, read_bytes) = (self.store.clone(), self.batch, self.read_bytes);
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -334,21 +291,21 @@ impl Reader {
                     m = reader.next() => m,
                     () = shutdown.cancelled() => return,
                 };
-                let mut appended = 0usize;
-                // Append everything already received, then announce once.
+                // Only this task appends: what the ring already covers is a repeat.
+                let mut expected = hub.ring.read().next();
+                let mut received = Vec::new();
+                // Take everything already received (decoded outside the lock: subscribers are
+                // never blocked by decoding), append it at once, then announce once.
                 loop {
                     match result {
                         Some(Ok(raw)) => {
                             let seq = raw.sequence;
-                            // Decode outside the lock; readers are never blocked by decoding.
-                            let decoded = super::decode_stored(raw);
-                            let mut ring = hub.ring.write();
-                            if seq >= ring.next() {
-                                match decoded {
-                                    Some(ev) => ring.push(ev),
-                                    None => ring.advance(seq + 1),
-                                }
-                                appended += 1;
+                            if seq >= expected {
+                                expected = seq + 1;
+                                received.push(match super::decode_stored(raw) {
+                                    Some(event) => Received::Event(event),
+                                    None => Received::Skipped(seq),
+                                });
                             }
                         }
                         Some(Err(e)) => {
@@ -361,7 +318,7 @@ impl Reader {
                             break;
                         }
                     }
-                    if appended >= batch {
+                    if received.len() >= batch {
                         break;
                     }
                     match reader.next().now_or_never() {
@@ -369,11 +326,9 @@ impl Reader {
                         None => break,
                     }
                 }
-                if appended > 0 {
-                    if let Some(blocks) = &mut self.blocks {
-                        // Before the announcement: subscribers then find whole blocks encoded.
-                        blocks.completed(&hub.ring, hub.gauges.subscribers.get() > 0);
-                    }
+                if !received.is_empty() {
+                    let watched = hub.gauges.subscribers.get() > 0;
+                    append(&hub.ring, received, self.encode, watched);
                     let (next, bytes, events, oldest) = {
                         let ring = hub.ring.read();
                         (ring.next(), ring.bytes(), ring.len(), ring.oldest())
@@ -472,48 +427,33 @@ mod tests {
     }
 
     #[test]
-    fn complete_blocks_are_handed_to_the_encoder_once_and_whole() {
+    fn the_events_of_each_read_are_encoded_once_then_appended() {
         let ring = RwLock::new(Ring::new(3, 1 << 20));
-        let mut blocks = Blocks {
-            encode: record,
-            size: 4,
-            // As the reader starts: the first block at or after the ring's start.
-            next: 4,
+        let read = |sequences: &[u64]| -> Vec<Received> {
+            sequences
+                .iter()
+                .map(|&s| match s % 10 {
+                    // Not a CloudEvent.
+                    9 => Received::Skipped(s),
+                    _ => Received::Event(ev(s, 1)),
+                })
+                .collect()
         };
-        for s in 3..=9 {
-            ring.write().push(ev(s, 1));
-        }
-        blocks.completed(&ring, true);
-        // [0, 4) began before the reader; [4, 8) is complete; [8, 12) is not.
-        assert_eq!(encoded(), [vec![4, 5, 6, 7]]);
-        blocks.completed(&ring, true);
-        assert!(encoded().is_empty(), "each block once");
+        append(&ring, read(&[3, 4, 5]), Some(record), true);
+        assert_eq!(encoded(), [vec![3, 4, 5]]);
+        assert_eq!(ring.read().next(), 6);
 
-        for s in 10..=11 {
-            ring.write().push(ev(s, 1));
-        }
-        blocks.completed(&ring, true);
-        assert_eq!(encoded(), [vec![8, 9, 10, 11]]);
+        // Skipped messages are left out of the encoding but move the ring's end.
+        append(&ring, read(&[6, 7, 8, 9]), Some(record), true);
+        assert_eq!(encoded(), [vec![6, 7, 8]]);
+        assert_eq!(ring.read().next(), 10);
+        assert_eq!(ring.read().len(), 6);
 
-        // Gaps count as part of their block; a jump over many empty blocks is one step.
-        ring.write().push(ev(13, 1));
-        ring.write().push(ev(1_000_001, 1));
-        ring.write().push(ev(1_000_005, 1));
-        blocks.completed(&ring, true);
-        assert_eq!(encoded(), [vec![13], vec![1_000_001]]);
-        assert_eq!(blocks.next, 1_000_004);
-
-        // Nobody watching: nothing is encoded, and blocks completed meanwhile are skipped.
-        for s in 1_000_006..=1_000_020 {
-            ring.write().push(ev(s, 1));
-        }
-        blocks.completed(&ring, false);
-        ring.write().push(ev(1_000_021, 1));
-        blocks.completed(&ring, true);
+        // A single event is not worth a shared encoding; nobody watching, nothing encoded.
+        append(&ring, read(&[10]), Some(record), true);
+        append(&ring, read(&[11, 12]), Some(record), false);
+        append(&ring, read(&[13, 14]), None, true);
         assert!(encoded().is_empty());
-        assert_eq!(
-            blocks.next, 1_000_024,
-            "the block under way when watching began"
-        );
+        assert_eq!(ring.read().next(), 15);
     }
 }

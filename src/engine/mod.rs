@@ -118,8 +118,8 @@ impl Engine {
     }
 
     /// Creates the engine, which keeps `gauges` current; everything it spawns stops when
-    /// `shutdown` is cancelled. `blocks` is the transport's encoder of complete blocks of the
-    /// shared history ([`BlockEncoder`]), if it shares them.
+    /// `shutdown` is cancelled. `blocks` is the transport's encoder of blocks of the shared
+    /// history ([`BlockEncoder`]), if it shares them.
     pub fn new(
         store: Store,
         settings: Settings,

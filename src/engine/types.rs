@@ -33,25 +33,10 @@ pub struct StoredEvent {
     /// The HTTP API's JSON of this delivery (Server-Sent Events and NDJSON), made once on
     /// first delivery over HTTP and shared likewise. Opaque to the engine.
     pub json: std::sync::OnceLock<bytes::Bytes>,
-    /// The transport's encoding of a whole block of the shared history this event belongs to,
-    /// and its place in it ([`Segment`]): set by the shared reader's [`BlockEncoder`].
+    /// The transport's encoding of the block of consecutive events of the shared history this
+    /// event came in (one read of the shared reader), and its place in it ([`Segment`]): set
+    /// by the shared reader's [`BlockEncoder`].
     pub segment: std::sync::OnceLock<(Arc<Segment>, usize)>,
-}
-
-impl StoredEvent {
-    /// Bytes of this event's encoding held twice: its part of its block's [`Segment`] when its
-    /// own encoding is not a slice of the segment (a subscriber at the live end sent it before
-    /// the block was complete). Does not change once the segment is recorded.
-    pub fn duplicate_bytes(&self) -> usize {
-        let Some((segment, at)) = self.segment.get().map(|(s, at)| (s, *at)) else {
-            return 0;
-        };
-        let shared = segment.bytes.as_ptr_range();
-        match self.wire.get() {
-            Some(own) if shared.contains(&own.as_ptr()) => 0,
-            _ => segment.offsets[at + 1] - segment.offsets[at],
-        }
-    }
 }
 
 /// A transport's encoding of consecutive events of the shared history, made once for every
@@ -72,10 +57,9 @@ impl Segment {
     }
 }
 
-/// The transport's hook for complete blocks of the shared history: the shared reader calls it
-/// with every event of a block (`fanout.batch` sequences, aligned) once the block is complete,
-/// before subscribers are told of its last events, and the hook may record a [`Segment`] on
-/// them. Called only while the stream has subscribers.
+/// The transport's hook for the shared history: the shared reader calls it with the events of
+/// each read (up to `fanout.batch` consecutive messages, two events or more) before they enter
+/// the ring, while the stream has subscribers, and the hook may record a [`Segment`] on them.
 pub type BlockEncoder = fn(&[Arc<StoredEvent>]);
 
 /// Where a subscription starts (DESIGN §3 `StartPosition`).
@@ -219,9 +203,8 @@ pub fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredEvent>> 
             stored_at: raw.stored_at,
             // What the entry really holds: the message as received (its header map lives on
             // until the entry is dropped), the decoded event, the transport's encoding once it
-            // is made (about the message's size), and the allocations around them (map nodes,
-            // strings, the Arc). A second encoding, if one is made, is counted where it is
-            // made ([`StoredEvent::duplicate_bytes`]).
+            // is made (about the message's size, whether its own or its part of its read's
+            // shared segment), and the allocations around them (map nodes, strings, the Arc).
             size: 2 * raw_bytes + event.approximate_size() + ENTRY_OVERHEAD,
             wire: std::sync::OnceLock::new(),
             json: std::sync::OnceLock::new(),

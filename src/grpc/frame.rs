@@ -7,9 +7,10 @@
 //! fields in any order, so the bytes on the wire decode to exactly the `SubscribeResponse` the
 //! generated code would have written: clients cannot tell the difference.
 //!
-//! In a fan-out, whole runs are shared too: the shared reader hands every complete block of
-//! its history to [`encode_block`], which writes the first-delivery responses of all its
-//! events end to end, framed as gRPC messages ([`Segment`]). A subscriber whose run holds
+//! In a fan-out, whole runs are shared too: the shared reader hands the events of each read
+//! (a block of consecutive events of its history) to [`encode_block`] before any subscriber
+//! can see them, which writes the first-delivery responses of all of them end to end, framed
+//! as gRPC messages ([`Segment`]). A subscriber whose run holds
 //! consecutive events of a segment sends that slice of it as it is ([`Frame::Encoded`]): the
 //! same bytes, by reference, to every subscriber.
 //!
@@ -180,7 +181,7 @@ pub fn delivery_body(event: &StoredEvent) -> &Bytes {
 }
 
 /// The [`crate::engine::BlockEncoder`] of gRPC: writes the first-delivery responses of a
-/// complete block of the shared history end to end, each framed as a gRPC message, in
+/// block of consecutive events of the shared history end to end, each framed as a gRPC message, in
 /// segments of at most `SEGMENT_BYTES` (one event more when a single one is larger), and
 /// records each event's place. An event's own encoding becomes a slice of its segment, so the
 /// block is held once.
@@ -554,23 +555,6 @@ mod tests {
             panic!("not shared bytes")
         };
         assert_eq!(messages(&bytes), expected[1..4]);
-    }
-
-    #[test]
-    fn an_event_sent_before_its_block_was_encoded_counts_its_second_encoding() {
-        let block: Vec<_> = (1..=3).map(|s| numbered(s, 100)).collect();
-        // A subscriber at the live end sent the first event alone.
-        let own = delivery_body(&block[0]).clone();
-        encode_block(&block);
-        assert_eq!(delivery_body(&block[0]), &own, "its own encoding stays");
-        let (segment, _) = block[0].segment.get().unwrap();
-        assert_eq!(
-            block[0].duplicate_bytes(),
-            segment.offsets[1] - segment.offsets[0]
-        );
-        assert_eq!(block[1].duplicate_bytes(), 0, "a slice of the segment");
-        assert_eq!(block[2].duplicate_bytes(), 0);
-        assert_eq!(numbered(9, 1).duplicate_bytes(), 0, "no segment");
     }
 
     #[test]
