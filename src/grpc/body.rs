@@ -16,8 +16,9 @@ use tonic::Status;
 use super::frame::{Frame, MESSAGE_PREFIX};
 use super::subscriber::ResponseStream;
 
-/// Shared bytes shorter than this are copied into the buffer with the responses around them:
-/// a write of their own would cost more than the copy.
+/// Shared bytes shorter than this are copied into the buffer with the responses around them,
+/// and a buffer holding less than this grows rather than being written early: a write of
+/// their own would cost more than the copy.
 const COPY_BELOW: usize = 4 * 1024;
 /// The buffer is handed to HTTP/2 once it holds this much (tonic's default).
 const YIELD_BYTES: usize = 32 * 1024;
@@ -91,13 +92,14 @@ impl FrameBody {
     }
 
     /// Makes room for `len` more bytes, or says the buffer must be written first: a buffer
-    /// holding responses is never grown (growing copies what it holds). An empty one gets
-    /// room for a whole write at once in a burst, else for a small response or two.
+    /// holding `COPY_BELOW` bytes or more is not grown (growing copies what it holds; a write
+    /// costs less). Otherwise it gets room for a whole write at once in a burst, else for a
+    /// small response or two.
     fn room(&mut self, len: usize, burst: bool) -> bool {
         if self.buf.capacity() - self.buf.len() >= len {
             return true;
         }
-        if !self.buf.is_empty() {
+        if self.buf.len() >= COPY_BELOW {
             return false;
         }
         let first = if burst { YIELD_BYTES } else { FIRST_BYTES };
