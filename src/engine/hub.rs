@@ -7,6 +7,9 @@
 //! whose cursor falls before the ring's start catches up with its own JetStream read and then
 //! comes back to the ring; the cursor makes that hand-off gap- and duplicate-free.
 //!
+//! The events of each read go to the transport's [`BlockEncoder`] before they enter the ring
+//! (see `append`), so subscribers that send the same runs send the same bytes.
+//!
 //! The ring's coverage is `[start, next)`: every message the stream holds with a sequence in
 //! that range is in the ring (messages JetStream deleted are simply absent). `start` grows when
 //! old events are evicted, `next` when the reader appends.
