@@ -439,9 +439,14 @@ mod tests {
             ..Event::default()
         };
         event.data = Some(crate::event::Data::Text("{\"n\":1}".into()));
+        stored_at(300, "events._widgets.w1".into(), event)
+    }
+
+    /// `event` stored at `sequence` on `subject`, not yet encoded.
+    fn stored_at(sequence: u64, subject: String, event: Event) -> Arc<StoredEvent> {
         Arc::new(StoredEvent {
-            sequence: 300,
-            subject: "events._widgets.w1".into(),
+            sequence,
+            subject,
             stored_at: chrono::Utc::now(),
             event,
             size: 0,
@@ -518,16 +523,7 @@ mod tests {
         let mut event = stored().event.clone();
         event.id = format!("e{sequence}");
         event.data = Some(crate::event::Data::Binary(vec![7; data_bytes].into()));
-        Arc::new(StoredEvent {
-            sequence,
-            subject: format!("events._widgets.w{sequence}"),
-            stored_at: chrono::Utc::now(),
-            event,
-            size: 0,
-            wire: Default::default(),
-            json: Default::default(),
-            segment: Default::default(),
-        })
+        stored_at(sequence, format!("events._widgets.w{sequence}"), event)
     }
 
     #[test]
