@@ -77,11 +77,6 @@ impl Ring {
         self.next = event.sequence + 1;
         self.bytes += event.size;
         self.events.push_back(event);
-        self.evict();
-    }
-
-    /// Evicts the oldest events beyond the byte bound; the newest event is always kept.
-    fn evict(&mut self) {
         while self.bytes > self.max_bytes && self.events.len() > 1 {
             if let Some(old) = self.events.pop_front() {
                 self.bytes -= old.size;

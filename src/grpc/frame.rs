@@ -10,9 +10,9 @@
 //! In a fan-out, whole runs are shared too: the shared reader hands the events of each read
 //! (a block of consecutive events of its history) to [`encode_block`] before any subscriber
 //! can see them, which writes the first-delivery responses of all of them end to end, framed
-//! as gRPC messages ([`Segment`]). A subscriber whose run holds
-//! consecutive events of a segment sends that slice of it as it is ([`Frame::Encoded`]): the
-//! same bytes, by reference, to every subscriber.
+//! as gRPC messages ([`Segment`]). A subscriber whose run holds consecutive events of a
+//! segment sends that slice of it as it is ([`Frame::Encoded`]): the same bytes, by
+//! reference, to every subscriber.
 //!
 //! tonic's generated server fixes a method's response type to the message type and encodes
 //! each response into a buffer of its own (a copy of every delivery). So the `Subscriber`
@@ -181,9 +181,9 @@ pub fn delivery_body(event: &StoredEvent) -> &Bytes {
 }
 
 /// The [`crate::engine::BlockEncoder`] of gRPC: writes the first-delivery responses of a
-/// block of consecutive events of the shared history end to end, each framed as a gRPC message, in
-/// segments of at most `SEGMENT_BYTES` (one event more when a single one is larger), and
-/// records each event's place. An event's own encoding becomes a slice of its segment, so the
+/// block of consecutive events of the shared history end to end, each framed as a gRPC
+/// message, in segments of at most `SEGMENT_BYTES` (one event more when a single one is
+/// larger), and records each event's place. An event's own encoding becomes a slice of its segment, so the
 /// block is held once.
 pub fn encode_block(events: &[Arc<StoredEvent>]) {
     let mut rest = events;
