@@ -304,12 +304,7 @@ async fn a_burst_to_hundreds_of_watchers_behind_a_tiny_history_skips_nothing_whe
     }
     stop.cancel();
     let most = sampler.await.unwrap();
-    let cuts = env
-        .link_cuts
-        .as_ref()
-        .unwrap()
-        .load(std::sync::atomic::Ordering::Relaxed)
-        + env.slow_consumer_cuts();
+    let cuts = env.link.as_ref().unwrap().cuts() + env.slow_consumer_cuts();
     assert!(
         cuts > 0,
         "the gateway's connections were never cut: this test did not test reads under cuts"
@@ -348,4 +343,59 @@ async fn watchers_catching_up_ride_through_a_nats_restart_without_a_gap() {
         resumed += t.await.unwrap();
     }
     eprintln!("{watchers} watchers received {total} events each; {resumed} resumed after an error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_lost_with_a_dropped_connection_at_the_end_of_a_burst_still_reach_watchers() {
+    // The last events of a burst are on their way to the gateway when its connection drops,
+    // and nothing is published after them: the watcher must still get them, though no later
+    // message will ever reveal the gap.
+    let env = TestEnv::behind_cutting_link("", usize::MAX, |_| {}).await;
+    let link = env.link.clone().unwrap();
+    let mut client = env.subscriber().await;
+    let mut s = watch(
+        &mut client,
+        api::Open {
+            start: start_at(Position::New(())),
+            heartbeat: millis(0),
+            ..Default::default()
+        },
+    )
+    .await;
+    opened(&mut s).await;
+    assert_eq!(env.publish_raw_burst(5, 100).await, 5);
+    for expected in 1..=5 {
+        assert_eq!(next_delivery(&mut s).await.sequence, expected);
+    }
+
+    link.hold();
+    assert_eq!(env.publish_raw_burst(3, 100).await, 8);
+    // The server has sent them to the gateway: they are in the network, held.
+    let js = env.jetstream().await;
+    eventually(
+        "the shared reader's consumer to have sent sequence 8",
+        || {
+            let js = js.clone();
+            async move {
+                let stream = js.get_stream("events").await.ok()?;
+                let mut consumers = stream.consumers();
+                while let Some(Ok(info)) = futures::StreamExt::next(&mut consumers).await {
+                    if info.delivered.stream_sequence >= 8 {
+                        return Some(());
+                    }
+                }
+                None
+            }
+        },
+    )
+    .await;
+    link.cut();
+
+    for expected in 6..=8 {
+        assert_eq!(
+            next_delivery(&mut s).await.sequence,
+            expected,
+            "every event, in order, after the connection came back"
+        );
+    }
 }

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::error::{store_error, Cause, Classify};
-use super::{RawMessage, Store, StoreError};
+use super::{Link, RawMessage, Store, StoreError};
 
 /// A verified run of a stream's messages.
 #[derive(Debug)]
@@ -117,14 +117,15 @@ impl Store {
             .get_stream_no_info(stream)
             .await
             .map_err(|e| store_error(stream, context, e))?;
-        match handle
-            .get_first_raw_message_by_subject(subject.unwrap_or(">"), from.max(1))
-            .await
-        {
-            Ok(m) => Ok(Some(m.sequence)),
-            Err(e) if e.classify() == Cause::NoMessage => Ok(None),
-            Err(e) => Err(store_error(stream, context, e)),
-        }
+        let first = handle.get_first_raw_message_by_subject(subject.unwrap_or(">"), from.max(1));
+        self.unless_dropped(Link::Main, context, async {
+            match first.await {
+                Ok(m) => Ok(Some(m.sequence)),
+                Err(e) if e.classify() == Cause::NoMessage => Ok(None),
+                Err(e) => Err(store_error(stream, context, e)),
+            }
+        })
+        .await
     }
 
     /// Sends one batched direct get and collects its verified answer. `from` is where the
@@ -139,6 +140,8 @@ impl Store {
             context: "encoding a direct get".into(),
             source: Box::new(e),
         })?;
+        // Answers on their way when the connection drops are lost: stop waiting at once.
+        let mut dropped = std::pin::pin!(self.dropped(Link::Bulk));
         let inbox = self.bulk.new_inbox();
         let mut answers =
             self.bulk
@@ -172,7 +175,11 @@ impl Store {
             }
         };
         loop {
-            let answer = match tokio::time::timeout(self.request_timeout, answers.next()).await {
+            let answer = tokio::select! {
+                answer = tokio::time::timeout(self.request_timeout, answers.next()) => answer,
+                () = &mut dropped => return interrupted(messages, "the connection dropped".into()),
+            };
+            let answer = match answer {
                 Ok(Some(m)) => m,
                 Ok(None) => return interrupted(messages, "the connection closed".into()),
                 Err(_) => {

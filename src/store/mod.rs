@@ -81,6 +81,17 @@ pub struct Store {
     request_timeout: Duration,
     /// Whether both connections are up, fed by the clients' connection events.
     connected: tokio::sync::watch::Receiver<bool>,
+    /// How many times each connection ([`Link`]) has dropped.
+    drops: tokio::sync::watch::Receiver<[u64; 2]>,
+}
+
+/// One of the gateway's two connections to NATS.
+#[derive(Debug, Clone, Copy)]
+enum Link {
+    /// Requests, publishes, live reads (`Store::client` and its JetStream context).
+    Main = 0,
+    /// History reads (`Store::bulk`).
+    Bulk = 1,
 }
 
 /// The state of the two connections, updated from their event callbacks.
@@ -91,6 +102,8 @@ struct Links {
     /// Whether the main connection has been up before (its next `Connected` is a reconnect).
     ever: std::sync::atomic::AtomicBool,
     state: tokio::sync::watch::Sender<bool>,
+    /// Counts each connection's drops.
+    drops: tokio::sync::watch::Sender<[u64; 2]>,
 }
 
 impl Links {
@@ -104,6 +117,10 @@ impl Links {
         let all = self.up.iter().all(|u| u.load(Ordering::SeqCst));
         self.state
             .send_if_modified(|s| std::mem::replace(s, all) != all);
+    }
+
+    fn dropped(&self, link: usize) {
+        self.drops.send_modify(|d| d[link] += 1);
     }
 }
 
@@ -120,10 +137,12 @@ impl Store {
     /// `connect_timeout` for each.
     pub async fn connect(settings: &NatsSettings) -> Result<Store, StoreError> {
         let (state, connected) = tokio::sync::watch::channel(false);
+        let (drops_tx, drops) = tokio::sync::watch::channel([0; 2]);
         let links = std::sync::Arc::new(Links {
             up: Default::default(),
             ever: Default::default(),
             state,
+            drops: drops_tx,
         });
         let client = connect_one(settings, &settings.connection_name, links.clone(), 0).await?;
         let bulk_name = format!("{}-history", settings.connection_name);
@@ -137,7 +156,42 @@ impl Store {
             bulk,
             request_timeout: settings.request_timeout,
             connected,
+            drops,
         })
+    }
+
+    /// Runs `work` (requests on `link` and their answers) unless that connection drops first.
+    ///
+    /// An answer on its way when a connection drops is lost, and async-nats leaves the request
+    /// waiting for its timeout (`nats.request_timeout`) even after it has reconnected. Under
+    /// repeated drops (a server cutting a slow consumer, a flapping network) those waits add
+    /// up to stalls of many seconds. So a drop fails the work at once, as transient, and the
+    /// caller retries on the new connection.
+    async fn unless_dropped<T>(
+        &self,
+        link: Link,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::select! {
+            done = work => done,
+            () = self.dropped(link) => Err(StoreError::unavailable(format!(
+                "the connection to NATS dropped while {what}; its answer is lost"
+            ))),
+        }
+    }
+
+    /// Resolves once `link` drops after this call (not after the first poll).
+    fn dropped(&self, link: Link) -> impl std::future::Future<Output = ()> {
+        let mut drops = self.drops(link);
+        async move { drops.dropped().await }
+    }
+
+    /// Follows `link`'s drops from now on.
+    fn drops(&self, link: Link) -> Drops {
+        let mut drops = self.drops.clone();
+        let at = drops.borrow_and_update()[link as usize];
+        Drops { drops, link, at }
     }
 
     /// Whether both connections to NATS are up right now.
@@ -163,6 +217,30 @@ impl Store {
     /// The server's `max_payload` in bytes.
     pub fn max_payload(&self) -> usize {
         self.client.server_info().max_payload
+    }
+}
+
+/// Tells whether a connection dropped since a moment ([`Store::drops`]).
+#[derive(Debug)]
+struct Drops {
+    drops: tokio::sync::watch::Receiver<[u64; 2]>,
+    link: Link,
+    /// The count of drops at that moment.
+    at: u64,
+}
+
+impl Drops {
+    /// Resolves once the connection has dropped since that moment (at once if it has).
+    async fn dropped(&mut self) {
+        loop {
+            if self.drops.borrow_and_update()[self.link as usize] != self.at {
+                return;
+            }
+            if self.drops.changed().await.is_err() {
+                // The connection is gone for good: nothing will count a drop again.
+                return std::future::pending().await;
+            }
+        }
     }
 }
 
@@ -241,6 +319,7 @@ async fn connect_one(
                     match event {
                         async_nats::Event::Connected => links.set(link, true),
                         async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                            links.dropped(link);
                             links.set(link, false)
                         }
                         _ => {}

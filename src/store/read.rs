@@ -7,7 +7,9 @@ use async_nats::jetstream::{consumer, stream};
 use futures::StreamExt;
 
 use super::error::store_error;
-use super::{deliver_policy, unpack, RawMessage, StartAt, Store, StoreError, INACTIVE_THRESHOLD};
+use super::{
+    deliver_policy, unpack, Drops, Link, RawMessage, StartAt, Store, StoreError, INACTIVE_THRESHOLD,
+};
 
 /// The idle heartbeat asked of every reader's pulls.
 const READER_HEARTBEAT: Duration = Duration::from_secs(1);
@@ -30,8 +32,15 @@ impl Store {
         let store = self.clone();
         let filter_subjects = filter_subjects.to_vec();
         let stream_name = stream.to_owned();
+        // Named here rather than by the server, so that a consumer whose creation was not
+        // confirmed (the answer lost with a dropped connection) can still be deleted.
+        let name = format!("jetwatch-read-{}", uuid::Uuid::new_v4().simple());
+        let consumer_name = name.clone();
+        // Any drop of the connection from here on may lose messages on their way.
+        let drops = self.drops(Link::Main);
         let opening = async move {
             let stream = stream_name.as_str();
+            let name = consumer_name;
             let context = "opening a reader";
             let handle = store.stream_handle(stream).await?;
             let mut filter_subjects = filter_subjects;
@@ -40,6 +49,7 @@ impl Store {
                 filter_subjects = store.stream_state(stream).await?.subjects;
             }
             let config = consumer::pull::Config {
+                name: Some(name.clone()),
                 deliver_policy: deliver_policy(start),
                 ack_policy: consumer::AckPolicy::None,
                 filter_subjects,
@@ -57,7 +67,6 @@ impl Store {
                 .await
                 .map_err(|e| store_error(stream, context, e))?
                 .num_pending;
-            let name = consumer.cached_info().name.clone();
             let messages = consumer
                 .stream()
                 .max_messages_per_batch(batch.max(1))
@@ -79,19 +88,32 @@ impl Store {
                 consumer_sequence: 0,
                 pending: initial_pending,
                 permit: None,
+                drops,
             })
         };
         let stream = stream.to_owned();
         // Opening runs in a task of its own, so that a caller that gives up half-way (a
         // subscriber that went away) does not leave the consumer behind: the task finishes,
         // and the reader it made, dropped unclaimed, deletes the consumer.
+        let store = self.clone();
         let opening = tokio::spawn(async move {
-            match tokio::time::timeout(limit, opening).await {
+            let opening = store.unless_dropped(Link::Main, "opening a reader", opening);
+            let opened = match tokio::time::timeout(limit, opening).await {
                 Ok(opened) => opened,
                 Err(_) => Err(StoreError::unavailable(format!(
                     "opening a reader of stream `{stream}` took longer than {limit:?}"
                 ))),
+            };
+            if opened.is_err() {
+                // The consumer may exist without its creation having been confirmed: delete
+                // it (NATS would after `INACTIVE_THRESHOLD`), without holding up the caller.
+                tokio::spawn(async move {
+                    if let Ok(handle) = store.stream_handle(&stream).await {
+                        let _ = handle.delete_consumer(&name).await;
+                    }
+                });
             }
+            opened
         });
         opening
             .await
@@ -117,6 +139,8 @@ pub struct Reader {
     pending: u64,
     /// A permit of a budget of consumers, returned once the consumer is deleted.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The drops of the connection since the reader was opened.
+    drops: Drops,
 }
 
 impl fmt::Debug for Reader {
@@ -144,8 +168,23 @@ impl Reader {
     /// between the server and the gateway (a slow-consumer drop, a reconnect) ends the read
     /// with [`StoreError::Unavailable`] instead of passing over it: the caller re-opens from
     /// the last sequence it received.
+    ///
+    /// A drop of the connection ends the read too, even when nothing arrives after it:
+    /// messages on their way were lost, and async-nats carries on with the same consumer
+    /// after reconnecting, so a lost message at the end of a burst would otherwise go
+    /// unnoticed until the next one arrived, which on a quiet stream may be never.
     pub async fn next(&mut self) -> Option<Result<RawMessage, StoreError>> {
-        let msg = match self.messages.next().await? {
+        let next = tokio::select! {
+            biased;
+            next = self.messages.next() => next?,
+            () = self.drops.dropped() => {
+                crate::telemetry::METRICS.reads_interrupted.inc();
+                return Some(Err(StoreError::unavailable(
+                    "the connection to NATS dropped: messages on their way may be lost",
+                )));
+            }
+        };
+        let msg = match next {
             Ok(m) => m,
             Err(e) => {
                 return Some(Err(StoreError::Unavailable {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use super::error::{store_error, Cause, Classify};
-use super::{Store, StoreError};
+use super::{Link, Store, StoreError};
 use crate::config::{Storage, StreamSettings};
 
 /// A stream's state, as the admin API and the subscription engine need it.
@@ -42,6 +42,12 @@ impl Store {
     /// Creates the stream, or updates it to the declared configuration. Fields JetStream cannot
     /// change (storage type) give [`StoreError::StreamConflict`] naming the field.
     pub async fn ensure_stream(&self, s: &StreamSettings) -> Result<(), StoreError> {
+        let what = format!("declaring stream `{}`", s.name);
+        self.unless_dropped(Link::Main, &what, self.declare(s))
+            .await
+    }
+
+    async fn declare(&self, s: &StreamSettings) -> Result<(), StoreError> {
         let config = stream::Config {
             name: s.name.clone(),
             subjects: s.subjects.clone(),
@@ -95,11 +101,15 @@ impl Store {
 
     /// The state of `stream`.
     pub async fn stream_state(&self, stream: &str) -> Result<StreamState, StoreError> {
+        let context = "reading the stream's state";
         let handle = self
-            .js
-            .get_stream(stream)
-            .await
-            .map_err(|e| store_error(stream, "reading the stream's state", e))?;
+            .unless_dropped(Link::Main, context, async {
+                self.js
+                    .get_stream(stream)
+                    .await
+                    .map_err(|e| store_error(stream, context, e))
+            })
+            .await?;
         Ok(state_from_info(handle.cached_info()))
     }
 

@@ -74,8 +74,8 @@ pub struct TestEnv {
     pub shutdown: CancellationToken,
     pub settings: Settings,
     pub addr: SocketAddr,
-    /// Connections cut by the [`cutting_link`], when the gateway is behind one.
-    pub link_cuts: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    /// The network between the gateway and NATS, when the gateway is behind a [`Link`].
+    pub link: Option<Link>,
     _dir: tempfile::TempDir,
 }
 
@@ -130,7 +130,8 @@ impl TestEnv {
     }
 
     /// Like [`TestEnv::with_nats_config`], with the gateway reaching nats-server through a
-    /// [`cutting_link`] that cuts each connection after `cut_every` bytes from the server.
+    /// [`Link`] that cuts each connection after `cut_every` bytes from the server
+    /// (`usize::MAX`: only when the test says so).
     pub async fn behind_cutting_link(
         nats_config: &str,
         cut_every: usize,
@@ -187,11 +188,12 @@ impl TestEnv {
             jetwatch::telemetry::init_tracing("info");
         }
         let mut settings = test_settings();
-        let mut link_cuts = None;
+        let mut link = None;
         settings.nats.url = match cut_every {
             Some(bytes) => {
-                let (url, cuts) = cutting_link(&nats.url(), bytes).await;
-                link_cuts = Some(cuts);
+                let relay = Link::start(&nats.url(), bytes).await;
+                let url = relay.url().to_owned();
+                link = Some(relay);
                 url
             }
             None => nats.url(),
@@ -209,7 +211,7 @@ impl TestEnv {
             shutdown,
             settings,
             addr,
-            link_cuts,
+            link,
             _dir: dir,
         }
     }
@@ -592,61 +594,122 @@ impl TestEnv {
     }
 }
 
-/// A TCP relay in front of nats-server that cuts every connection after `cut_every` bytes
-/// from the server, in the middle of whatever it was sending: what a client sees when the
-/// server drops it as a slow consumer (or the network fails), with messages lost in flight.
-/// Returns the relay's URL and the number of cuts so far.
-pub async fn cutting_link(
-    nats_url: &str,
-    cut_every: usize,
-) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let server: SocketAddr = nats_url
-        .trim_start_matches("nats://")
-        .parse()
-        .expect("a nats://host:port URL");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cuts = std::sync::Arc::new(AtomicUsize::new(0));
-    let counter = cuts.clone();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let cuts = counter.clone();
-            tokio::spawn(async move {
-                let Ok(upstream) = tokio::net::TcpStream::connect(server).await else {
-                    return;
-                };
-                let (mut from_client, mut to_client) = tokio::io::split(client);
-                let (mut from_server, mut to_server) = tokio::io::split(upstream);
-                let up = tokio::io::copy(&mut from_client, &mut to_server);
-                let down = async {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut buf = vec![0u8; 4096];
-                    let mut sent = 0;
-                    loop {
-                        let n = match from_server.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        let n = n.min(cut_every - sent);
-                        if to_client.write_all(&buf[..n]).await.is_err() {
-                            return;
+/// A TCP relay in front of nats-server, standing for the network between it and the gateway.
+/// It can cut every connection after `cut_every` bytes from the server, in the middle of
+/// whatever it was sending: what a client sees when the server drops it as a slow consumer
+/// (or the network fails), with messages lost in flight. A test can also hold what the server
+/// sends and cut the connections at a moment of its choosing ([`Link::hold`], [`Link::cut`]).
+#[derive(Clone)]
+pub struct Link {
+    url: String,
+    state: std::sync::Arc<LinkState>,
+}
+
+struct LinkState {
+    /// Connections cut so far.
+    cuts: std::sync::atomic::AtomicUsize,
+    /// Whether what the server sends is held back (not read from it).
+    held: tokio::sync::watch::Sender<bool>,
+    /// Bumped to cut every open connection.
+    cut_now: tokio::sync::watch::Sender<u64>,
+}
+
+impl Link {
+    /// A relay to `nats_url`, cutting each connection after `cut_every` bytes from the server
+    /// (never, with `usize::MAX`).
+    pub async fn start(nats_url: &str, cut_every: usize) -> Link {
+        use std::sync::atomic::Ordering;
+        let server: SocketAddr = nats_url
+            .trim_start_matches("nats://")
+            .parse()
+            .expect("a nats://host:port URL");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = std::sync::Arc::new(LinkState {
+            cuts: Default::default(),
+            held: tokio::sync::watch::channel(false).0,
+            cut_now: tokio::sync::watch::channel(0).0,
+        });
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let Ok(upstream) = tokio::net::TcpStream::connect(server).await else {
+                        return;
+                    };
+                    let mut cut_now = state.cut_now.subscribe();
+                    let mut held = state.held.subscribe();
+                    let (mut from_client, mut to_client) = tokio::io::split(client);
+                    let (mut from_server, mut to_server) = tokio::io::split(upstream);
+                    let up = tokio::io::copy(&mut from_client, &mut to_server);
+                    let down = async {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 4096];
+                        let mut sent = 0;
+                        loop {
+                            while *held.borrow_and_update() {
+                                if held.changed().await.is_err() {
+                                    return;
+                                }
+                            }
+                            let n = tokio::select! {
+                                read = from_server.read(&mut buf) => match read {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                },
+                                _ = held.changed() => continue,
+                            };
+                            let n = n.min(cut_every - sent);
+                            if to_client.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                            sent += n;
+                            if sent >= cut_every {
+                                state.cuts.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
                         }
-                        sent += n;
-                        if sent >= cut_every {
-                            cuts.fetch_add(1, Ordering::Relaxed);
-                            return;
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = cut_now.changed() => {
+                            state.cuts.fetch_add(1, Ordering::Relaxed);
                         }
+                        _ = up => {}
+                        () = down => {}
                     }
-                };
-                tokio::select! {
-                    _ = up => {}
-                    () = down => {}
-                }
-            });
+                });
+            }
+        });
+        Link {
+            url: format!("nats://{addr}"),
+            state,
         }
-    });
-    (format!("nats://{addr}"), cuts)
+    }
+
+    /// The relay's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Connections cut so far.
+    pub fn cuts(&self) -> usize {
+        self.state.cuts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops passing on what the server sends (it waits in the network) until the next cut.
+    pub fn hold(&self) {
+        self.state.held.send_replace(true);
+    }
+
+    /// Cuts every open connection, losing whatever was held or on its way, and lets new
+    /// connections through again.
+    pub fn cut(&self) {
+        // Cut first: a connection must not pass on what it held before it is closed.
+        self.state.cut_now.send_modify(|n| *n += 1);
+        self.state.held.send_replace(false);
+    }
 }
 
 impl TestEnv {
