@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use super::error::{durable_error, store_error, Cause, Classify};
-use super::{deliver_policy, unpack, RawMessage, StartAt, Store, StoreError, INACTIVE_THRESHOLD};
+use super::{
+    deliver_policy, unpack, Drops, Link, RawMessage, StartAt, Store, StoreError, INACTIVE_THRESHOLD,
+};
 
 /// Where a new consumer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +82,8 @@ pub struct ConsumerState {
 pub struct Consumer {
     consumer: consumer::PullConsumer,
     client: async_nats::Client,
+    /// Follows the connection's drops, for its pulls.
+    drops: Drops,
 }
 
 impl fmt::Debug for Consumer {
@@ -155,6 +159,8 @@ impl Acker {
 pub struct Pull {
     batch: consumer::pull::Batch,
     client: async_nats::Client,
+    /// The connection's drops since the pull was sent.
+    drops: Drops,
 }
 
 impl fmt::Debug for Pull {
@@ -164,9 +170,21 @@ impl fmt::Debug for Pull {
 }
 
 impl Pull {
-    /// The next delivery; `None` when the pull request is complete or expired.
+    /// The next delivery; `None` when the pull request is complete or expired. A drop of the
+    /// connection ends the pull with an error: the request or its deliveries may be lost
+    /// (JetStream delivers lost ones again after their ack wait), and async-nats would leave
+    /// the pull waiting for its expiry.
     pub async fn next(&mut self) -> Option<Result<Delivered, StoreError>> {
-        let msg = match self.batch.next().await? {
+        let next = tokio::select! {
+            biased;
+            next = self.batch.next() => next?,
+            () = self.drops.dropped() => {
+                return Some(Err(StoreError::unavailable(
+                    "the connection to NATS dropped during a pull",
+                )));
+            }
+        };
+        let msg = match next {
             Ok(m) => m,
             Err(e) => {
                 return Some(Err(StoreError::Unavailable {
@@ -198,6 +216,7 @@ impl Pull {
 impl Consumer {
     /// Asks for up to `max` deliveries, waiting at most `expires` for them.
     pub async fn pull(&self, max: usize, expires: Duration) -> Result<Pull, StoreError> {
+        let drops = self.drops.since_now();
         let batch = self
             .consumer
             .batch()
@@ -209,6 +228,7 @@ impl Consumer {
         Ok(Pull {
             batch,
             client: self.client.clone(),
+            drops,
         })
     }
 
@@ -319,6 +339,7 @@ impl Store {
                         Consumer {
                             consumer: c,
                             client: self.client.clone(),
+                            drops: self.drops(Link::Main),
                         },
                         false,
                     ));
@@ -362,6 +383,7 @@ impl Store {
             Consumer {
                 consumer: c,
                 client: self.client.clone(),
+                drops: self.drops(Link::Main),
             },
             true,
         ))

@@ -189,9 +189,12 @@ impl Store {
 
     /// Follows `link`'s drops from now on.
     fn drops(&self, link: Link) -> Drops {
-        let mut drops = self.drops.clone();
-        let at = drops.borrow_and_update()[link as usize];
-        Drops { drops, link, at }
+        Drops {
+            drops: self.drops.clone(),
+            link,
+            at: 0,
+        }
+        .since_now()
     }
 
     /// Whether both connections to NATS are up right now.
@@ -221,7 +224,7 @@ impl Store {
 }
 
 /// Tells whether a connection dropped since a moment ([`Store::drops`]).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Drops {
     drops: tokio::sync::watch::Receiver<[u64; 2]>,
     link: Link,
@@ -230,6 +233,17 @@ struct Drops {
 }
 
 impl Drops {
+    /// Follows the same connection's drops from now on.
+    fn since_now(&self) -> Drops {
+        let mut drops = self.drops.clone();
+        let at = drops.borrow_and_update()[self.link as usize];
+        Drops {
+            drops,
+            link: self.link,
+            at,
+        }
+    }
+
     /// Resolves once the connection has dropped since that moment (at once if it has).
     async fn dropped(&mut self) {
         loop {
