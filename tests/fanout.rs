@@ -37,6 +37,24 @@ async fn consumer_count(js: &async_nats::jetstream::Context) -> usize {
         .consumer_count
 }
 
+/// A Watch of new events without bookmarks, opened.
+async fn live_watcher(
+    channel: tonic::transport::Channel,
+) -> tonic::Streaming<api::SubscribeResponse> {
+    let mut client = SubscriberClient::new(channel);
+    let mut s = watch(
+        &mut client,
+        api::Open {
+            start: start_at(Position::New(())),
+            heartbeat: millis(0),
+            ..Default::default()
+        },
+    )
+    .await;
+    opened(&mut s).await;
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_watchers_share_one_jetstream_read() {
     let env = TestEnv::start().await;
@@ -46,18 +64,7 @@ async fn two_hundred_watchers_share_one_jetstream_read() {
     }
     let mut streams = Vec::new();
     for i in 0..200 {
-        let mut client = SubscriberClient::new(channels[i % channels.len()].clone());
-        let mut s = watch(
-            &mut client,
-            api::Open {
-                start: start_at(Position::New(())),
-                heartbeat: millis(0),
-                ..Default::default()
-            },
-        )
-        .await;
-        opened(&mut s).await;
-        streams.push(s);
+        streams.push(live_watcher(channels[i % channels.len()].clone()).await);
     }
     let js = env.jetstream().await;
     let consumers = consumer_count(&js).await;
@@ -352,17 +359,7 @@ async fn events_lost_with_a_dropped_connection_at_the_end_of_a_burst_still_reach
     // message will ever reveal the gap.
     let env = TestEnv::behind_cutting_link("", usize::MAX, |_| {}).await;
     let link = env.link.clone().unwrap();
-    let mut client = env.subscriber().await;
-    let mut s = watch(
-        &mut client,
-        api::Open {
-            start: start_at(Position::New(())),
-            heartbeat: millis(0),
-            ..Default::default()
-        },
-    )
-    .await;
-    opened(&mut s).await;
+    let mut s = live_watcher(env.channel().await).await;
     assert_eq!(env.publish_raw_burst(5, 100).await, 5);
     for expected in 1..=5 {
         assert_eq!(next_delivery(&mut s).await.sequence, expected);
