@@ -216,7 +216,7 @@ impl Pull {
 impl Consumer {
     /// Asks for up to `max` deliveries, waiting at most `expires` for them.
     pub async fn pull(&self, max: usize, expires: Duration) -> Result<Pull, StoreError> {
-        let drops = self.drops.since_now();
+        let drops = self.drops.renewed();
         let batch = self
             .consumer
             .batch()

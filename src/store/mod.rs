@@ -107,7 +107,8 @@ struct Links {
 }
 
 impl Links {
-    fn set(&self, link: usize, up: bool) {
+    fn set(&self, link: Link, up: bool) {
+        let link = link as usize;
         use std::sync::atomic::Ordering;
         let was = self.up[link].swap(up, Ordering::SeqCst);
         if up && !was && link == 0 && self.ever.swap(true, Ordering::SeqCst) {
@@ -119,8 +120,8 @@ impl Links {
             .send_if_modified(|s| std::mem::replace(s, all) != all);
     }
 
-    fn dropped(&self, link: usize) {
-        self.drops.send_modify(|d| d[link] += 1);
+    fn dropped(&self, link: Link) {
+        self.drops.send_modify(|d| d[link as usize] += 1);
     }
 }
 
@@ -144,9 +145,15 @@ impl Store {
             state,
             drops: drops_tx,
         });
-        let client = connect_one(settings, &settings.connection_name, links.clone(), 0).await?;
+        let client = connect_one(
+            settings,
+            &settings.connection_name,
+            links.clone(),
+            Link::Main,
+        )
+        .await?;
         let bulk_name = format!("{}-history", settings.connection_name);
-        let bulk = connect_one(settings, &bulk_name, links.clone(), 1).await?;
+        let bulk = connect_one(settings, &bulk_name, links.clone(), Link::Bulk).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(settings.request_timeout)
             .build(client.clone());
@@ -189,12 +196,7 @@ impl Store {
 
     /// Follows `link`'s drops from now on.
     fn drops(&self, link: Link) -> Drops {
-        Drops {
-            drops: self.drops.clone(),
-            link,
-            at: 0,
-        }
-        .since_now()
+        Drops::since_now(self.drops.clone(), link)
     }
 
     /// Whether both connections to NATS are up right now.
@@ -233,15 +235,15 @@ struct Drops {
 }
 
 impl Drops {
+    /// Follows `link`'s drops, counted by `drops`, from now on.
+    fn since_now(mut drops: tokio::sync::watch::Receiver<[u64; 2]>, link: Link) -> Drops {
+        let at = drops.borrow_and_update()[link as usize];
+        Drops { drops, link, at }
+    }
+
     /// Follows the same connection's drops from now on.
-    fn since_now(&self) -> Drops {
-        let mut drops = self.drops.clone();
-        let at = drops.borrow_and_update()[self.link as usize];
-        Drops {
-            drops,
-            link: self.link,
-            at,
-        }
+    fn renewed(&self) -> Drops {
+        Drops::since_now(self.drops.clone(), self.link)
     }
 
     /// Resolves once the connection has dropped since that moment (at once if it has).
@@ -304,7 +306,7 @@ async fn connect_one(
     settings: &NatsSettings,
     name: &str,
     links: std::sync::Arc<Links>,
-    link: usize,
+    link: Link,
 ) -> Result<async_nats::Client, StoreError> {
     let servers = settings
         .url
