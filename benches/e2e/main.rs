@@ -558,8 +558,8 @@ impl Drop for Gateway {
     }
 }
 
-/// One read of a stream (a Watch through the gateway, or a raw consumer): throughput and the
-/// reading process's CPU time.
+/// One run through the gateway or straight to JetStream (a read of a stream, or a run of
+/// publishes): throughput and the CPU time of the process doing the work.
 #[derive(Debug, Clone, Copy)]
 struct Read {
     /// Events per second.
@@ -585,7 +585,7 @@ impl Read {
         }
     }
 
-    /// Prints two gateway reads and two raw ones, and returns the better of each pair.
+    /// Prints two gateway runs and two raw ones, and returns the better of each pair.
     fn best_of(
         gateway_what: &str,
         gateway: [Read; 2],
@@ -594,7 +594,7 @@ impl Read {
     ) -> (Read, Read) {
         println!(
             "{gateway_what}: {} and {} ev/s, {:.2} and {:.2} gateway CPU s per 1M; {raw_what}: \
-             {} and {} ev/s, {:.2} and {:.2} reader CPU s per 1M",
+             {} and {} ev/s, {:.2} and {:.2} raw client CPU s per 1M",
             thousands(gateway[0].rate),
             thousands(gateway[1].rate),
             gateway[0].cpu,
