@@ -361,7 +361,9 @@ pub struct FanoutSettings {
     pub catchup_reads: usize,
     /// Largest answer of one read from JetStream (a shared reader's pull, a snapshot's pull, a
     /// history read), in bytes; with `catchup_reads` it bounds the history bytes in flight on
-    /// the NATS connection. Default 1048576 (1 MiB).
+    /// the NATS connection. A stored event larger than this is still read, alone in its read; a
+    /// snapshot's pull asks for at least the server's `max_payload` plus 4 KiB (subject and
+    /// reply). Default 1048576 (1 MiB).
     pub read_bytes: usize,
     /// Bytes of history blocks each stream keeps in memory after reading them, so subscribers
     /// catching up over the same range share one read. Counted like `history_bytes`. Default
@@ -371,7 +373,7 @@ pub struct FanoutSettings {
     /// snapshots wait their turn. Bounds the consumers the gateway holds for watchers. Default 4.
     pub snapshot_reads: usize,
     /// Messages one pull of a snapshot read asks JetStream for (each answer is also bounded by
-    /// `read_bytes`). A snapshot is one long sequential read: larger pulls mean fewer round
+    /// `read_bytes`, or by the server's `max_payload` plus 4 KiB when that is larger). A snapshot is one long sequential read: larger pulls mean fewer round
     /// trips. Default 1024.
     pub snapshot_batch: usize,
     /// JetStream consumers the gateway may hold for history reads of shared blocks (each kept

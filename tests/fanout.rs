@@ -396,3 +396,67 @@ async fn events_lost_with_a_dropped_connection_at_the_end_of_a_burst_still_reach
         );
     }
 }
+
+/// Opens a Watch at `start` and reads until it has seen `expected` (sequences, in order) and,
+/// for a snapshot, its end.
+async fn watch_sequences(
+    channel: tonic::transport::Channel,
+    start: Position,
+    expected: &[u64],
+) -> Vec<u64> {
+    let mut client = SubscriberClient::new(channel);
+    let snapshot = matches!(start, Position::Snapshot(_));
+    let mut s = watch(
+        &mut client,
+        api::Open {
+            start: start_at(start),
+            heartbeat: millis(0),
+            ..Default::default()
+        },
+    )
+    .await;
+    opened(&mut s).await;
+    let mut seen = Vec::new();
+    loop {
+        match next(&mut s).await.expect("the watch goes on") {
+            api::subscribe_response::Response::Delivery(d) => seen.push(d.sequence),
+            api::subscribe_response::Response::SnapshotEnd(_) => return seen,
+            other => panic!("unexpected {other:?}"),
+        }
+        if !snapshot && seen.len() == expected.len() {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_larger_than_one_read_reach_live_catching_up_and_snapshot_watchers() {
+    // One read asks NATS for at most `fanout.read_bytes`; an event larger than that (stored
+    // straight into the stream, or accepted while the setting was larger) must still come
+    // through every kind of read instead of stalling it. A history smaller than one event
+    // puts catching-up watchers on history reads, through consumers or direct gets.
+    for catchup_consumers in [4, 0] {
+        let env = TestEnv::with(|s| {
+            s.fanout.read_bytes = 4 * 1024;
+            s.fanout.history_bytes = 4 * 1024;
+            s.fanout.catchup_consumers = catchup_consumers;
+        })
+        .await;
+        let mut live = live_watcher(env.channel().await).await;
+        // w0 and w1 at 16 KiB, then w0 again, small.
+        assert_eq!(env.publish_raw_burst(2, 16 * 1024).await, 2);
+        assert_eq!(env.publish_raw_burst(1, 100).await, 3);
+        for expected in 1..=3 {
+            assert_eq!(next_delivery(&mut live).await.sequence, expected, "live");
+        }
+        let history = watch_sequences(env.channel().await, Position::Sequence(1), &[1, 2, 3]).await;
+        assert_eq!(
+            history,
+            [1, 2, 3],
+            "from the first sequence, catch-up consumers: {catchup_consumers}"
+        );
+        let mut snapshot = watch_sequences(env.channel().await, Position::Snapshot(()), &[]).await;
+        snapshot.sort();
+        assert_eq!(snapshot, [2, 3], "the last event of w1 (large) and of w0");
+    }
+}

@@ -386,29 +386,126 @@ fn deliver_policy(start: StartAt) -> DeliverPolicy {
 }
 
 /// A message a consumer delivered, as a [`RawMessage`], with its consumer sequence and
-/// delivery count: the one place consumer deliveries are unpacked.
+/// delivery count.
 fn unpack(msg: jetstream::Message) -> Result<(RawMessage, u64, i64), StoreError> {
-    let info = msg
-        .info()
-        .map_err(|e| StoreError::unavailable(format!("a delivery without valid metadata: {e}")))?;
-    let (sequence, consumer_sequence, delivered, pending, stored_at) = (
-        info.stream_sequence,
-        info.consumer_sequence,
-        info.delivered,
-        info.pending,
-        info.published,
-    );
-    let msg = msg.message;
+    unpack_delivery(msg.message)
+}
+
+/// A message a consumer delivered (read from its `$JS.ACK` reply subject), as a
+/// [`RawMessage`], with its consumer sequence and delivery count: the one place consumer
+/// deliveries are unpacked.
+fn unpack_delivery(msg: async_nats::Message) -> Result<(RawMessage, u64, i64), StoreError> {
+    let meta = msg
+        .reply
+        .as_deref()
+        .and_then(Delivery::parse)
+        .ok_or_else(|| {
+            StoreError::unavailable(format!(
+                "a delivery without valid metadata (reply subject {:?})",
+                msg.reply.as_deref()
+            ))
+        })?;
     Ok((
         RawMessage {
-            sequence,
+            sequence: meta.stream_sequence,
             subject: msg.subject.as_str().to_owned(),
-            stored_at,
-            pending,
+            stored_at: meta.stored_at,
+            pending: meta.pending,
             headers: msg.headers,
             payload: msg.payload,
         },
-        consumer_sequence,
-        delivered,
+        meta.consumer_sequence,
+        meta.delivered,
     ))
+}
+
+/// What JetStream says of a delivery in its reply subject.
+#[derive(Debug, PartialEq)]
+struct Delivery {
+    delivered: i64,
+    stream_sequence: u64,
+    consumer_sequence: u64,
+    stored_at: DateTime<Utc>,
+    pending: u64,
+}
+
+impl Delivery {
+    /// Parses `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.
+    /// <pending>`, or the form with `<domain>.<account hash>` before the stream and possibly
+    /// more tokens after `<pending>` (ADR-15).
+    fn parse(reply: &str) -> Option<Delivery> {
+        let rest = reply.strip_prefix("$JS.ACK.")?;
+        let mut tokens = [""; 10];
+        let mut count = 0;
+        for token in rest.split('.') {
+            if count == tokens.len() {
+                break;
+            }
+            tokens[count] = token;
+            count += 1;
+        }
+        // Where `<delivered>` is: after stream and consumer, and domain and hash if present.
+        let at = match count {
+            7 => 2,
+            9 | 10 => 4,
+            _ => return None,
+        };
+        let number = |i: usize| tokens[at + i].parse::<u64>().ok();
+        Some(Delivery {
+            delivered: tokens[at].parse().ok()?,
+            stream_sequence: number(1)?,
+            consumer_sequence: number(2)?,
+            stored_at: DateTime::from_timestamp_nanos(tokens[at + 3].parse().ok()?),
+            pending: number(4)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(delivered: i64, stream_sequence: u64, consumer_sequence: u64) -> Delivery {
+        Delivery {
+            delivered,
+            stream_sequence,
+            consumer_sequence,
+            stored_at: DateTime::from_timestamp_nanos(1_700_000_000_123_456_789),
+            pending: 42,
+        }
+    }
+
+    #[test]
+    fn reply_subjects_of_both_forms_give_the_delivery() {
+        // The original form.
+        assert_eq!(
+            Delivery::parse("$JS.ACK.widgets.reader.1.17.5.1700000000123456789.42"),
+            Some(delivery(1, 17, 5))
+        );
+        // With domain and account hash, with and without the trailing token, and with tokens
+        // after it.
+        for reply in [
+            "$JS.ACK._.ACCHASH.widgets.reader.3.17.5.1700000000123456789.42",
+            "$JS.ACK.hub.ACCHASH.widgets.reader.3.17.5.1700000000123456789.42.Xy1",
+            "$JS.ACK.hub.ACCHASH.widgets.reader.3.17.5.1700000000123456789.42.Xy1.more.tokens",
+        ] {
+            assert_eq!(Delivery::parse(reply), Some(delivery(3, 17, 5)), "{reply}");
+        }
+    }
+
+    #[test]
+    fn malformed_reply_subjects_are_refused() {
+        for reply in [
+            "",
+            "_INBOX.abc",
+            "$JS.ACK.widgets.reader.1.17.5.1700000000123456789",
+            "$JS.ACK.widgets.reader.1.17.5.1700000000123456789.42.x",
+            "$JS.ACK.widgets.reader.one.17.5.1700000000123456789.42",
+            "$JS.ACK.widgets.reader.1.-17.5.1700000000123456789.42",
+            "$JS.ACK.widgets.reader.1.17.5.yesterday.42",
+            "$JS.NAK.widgets.reader.1.17.5.1700000000123456789.42",
+        ] {
+            assert_eq!(Delivery::parse(reply), None, "{reply}");
+        }
+    }
 }

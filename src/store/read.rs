@@ -8,7 +8,8 @@ use futures::StreamExt;
 
 use super::error::store_error;
 use super::{
-    deliver_policy, unpack, Drops, Link, RawMessage, StartAt, Store, StoreError, INACTIVE_THRESHOLD,
+    deliver_policy, unpack_delivery, Drops, Link, RawMessage, StartAt, Store, StoreError,
+    INACTIVE_THRESHOLD,
 };
 
 /// The idle heartbeat asked of every reader's pulls.
@@ -67,23 +68,25 @@ impl Store {
                 .await
                 .map_err(|e| store_error(stream, context, e))?
                 .num_pending;
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(batch.max(1))
-                .max_bytes_per_batch(max_bytes.max(1))
-                // Idle heartbeats tell a lost consumer (its server died, a cluster lost the
-                // node holding it) from a quiet stream: after two missed ones the read ends
-                // with an error and the caller re-opens it elsewhere. One second keeps the
-                // delivery stall of a node loss close to the stream's leader election.
-                .heartbeat(READER_HEARTBEAT)
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-                .map_err(|e| store_error(stream, context, e))?;
+            // Pulls go out from here on, over an inbox of our own on the main connection.
+            let (max_bytes, oversized) = if start == StartAt::LastPerSubject {
+                // nats-server passes over a message too large for a last-per-subject pull
+                // rather than leave it for the next: such a pull asks for at least one
+                // message of the largest size the server accepts (a control line bounds
+                // subject and reply), so there is never one.
+                (
+                    max_bytes.max(store.max_payload() + MAX_CONTROL_LINE),
+                    Oversized::Refuse,
+                )
+            } else {
+                (max_bytes, Oversized::PullAlone)
+            };
+            let pulls =
+                Pulls::start(&store.client, stream, &name, batch, max_bytes, oversized).await?;
             Ok(Reader {
                 stream: handle,
                 name,
-                messages,
+                pulls,
                 initial_pending,
                 consumer_sequence: 0,
                 pending: initial_pending,
@@ -128,8 +131,8 @@ pub struct Reader {
     stream: stream::Stream<()>,
     /// The consumer's name.
     name: String,
-    /// The pulled messages.
-    messages: consumer::pull::Stream,
+    /// The pull requests and the messages they bring.
+    pulls: Pulls,
     /// Matching messages pending when the reader was created.
     initial_pending: u64,
     /// The consumer sequence of the last message received: each delivery's must be one more,
@@ -174,26 +177,41 @@ impl Reader {
     /// after reconnecting, so a lost message at the end of a burst would otherwise go
     /// unnoticed until the next one arrived, which on a quiet stream may be never.
     pub async fn next(&mut self) -> Option<Result<RawMessage, StoreError>> {
-        let next = tokio::select! {
-            biased;
-            next = self.messages.next() => next?,
-            () = self.drops.dropped() => {
-                crate::telemetry::METRICS.reads_interrupted.inc();
-                return Some(Err(StoreError::unavailable(
-                    "the connection to NATS dropped: messages on their way may be lost",
-                )));
+        let msg = loop {
+            if let Err(e) = self.pulls.top_up().await {
+                return Some(Err(e));
+            }
+            let Pulls {
+                inbox,
+                heard,
+                watchdog,
+                ..
+            } = &mut self.pulls;
+            let msg = tokio::select! {
+                biased;
+                msg = inbox.next() => msg?,
+                () = self.drops.dropped() => {
+                    crate::telemetry::METRICS.reads_interrupted.inc();
+                    return Some(Err(StoreError::unavailable(
+                        "the connection to NATS dropped: messages on their way may be lost",
+                    )));
+                }
+                () = silence(*heard, watchdog.as_mut()) => {
+                    crate::telemetry::METRICS.reads_interrupted.inc();
+                    return Some(Err(StoreError::unavailable(format!(
+                        "the server sent nothing, not even a heartbeat, for {:?}: its consumer \
+                         is gone",
+                        READER_HEARTBEAT * 2
+                    ))));
+                }
+            };
+            match self.pulls.take(msg) {
+                Ok(Some(msg)) => break msg,
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e)),
             }
         };
-        let msg = match next {
-            Ok(m) => m,
-            Err(e) => {
-                return Some(Err(StoreError::Unavailable {
-                    context: "reading".into(),
-                    source: Some(Box::new(e)),
-                }))
-            }
-        };
-        let (raw, consumer_sequence, _) = match unpack(msg) {
+        let (raw, consumer_sequence, _) = match unpack_delivery(msg) {
             Ok(unpacked) => unpacked,
             Err(e) => return Some(Err(e)),
         };
@@ -240,6 +258,236 @@ impl Drop for Reader {
                 let _ = stream.delete_consumer(&name).await;
                 drop(permit);
             });
+        }
+    }
+}
+
+/// The subject JetStream takes pull requests on (the store uses the default API prefix).
+fn pull_subject(stream: &str, consumer: &str) -> String {
+    format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}")
+}
+
+/// nats-server's default `max_control_line`: the most a delivery's subject and reply add to
+/// its size as a pull counts it.
+const MAX_CONTROL_LINE: usize = 4096;
+
+/// What a reader does when the server refuses to send the next message within a pull's
+/// `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Oversized {
+    /// Pull that message alone, whatever its size.
+    PullAlone,
+    /// End the read with an error (a last-per-subject read, where the server has already
+    /// passed over the message).
+    Refuse,
+}
+
+/// How long a pull request stays open on the server; when it expires the server says so and
+/// the next pull goes out.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+
+/// A reader's pull requests, spoken over an inbox subscription of its own.
+///
+/// async-nats' pull stream runs a task per consumer to send pulls and wraps every delivery in
+/// a `jetstream::Message`, cloning the JetStream context (a `String` and several `Arc`s) for
+/// each: measurable per message on a snapshot or a long history read. A reader needs neither
+/// (it never acknowledges, and ends on any loss), so it keeps the pull protocol here: a pull
+/// asks for `batch` messages or `max_bytes`, whichever comes first; the next goes out once half
+/// of what is outstanding has arrived; the server ends a pull early with a status carrying what
+/// it did not deliver (`Nats-Pending-Messages`, `Nats-Pending-Bytes`), and sends idle
+/// heartbeats while a pull waits, so silence means the consumer is gone.
+struct Pulls {
+    client: async_nats::Client,
+    /// The reader's inbox: deliveries, heartbeats and pull statuses.
+    inbox: async_nats::Subscriber,
+    /// The inbox's subject, the reply subject of every pull.
+    reply: async_nats::Subject,
+    /// Where pulls go.
+    subject: async_nats::Subject,
+    /// The body of every pull (the same each time).
+    request: bytes::Bytes,
+    /// The body of a pull of one message of any size.
+    one: bytes::Bytes,
+    /// What to do about a message too large for a pull.
+    on_oversized: Oversized,
+    /// The server refused to send the next message within a pull's `max_bytes`: the next pull
+    /// asks for that one message alone.
+    oversized: bool,
+    batch: usize,
+    max_bytes: usize,
+    /// Messages and bytes the outstanding pulls may still bring.
+    messages: usize,
+    bytes: usize,
+    /// When the server was last heard from (or a pull last went out).
+    heard: tokio::time::Instant,
+    /// Fires when nothing has been heard for two heartbeats.
+    watchdog: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// Resolves once nothing has been heard from the server since `heard` for two heartbeats.
+///
+/// The watchdog is re-armed only when it fires, not for every message heard: re-arming a tokio
+/// timer takes the timer driver's lock, and a reader hears tens of thousands of messages a
+/// second.
+async fn silence(
+    heard: tokio::time::Instant,
+    mut watchdog: std::pin::Pin<&mut tokio::time::Sleep>,
+) {
+    loop {
+        watchdog.as_mut().await;
+        let deadline = heard + READER_HEARTBEAT * 2;
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        watchdog.as_mut().reset(deadline);
+    }
+}
+
+/// The body of a pull request (nats-server `JSApiConsumerGetNextRequest`).
+#[derive(serde::Serialize)]
+struct PullRequest {
+    batch: usize,
+    max_bytes: usize,
+    /// Nanoseconds.
+    expires: u128,
+    /// Nanoseconds.
+    idle_heartbeat: u128,
+}
+
+impl Pulls {
+    /// Subscribes an inbox and sends the first pull.
+    async fn start(
+        client: &async_nats::Client,
+        stream: &str,
+        consumer: &str,
+        batch: usize,
+        max_bytes: usize,
+        on_oversized: Oversized,
+    ) -> Result<Pulls, StoreError> {
+        let reply = async_nats::Subject::from(client.new_inbox());
+        let inbox = client
+            .subscribe(reply.clone())
+            .await
+            .map_err(|e| StoreError::Unavailable {
+                context: "subscribing a reader's inbox".into(),
+                source: Some(Box::new(e)),
+            })?;
+        let (batch, max_bytes) = (batch.max(1), max_bytes.max(1));
+        let body = |batch, max_bytes| {
+            let request = PullRequest {
+                batch,
+                max_bytes,
+                expires: PULL_EXPIRES.as_nanos(),
+                idle_heartbeat: READER_HEARTBEAT.as_nanos(),
+            };
+            bytes::Bytes::from(serde_json::to_vec(&request).expect("a pull request serializes"))
+        };
+        let now = tokio::time::Instant::now();
+        let mut pulls = Pulls {
+            client: client.clone(),
+            inbox,
+            reply,
+            subject: pull_subject(stream, consumer).into(),
+            request: body(batch, max_bytes),
+            one: body(1, 0),
+            on_oversized,
+            oversized: false,
+            batch,
+            max_bytes,
+            messages: 0,
+            bytes: 0,
+            heard: now,
+            watchdog: Box::pin(tokio::time::sleep_until(now + READER_HEARTBEAT * 2)),
+        };
+        pulls.top_up().await?;
+        Ok(pulls)
+    }
+
+    /// Sends the next pull once half of what is outstanding has arrived, or a pull of the next
+    /// message alone when it is larger than a pull may bring.
+    async fn top_up(&mut self) -> Result<(), StoreError> {
+        let oversized = self.oversized;
+        if !oversized && self.messages > self.batch / 2 && self.bytes > self.max_bytes / 2 {
+            return Ok(());
+        }
+        let body = if oversized { &self.one } else { &self.request };
+        self.client
+            .publish_with_reply(self.subject.clone(), self.reply.clone(), body.clone())
+            .await
+            .map_err(|e| StoreError::Unavailable {
+                context: "sending a pull request".into(),
+                source: Some(Box::new(e)),
+            })?;
+        if oversized {
+            // One message, whatever its size (the server's `max_payload` bounds it).
+            self.oversized = false;
+            self.messages += 1;
+        } else {
+            self.messages += self.batch;
+            self.bytes += self.max_bytes;
+        }
+        // The server owes a delivery or a heartbeat within one heartbeat from now.
+        self.heard = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    /// Takes one message of the inbox: a delivery, or `None` for a heartbeat or the end of a
+    /// pull (then accounted for). Any other status ends the read.
+    fn take(
+        &mut self,
+        msg: async_nats::Message,
+    ) -> Result<Option<async_nats::Message>, StoreError> {
+        use async_nats::StatusCode;
+        self.heard = tokio::time::Instant::now();
+        match msg.status {
+            None | Some(StatusCode::OK) => {
+                self.messages = self.messages.saturating_sub(1);
+                self.bytes = self.bytes.saturating_sub(msg.length);
+                Ok(Some(msg))
+            }
+            Some(StatusCode::IDLE_HEARTBEAT) => Ok(None),
+            Some(status @ (StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED)) => {
+                let description = msg.description.as_deref().unwrap_or("");
+                let left = |name: &str| {
+                    msg.headers
+                        .as_ref()
+                        .and_then(|h| h.get(name))
+                        .and_then(|v| v.as_str().parse::<usize>().ok())
+                };
+                let (messages, bytes) = (left("Nats-Pending-Messages"), left("Nats-Pending-Bytes"));
+                if description == "Message Size Exceeds MaxBytes" {
+                    if self.on_oversized == Oversized::Refuse {
+                        return Err(StoreError::unavailable(format!(
+                            "a stored message is larger than a read of {} bytes may bring (the \
+                             server's max_payload was lowered since it was stored?)",
+                            self.max_bytes
+                        )));
+                    }
+                    // The next message does not fit in a pull (`fanout.read_bytes`): the pull
+                    // is over; the next asks for that message alone.
+                    self.oversized = true;
+                    self.messages = self.messages.saturating_sub(messages.unwrap_or(self.batch));
+                    self.bytes = self.bytes.saturating_sub(bytes.unwrap_or(self.max_bytes));
+                    return Ok(None);
+                }
+                // A pull that expired, or that the server ended (a leadership change): what it
+                // did not deliver. Without those headers the server ended the consumer or
+                // refused the pull (consumer deleted, limits exceeded), and the read is over.
+                match messages {
+                    Some(messages) => {
+                        self.messages = self.messages.saturating_sub(messages);
+                        self.bytes = self.bytes.saturating_sub(bytes.unwrap_or(self.max_bytes));
+                        Ok(None)
+                    }
+                    None => Err(StoreError::unavailable(format!(
+                        "the server ended the read: {status} {description}"
+                    ))),
+                }
+            }
+            Some(status) => Err(StoreError::unavailable(format!(
+                "the server answered a pull with {status} {}",
+                msg.description.as_deref().unwrap_or("")
+            ))),
         }
     }
 }
