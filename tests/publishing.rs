@@ -478,3 +478,61 @@ async fn a_calls_traceparent_is_stored_and_delivered_with_the_event() {
         Some(ce::cloud_event::cloud_event_attribute_value::Attr::CeString(traceparent.into()))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_acknowledgement_is_lost_with_the_connection_fails_at_once_and_retries_safely(
+) {
+    // The event reaches JetStream, but its acknowledgement is on its way back when the
+    // gateway's connection drops. The publisher must hear UNAVAILABLE when the connection
+    // drops, not after the request timeout (an hour here), and publishing the same event again
+    // must find it stored once.
+    let env = TestEnv::behind_cutting_link("", usize::MAX, |s| {
+        s.nats.request_timeout = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let link = env.link.clone().unwrap();
+    let mut publisher = env.publisher().await;
+    assert_eq!(publish(&mut publisher, widget("a1", "w1", "added")).await, 1);
+
+    link.hold();
+    let pending = {
+        let mut publisher = publisher.clone();
+        tokio::spawn(async move {
+            publisher
+                .publish(request(widget("a2", "w1", "modified")))
+                .await
+        })
+    };
+    let js = env.jetstream().await;
+    eventually("the held publish to be stored", || {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream("events").await.ok()?;
+            (stream.info().await.ok()?.state.messages == 2).then_some(())
+        }
+    })
+    .await;
+    link.cut();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(20), pending)
+        .await
+        .expect("an answer once the connection dropped, not after the request timeout")
+        .unwrap();
+    let status = answer.expect_err("the acknowledgement was lost: the publish cannot succeed");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    // Retrying with the same source and id once the gateway is back: stored once.
+    let retried = eventually("the retry to be answered", || {
+        let mut publisher = publisher.clone();
+        async move {
+            publisher
+                .publish(request(widget("a2", "w1", "modified")))
+                .await
+                .ok()
+        }
+    })
+    .await
+    .into_inner();
+    assert!(retried.duplicate, "the retry found the event stored");
+    assert_eq!(retried.sequence, 2);
+    assert_eq!(env.stored_count("events").await, 2);
+}

@@ -3,7 +3,7 @@
 use async_nats::{jetstream, HeaderMap};
 
 use super::error::publish_error;
-use super::{Store, StoreError};
+use super::{Drops, Link, Store, StoreError};
 use crate::codec::Encoded;
 
 /// A publish's size as NATS counts it and the limit it was checked against.
@@ -68,6 +68,8 @@ impl Store {
         checked: Checked,
     ) -> Result<PendingAck, StoreError> {
         self.connected_for("publishing")?;
+        // Taken before sending: a drop after this may lose the acknowledgement.
+        let drops = self.drops(Link::Main);
         let expected = expected_subject_sequence;
         let Checked { size, limit } = checked;
         let mut msg = jetstream::message::PublishMessage::build()
@@ -84,6 +86,7 @@ impl Store {
             .map_err(|e| publish_error(e, expected, size, limit))?;
         Ok(PendingAck {
             fut,
+            drops,
             expected,
             size,
             limit,
@@ -113,6 +116,8 @@ impl Store {
 pub struct PendingAck {
     /// The acknowledgement from JetStream.
     fut: jetstream::context::PublishAckFuture,
+    /// The main connection's drops since the publish was sent.
+    drops: Drops,
     /// What the publish expected, its size and the limit, to explain a refusal.
     expected: Option<u64>,
     size: usize,
@@ -120,12 +125,29 @@ pub struct PendingAck {
 }
 
 impl PendingAck {
-    /// Waits for JetStream's acknowledgement.
+    /// Waits for JetStream's acknowledgement. A drop of the connection before it arrives fails
+    /// the wait at once as UNAVAILABLE: the acknowledgement is lost (async-nats would wait for
+    /// `nats.request_timeout`), though the event may be stored; publishing it again with the
+    /// same source and id is deduplicated.
     pub async fn ack(self) -> Result<PublishAck, StoreError> {
-        let ack = self
-            .fut
-            .await
-            .map_err(|e| publish_error(e, self.expected, self.size, self.limit))?;
+        let PendingAck {
+            fut,
+            mut drops,
+            expected,
+            size,
+            limit,
+        } = self;
+        let acked = tokio::select! {
+            biased;
+            acked = fut => acked,
+            () = drops.dropped() => {
+                return Err(StoreError::unavailable(
+                    "the connection to NATS dropped before the publish was acknowledged; it may \
+                     be stored: publish it again with the same source and id (deduplicated)",
+                ))
+            }
+        };
+        let ack = acked.map_err(|e| publish_error(e, expected, size, limit))?;
         Ok(PublishAck {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
