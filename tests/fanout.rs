@@ -41,11 +41,19 @@ async fn consumer_count(js: &async_nats::jetstream::Context) -> usize {
 async fn live_watcher(
     channel: tonic::transport::Channel,
 ) -> tonic::Streaming<api::SubscribeResponse> {
+    watcher_at(channel, Position::New(())).await
+}
+
+/// A Watch opened at `start`, without heartbeats, past its `Opened`.
+async fn watcher_at(
+    channel: tonic::transport::Channel,
+    start: Position,
+) -> tonic::Streaming<api::SubscribeResponse> {
     let mut client = SubscriberClient::new(channel);
     let mut s = watch(
         &mut client,
         api::Open {
-            start: start_at(Position::New(())),
+            start: start_at(start),
             heartbeat: millis(0),
             ..Default::default()
         },
@@ -404,18 +412,8 @@ async fn watch_sequences(
     start: Position,
     expected: &[u64],
 ) -> Vec<u64> {
-    let mut client = SubscriberClient::new(channel);
     let snapshot = matches!(start, Position::Snapshot(_));
-    let mut s = watch(
-        &mut client,
-        api::Open {
-            start: start_at(start),
-            heartbeat: millis(0),
-            ..Default::default()
-        },
-    )
-    .await;
-    opened(&mut s).await;
+    let mut s = watcher_at(channel, start).await;
     let mut seen = Vec::new();
     loop {
         match next(&mut s).await.expect("the watch goes on") {

@@ -23,6 +23,20 @@ fn request(event: ce::CloudEvent) -> api::PublishRequest {
     }
 }
 
+/// Publishes `event` again and again until the gateway, back from an outage, takes it.
+async fn publish_once_back(
+    client: &PublisherClient<tonic::transport::Channel>,
+    event: ce::CloudEvent,
+    what: &str,
+) -> api::PublishResponse {
+    eventually(what, || {
+        let (mut client, event) = (client.clone(), event.clone());
+        async move { client.publish(request(event)).await.ok() }
+    })
+    .await
+    .into_inner()
+}
+
 /// Reads back the event stored at `sequence` through a Watch.
 async fn read_back(env: &TestEnv, sequence: u64) -> api::Delivery {
     let mut subscriber = env.subscriber().await;
@@ -433,17 +447,12 @@ async fn publishes_during_a_nats_outage_are_unavailable_store_nothing_and_work_a
     // NATS comes back: publishing works again without restarting the gateway, and nothing
     // refused during the outage is stored afterwards (no publish left queued in the client).
     env.nats.restart().unwrap();
-    let after = eventually("a publish after the outage", || {
-        let mut client = client.clone();
-        async move {
-            client
-                .publish(request(widget("after", "w1", "modified")))
-                .await
-                .ok()
-        }
-    })
-    .await
-    .into_inner();
+    let after = publish_once_back(
+        &client,
+        widget("after", "w1", "modified"),
+        "a publish after the outage",
+    )
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(
         after.sequence, 2,
@@ -492,7 +501,10 @@ async fn a_publish_whose_acknowledgement_is_lost_with_the_connection_fails_at_on
     .await;
     let link = env.link.clone().unwrap();
     let mut publisher = env.publisher().await;
-    assert_eq!(publish(&mut publisher, widget("a1", "w1", "added")).await, 1);
+    assert_eq!(
+        publish(&mut publisher, widget("a1", "w1", "added")).await,
+        1
+    );
 
     link.hold();
     let pending = {
@@ -521,17 +533,12 @@ async fn a_publish_whose_acknowledgement_is_lost_with_the_connection_fails_at_on
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 
     // Retrying with the same source and id once the gateway is back: stored once.
-    let retried = eventually("the retry to be answered", || {
-        let mut publisher = publisher.clone();
-        async move {
-            publisher
-                .publish(request(widget("a2", "w1", "modified")))
-                .await
-                .ok()
-        }
-    })
-    .await
-    .into_inner();
+    let retried = publish_once_back(
+        &publisher,
+        widget("a2", "w1", "modified"),
+        "the retry to be answered",
+    )
+    .await;
     assert!(retried.duplicate, "the retry found the event stored");
     assert_eq!(retried.sequence, 2);
     assert_eq!(env.stored_count("events").await, 2);

@@ -585,6 +585,28 @@ impl Read {
         }
     }
 
+    /// Prints two gateway runs and two raw ones, and returns the table's rows for the better
+    /// of each pair: their rates, named `name`, against `goal`, and their CPU seconds per
+    /// million events.
+    fn compared(
+        name: &str,
+        goal: Goal,
+        (gateway_what, gateway): (&str, [Read; 2]),
+        (raw_what, raw): (&str, [Read; 2]),
+    ) -> Vec<Row> {
+        let (gateway, raw) = Read::best_of(gateway_what, gateway, raw_what, raw);
+        vec![
+            Row::new(name, Figure::Rate(gateway.rate))
+                .raw(Figure::Rate(raw.rate))
+                .goal(goal),
+            Row::new(
+                format!("{name} CPU s per 1M events"),
+                Figure::Seconds(gateway.cpu),
+            )
+            .raw(Figure::Seconds(raw.cpu)),
+        ]
+    }
+
     /// Prints two gateway runs and two raw ones, and returns the better of each pair.
     fn best_of(
         gateway_what: &str,

@@ -15,22 +15,18 @@ pub(super) async fn run(o: &Options) -> Result<Vec<Row>> {
     let gateway_1 = gateway_run(&env, n, 1).await?;
     let gateway_2 = gateway_run(&env, n, 2).await?;
     let raw_2 = raw_run(&env, n, 2).await?;
-    let (gateway, raw) = Read::best_of(
-        &format!("gateway PublishStream, {n} events of {EVENT_BYTES} B"),
-        [gateway_1, gateway_2],
-        &format!("raw JetStream publish ({PUBLISH_WINDOW} in flight)"),
-        [raw_1, raw_2],
-    );
-    Ok(vec![
-        Row::new("publish (1 stream)", Figure::Rate(gateway.rate))
-            .raw(Figure::Rate(raw.rate))
-            .goal(Goal::RatioAtLeast(0.9)),
-        Row::new(
-            "publish (1 stream) CPU s per 1M events",
-            Figure::Seconds(gateway.cpu),
-        )
-        .raw(Figure::Seconds(raw.cpu)),
-    ])
+    Ok(Read::compared(
+        "publish (1 stream)",
+        Goal::RatioAtLeast(0.9),
+        (
+            &format!("gateway PublishStream, {n} events of {EVENT_BYTES} B"),
+            [gateway_1, gateway_2],
+        ),
+        (
+            &format!("raw JetStream publish ({PUBLISH_WINDOW} in flight)"),
+            [raw_1, raw_2],
+        ),
+    ))
 }
 
 /// Run `run` (1, 2, …) of `n` publishes through one PublishStream.

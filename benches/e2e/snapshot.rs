@@ -26,26 +26,16 @@ pub(super) async fn run(o: &Options) -> Result<Vec<Row>> {
     let gateway_1 = gateway_snapshot(&channel, gateway_pid, resources).await?;
     let gateway_2 = gateway_snapshot(&channel, gateway_pid, resources).await?;
     let raw_2 = raw_snapshot(&env, resources).await?;
-    let (gateway, raw) = Read::best_of(
-        "gateway Watch (start snapshot) until SnapshotEnd",
-        [gateway_1, gateway_2],
-        "raw last-per-subject pull consumer",
-        [raw_1, raw_2],
-    );
-    Ok(vec![
-        Row::new(
-            format!("snapshot ({resources} resources)"),
-            Figure::Rate(gateway.rate),
-        )
-        .raw(Figure::Rate(raw.rate))
-        // And at least 150,000 ev/s, which this ratio on a 2-core machine does not show.
-        .goal(Goal::RatioAtLeast(1.0)),
-        Row::new(
-            format!("snapshot ({resources} resources) CPU s per 1M events"),
-            Figure::Seconds(gateway.cpu),
-        )
-        .raw(Figure::Seconds(raw.cpu)),
-    ])
+    // And at least 150,000 ev/s, which this ratio on a 2-core machine does not show.
+    Ok(Read::compared(
+        &format!("snapshot ({resources} resources)"),
+        Goal::RatioAtLeast(1.0),
+        (
+            "gateway Watch (start snapshot) until SnapshotEnd",
+            [gateway_1, gateway_2],
+        ),
+        ("raw last-per-subject pull consumer", [raw_1, raw_2]),
+    ))
 }
 
 /// One gateway snapshot: Watch from `snapshot` until `SnapshotEnd`; events/s.

@@ -24,22 +24,18 @@ pub(super) async fn run(o: &Options) -> Result<Vec<Row>> {
     let gateway_1 = gateway_replay(&channel, gateway_pid, n).await?;
     let gateway_2 = gateway_replay(&channel, gateway_pid, n).await?;
     let raw_2 = raw_replay(&env, n).await?;
-    let (gateway, raw) = Read::best_of(
-        &format!("gateway Watch (start earliest, window {WATCH_WINDOW})"),
-        [gateway_1, gateway_2],
-        &format!("raw pull consumer (AckNone, batch {BATCH})"),
-        [raw_1, raw_2],
-    );
-    Ok(vec![
-        Row::new("watch replay (1 sub)", Figure::Rate(gateway.rate))
-            .raw(Figure::Rate(raw.rate))
-            .goal(Goal::RatioAtLeast(0.95)),
-        Row::new(
-            "watch replay (1 sub) CPU s per 1M events",
-            Figure::Seconds(gateway.cpu),
-        )
-        .raw(Figure::Seconds(raw.cpu)),
-    ])
+    Ok(Read::compared(
+        "watch replay (1 sub)",
+        Goal::RatioAtLeast(0.95),
+        (
+            &format!("gateway Watch (start earliest, window {WATCH_WINDOW})"),
+            [gateway_1, gateway_2],
+        ),
+        (
+            &format!("raw pull consumer (AckNone, batch {BATCH})"),
+            [raw_1, raw_2],
+        ),
+    ))
 }
 
 /// One gateway replay: a Watch from the earliest event until `n` deliveries.

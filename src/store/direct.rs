@@ -142,15 +142,7 @@ impl Store {
         })?;
         // Answers on their way when the connection drops are lost: stop waiting at once.
         let mut dropped = std::pin::pin!(self.dropped(Link::Bulk));
-        let inbox = self.bulk.new_inbox();
-        let mut answers =
-            self.bulk
-                .subscribe(inbox.clone())
-                .await
-                .map_err(|e| StoreError::Unavailable {
-                    context: "subscribing for a history read".into(),
-                    source: Some(Box::new(e)),
-                })?;
+        let (inbox, mut answers) = Store::inbox(&self.bulk, "a history read").await?;
         self.bulk
             .publish_with_reply(format!("$JS.API.DIRECT.GET.{stream}"), inbox, body.into())
             .await

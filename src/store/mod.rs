@@ -194,6 +194,23 @@ impl Store {
         async move { drops.dropped().await }
     }
 
+    /// A new inbox on `client` and its subscription; `what` names the read it is for.
+    async fn inbox(
+        client: &async_nats::Client,
+        what: &str,
+    ) -> Result<(async_nats::Subject, async_nats::Subscriber), StoreError> {
+        let inbox = async_nats::Subject::from(client.new_inbox());
+        let subscription =
+            client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| StoreError::Unavailable {
+                    context: format!("subscribing for {what}"),
+                    source: Some(Box::new(e)),
+                })?;
+        Ok((inbox, subscription))
+    }
+
     /// Follows `link`'s drops from now on.
     fn drops(&self, link: Link) -> Drops {
         Drops::since_now(self.drops.clone(), link)

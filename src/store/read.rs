@@ -364,14 +364,7 @@ impl Pulls {
         max_bytes: usize,
         on_oversized: Oversized,
     ) -> Result<Pulls, StoreError> {
-        let reply = async_nats::Subject::from(client.new_inbox());
-        let inbox = client
-            .subscribe(reply.clone())
-            .await
-            .map_err(|e| StoreError::Unavailable {
-                context: "subscribing a reader's inbox".into(),
-                source: Some(Box::new(e)),
-            })?;
+        let (reply, inbox) = Store::inbox(client, "a reader's deliveries").await?;
         let (batch, max_bytes) = (batch.max(1), max_bytes.max(1));
         let body = |batch, max_bytes| {
             let request = PullRequest {
