@@ -119,11 +119,24 @@ pub(super) async fn run(_o: &Options) -> Result<Vec<Row>> {
     let published = acked.len() as u64;
     // The watcher has everything once it has as many deliveries as acknowledged publishes.
     let wait = Instant::now() + Duration::from_secs(30);
-    while gateway.metric("jetwatch_deliveries_total").await? < published as f64 {
-        ensure!(
-            Instant::now() < wait,
-            "the watcher did not receive every event"
-        );
+    loop {
+        let delivered = gateway.metric("jetwatch_delivered_events_total").await?;
+        if delivered >= published as f64 {
+            break;
+        }
+        if Instant::now() >= wait || deliveries.is_finished() {
+            let watcher = if deliveries.is_finished() {
+                match deliveries.await? {
+                    Ok(times) => format!("its stream ended after {} deliveries", times.len()),
+                    Err(e) => format!("it failed: {e:#}"),
+                }
+            } else {
+                "it is still open".into()
+            };
+            bail!(
+                "the watcher did not receive every event: {delivered} deliveries of {published}                  acknowledged publishes; {watcher}"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(channel);

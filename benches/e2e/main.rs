@@ -543,11 +543,17 @@ impl Gateway {
         .await?;
         let mut page = String::new();
         tcp.read_to_string(&mut page).await?;
-        Ok(page
+        let samples: Vec<f64> = page
             .lines()
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+            .collect();
+        // A metric that is not there (renamed, say) must not read as 0.
+        ensure!(
+            !samples.is_empty(),
+            "the gateway exports no metric `{name}`"
+        );
+        Ok(samples.iter().sum())
     }
 }
 
