@@ -361,9 +361,9 @@ pub struct FanoutSettings {
     pub catchup_reads: usize,
     /// Largest answer of one read from JetStream (a shared reader's pull, a snapshot's pull, a
     /// history read), in bytes; with `catchup_reads` it bounds the history bytes in flight on
-    /// the NATS connection. A stored event larger than this is still read, alone in its read; a
-    /// snapshot's pull asks for at least the server's `max_payload` plus 4 KiB (subject and
-    /// reply). Default 1048576 (1 MiB).
+    /// the NATS connection. A stored event larger than this is still read, alone in its read. A
+    /// snapshot's pull asks for as many events as this holds at the size of the largest event
+    /// it has seen (its first pull, for one event). Default 1048576 (1 MiB).
     pub read_bytes: usize,
     /// Bytes of history blocks each stream keeps in memory after reading them, so subscribers
     /// catching up over the same range share one read. Counted like `history_bytes`. Default
@@ -372,8 +372,8 @@ pub struct FanoutSettings {
     /// Snapshot reads (each a short-lived JetStream consumer) the gateway runs at once; further
     /// snapshots wait their turn. Bounds the consumers the gateway holds for watchers. Default 4.
     pub snapshot_reads: usize,
-    /// Messages one pull of a snapshot read asks JetStream for (each answer is also bounded by
-    /// `read_bytes`, or by the server's `max_payload` plus 4 KiB when that is larger). A snapshot is one long sequential read: larger pulls mean fewer round
+    /// Messages one pull of a snapshot read asks JetStream for at most (fewer when `read_bytes`
+    /// holds fewer of the largest events seen). A snapshot is one long sequential read: larger pulls mean fewer round
     /// trips. Default 1024.
     pub snapshot_batch: usize,
     /// JetStream consumers the gateway may hold for history reads of shared blocks (each kept

@@ -458,3 +458,35 @@ async fn events_larger_than_one_read_reach_live_catching_up_and_snapshot_watcher
         assert_eq!(snapshot, [2, 3], "the last event of w1 (large) and of w0");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_whose_events_outgrow_one_pull_is_complete() {
+    // 1,500 resources of 2 KiB: more than one snapshot pull's byte budget holds, so pulls end
+    // on their byte budget, not their message count, in the middle of the snapshot.
+    let env = TestEnv::start().await;
+    let resources = 1_500;
+    let js = env.jetstream().await;
+    let data = bytes::Bytes::from(vec![b'x'; 2048]);
+    let mut acks = Vec::new();
+    for i in 0..resources {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("ce-specversion", "1.0");
+        h.insert("ce-id", format!("r{i}").as_str());
+        h.insert("ce-source", "/widgets");
+        h.insert("ce-type", "com.example.widget.modified");
+        acks.push(
+            js.publish_with_headers(format!("events._widgets.r{i}"), h, data.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let snapshot = watch_sequences(env.channel().await, Position::Snapshot(()), &[]).await;
+    assert_eq!(snapshot.len(), resources, "every resource, once");
+    assert!(
+        snapshot.windows(2).all(|w| w[0] < w[1]),
+        "in sequence order"
+    );
+}

@@ -69,20 +69,19 @@ impl Store {
                 .map_err(|e| store_error(stream, context, e))?
                 .num_pending;
             // Pulls go out from here on, over an inbox of our own on the main connection.
-            let (max_bytes, oversized) = if start == StartAt::LastPerSubject {
-                // nats-server passes over a message too large for a last-per-subject pull
-                // rather than leave it for the next: such a pull asks for at least one
-                // message of the largest size the server accepts (a control line bounds
-                // subject and reply), so there is never one.
-                (
-                    max_bytes.max(store.max_payload() + MAX_CONTROL_LINE),
-                    Oversized::Refuse,
-                )
+            // nats-server passes over a message a last-per-subject pull's byte limit stops
+            // at, instead of leaving it for the next pull: such pulls carry no byte limit and
+            // ask for as many messages as keep about `max_bytes` in flight.
+            let budget = if start == StartAt::LastPerSubject {
+                Budget::Counted {
+                    largest: None,
+                    worst: store.max_payload() + MAX_CONTROL_LINE,
+                }
             } else {
-                (max_bytes, Oversized::PullAlone)
+                Budget::ServerBytes
             };
             let pulls =
-                Pulls::start(&store.client, stream, &name, batch, max_bytes, oversized).await?;
+                Pulls::start(&store.client, stream, &name, batch, max_bytes, budget).await?;
             Ok(Reader {
                 stream: handle,
                 name,
@@ -271,15 +270,19 @@ fn pull_subject(stream: &str, consumer: &str) -> String {
 /// its size as a pull counts it.
 const MAX_CONTROL_LINE: usize = 4096;
 
-/// What a reader does when the server refuses to send the next message within a pull's
-/// `max_bytes`.
+/// How a reader's pulls keep to their byte budget.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Oversized {
-    /// Pull that message alone, whatever its size.
-    PullAlone,
-    /// End the read with an error (a last-per-subject read, where the server has already
-    /// passed over the message).
-    Refuse,
+enum Budget {
+    /// Each pull carries the budget as its `max_bytes` and the server stops at it. A message
+    /// larger than a whole pull's budget is then pulled alone.
+    ServerBytes,
+    /// Pulls carry no byte limit; each asks for as many messages as the budget holds at the
+    /// size of the largest message seen so far (`worst`, the largest the server accepts,
+    /// before any), so the first asks for one.
+    Counted {
+        largest: Option<usize>,
+        worst: usize,
+    },
 }
 
 /// How long a pull request stays open on the server; when it expires the server says so and
@@ -304,15 +307,15 @@ struct Pulls {
     reply: async_nats::Subject,
     /// Where pulls go.
     subject: async_nats::Subject,
-    /// The body of every pull (the same each time).
+    /// The body of every pull kept to `max_bytes` by the server (the same each time).
     request: bytes::Bytes,
-    /// The body of a pull of one message of any size.
-    one: bytes::Bytes,
-    /// What to do about a message too large for a pull.
-    on_oversized: Oversized,
-    /// The server refused to send the next message within a pull's `max_bytes`: the next pull
-    /// asks for that one message alone.
+    /// How pulls keep to `max_bytes`.
+    budget: Budget,
+    /// The server refused to send the next message within a whole pull's `max_bytes`: the next
+    /// pull asks for that one message alone.
     oversized: bool,
+    /// Messages the last pull asked for.
+    asked: usize,
     batch: usize,
     max_bytes: usize,
     /// Messages and bytes the outstanding pulls may still bring.
@@ -322,6 +325,10 @@ struct Pulls {
     heard: tokio::time::Instant,
     /// Fires when nothing has been heard for two heartbeats.
     watchdog: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Resolves once nothing has been heard from the server since `heard` for two heartbeats.
@@ -343,10 +350,22 @@ async fn silence(
     }
 }
 
+/// The body of a pull of `batch` messages, at most `max_bytes` (no limit when 0).
+fn pull_request(batch: usize, max_bytes: usize) -> bytes::Bytes {
+    let request = PullRequest {
+        batch,
+        max_bytes,
+        expires: PULL_EXPIRES.as_nanos(),
+        idle_heartbeat: READER_HEARTBEAT.as_nanos(),
+    };
+    bytes::Bytes::from(serde_json::to_vec(&request).expect("a pull request serializes"))
+}
+
 /// The body of a pull request (nats-server `JSApiConsumerGetNextRequest`).
 #[derive(serde::Serialize)]
 struct PullRequest {
     batch: usize,
+    #[serde(skip_serializing_if = "is_zero")]
     max_bytes: usize,
     /// Nanoseconds.
     expires: u128,
@@ -362,29 +381,21 @@ impl Pulls {
         consumer: &str,
         batch: usize,
         max_bytes: usize,
-        on_oversized: Oversized,
+        budget: Budget,
     ) -> Result<Pulls, StoreError> {
         let (reply, inbox) = Store::inbox(client, "a reader's deliveries").await?;
         let (batch, max_bytes) = (batch.max(1), max_bytes.max(1));
-        let body = |batch, max_bytes| {
-            let request = PullRequest {
-                batch,
-                max_bytes,
-                expires: PULL_EXPIRES.as_nanos(),
-                idle_heartbeat: READER_HEARTBEAT.as_nanos(),
-            };
-            bytes::Bytes::from(serde_json::to_vec(&request).expect("a pull request serializes"))
-        };
+        let request = pull_request(batch, max_bytes);
         let now = tokio::time::Instant::now();
         let mut pulls = Pulls {
             client: client.clone(),
             inbox,
             reply,
             subject: pull_subject(stream, consumer).into(),
-            request: body(batch, max_bytes),
-            one: body(1, 0),
-            on_oversized,
+            request,
+            budget,
             oversized: false,
+            asked: 0,
             batch,
             max_bytes,
             messages: 0,
@@ -397,28 +408,39 @@ impl Pulls {
     }
 
     /// Sends the next pull once half of what is outstanding has arrived, or a pull of the next
-    /// message alone when it is larger than a pull may bring.
+    /// message alone when it is larger than a whole pull may bring.
     async fn top_up(&mut self) -> Result<(), StoreError> {
-        let oversized = self.oversized;
-        if !oversized && self.messages > self.batch / 2 && self.bytes > self.max_bytes / 2 {
-            return Ok(());
-        }
-        let body = if oversized { &self.one } else { &self.request };
+        let (body, asked, bytes) = if self.oversized {
+            // One message, whatever its size (the server's `max_payload` bounds it).
+            (pull_request(1, 0), 1, 0)
+        } else {
+            match self.budget {
+                Budget::ServerBytes => {
+                    if self.messages > self.batch / 2 && self.bytes > self.max_bytes / 2 {
+                        return Ok(());
+                    }
+                    (self.request.clone(), self.batch, self.max_bytes)
+                }
+                Budget::Counted { largest, worst } => {
+                    if self.messages > self.asked / 2 {
+                        return Ok(());
+                    }
+                    let asked = (self.max_bytes / largest.unwrap_or(worst)).clamp(1, self.batch);
+                    (pull_request(asked, 0), asked, 0)
+                }
+            }
+        };
         self.client
-            .publish_with_reply(self.subject.clone(), self.reply.clone(), body.clone())
+            .publish_with_reply(self.subject.clone(), self.reply.clone(), body)
             .await
             .map_err(|e| StoreError::Unavailable {
                 context: "sending a pull request".into(),
                 source: Some(Box::new(e)),
             })?;
-        if oversized {
-            // One message, whatever its size (the server's `max_payload` bounds it).
-            self.oversized = false;
-            self.messages += 1;
-        } else {
-            self.messages += self.batch;
-            self.bytes += self.max_bytes;
-        }
+        self.oversized = false;
+        self.asked = asked;
+        self.messages += asked;
+        self.bytes += bytes;
         // The server owes a delivery or a heartbeat within one heartbeat from now.
         self.heard = tokio::time::Instant::now();
         Ok(())
@@ -436,6 +458,9 @@ impl Pulls {
             None | Some(StatusCode::OK) => {
                 self.messages = self.messages.saturating_sub(1);
                 self.bytes = self.bytes.saturating_sub(msg.length);
+                if let Budget::Counted { largest, .. } = &mut self.budget {
+                    *largest = Some(largest.unwrap_or(0).max(msg.length));
+                }
                 Ok(Some(msg))
             }
             Some(StatusCode::IDLE_HEARTBEAT) => Ok(None),
@@ -449,16 +474,10 @@ impl Pulls {
                 };
                 let (messages, bytes) = (left("Nats-Pending-Messages"), left("Nats-Pending-Bytes"));
                 if description == "Message Size Exceeds MaxBytes" {
-                    if self.on_oversized == Oversized::Refuse {
-                        return Err(StoreError::unavailable(format!(
-                            "a stored message is larger than a read of {} bytes may bring (the \
-                             server's max_payload was lowered since it was stored?)",
-                            self.max_bytes
-                        )));
-                    }
-                    // The next message does not fit in a pull (`fanout.read_bytes`): the pull
-                    // is over; the next asks for that message alone.
-                    self.oversized = true;
+                    // The pull's bytes ran out before the next message: the pull is over and
+                    // the message waits for the next. If the pull brought nothing at all, the
+                    // message is larger than any pull may bring: the next asks for it alone.
+                    self.oversized = bytes.is_none_or(|left| left >= self.max_bytes);
                     self.messages = self.messages.saturating_sub(messages.unwrap_or(self.batch));
                     self.bytes = self.bytes.saturating_sub(bytes.unwrap_or(self.max_bytes));
                     return Ok(None);
