@@ -363,7 +363,8 @@ pub struct FanoutSettings {
     /// history read), in bytes; with `catchup_reads` it bounds the history bytes in flight on
     /// the NATS connection. A stored event larger than this is still read, alone in its read. A
     /// snapshot's pull asks for as many events as this holds at the size of the largest event
-    /// it has seen (its first pull, for one event). Default 1048576 (1 MiB).
+    /// it has seen (its first pull, at twice the stream's average event). Default 1048576
+    /// (1 MiB).
     pub read_bytes: usize,
     /// Bytes of history blocks each stream keeps in memory after reading them, so subscribers
     /// catching up over the same range share one read. Counted like `history_bytes`. Default

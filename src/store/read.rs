@@ -45,9 +45,18 @@ impl Store {
             let context = "opening a reader";
             let handle = store.stream_handle(stream).await?;
             let mut filter_subjects = filter_subjects;
-            if start == StartAt::LastPerSubject && filter_subjects.is_empty() {
-                // JetStream wants an explicit filter for last-per-subject delivery.
-                filter_subjects = store.stream_state(stream).await?.subjects;
+            // A last-per-subject read's first pull is sized by the stream's stored messages
+            // (see `Budget::Counted`).
+            let mut first_guess = 0;
+            if start == StartAt::LastPerSubject {
+                let state = store.stream_state(stream).await?;
+                if filter_subjects.is_empty() {
+                    // JetStream wants an explicit filter for last-per-subject delivery.
+                    filter_subjects = state.subjects;
+                }
+                first_guess = usize::try_from(state.bytes / state.messages.max(1))
+                    .unwrap_or(usize::MAX)
+                    .saturating_mul(2);
             }
             let config = consumer::pull::Config {
                 name: Some(name.clone()),
@@ -75,7 +84,7 @@ impl Store {
             let budget = if start == StartAt::LastPerSubject {
                 Budget::Counted {
                     largest: None,
-                    worst: store.max_payload() + MAX_CONTROL_LINE,
+                    guess: first_guess.clamp(1024, store.max_payload() + MAX_CONTROL_LINE),
                 }
             } else {
                 Budget::ServerBytes
@@ -277,11 +286,11 @@ enum Budget {
     /// larger than a whole pull's budget is then pulled alone.
     ServerBytes,
     /// Pulls carry no byte limit; each asks for as many messages as the budget holds at the
-    /// size of the largest message seen so far (`worst`, the largest the server accepts,
-    /// before any), so the first asks for one.
+    /// size of the largest message seen so far, and the first at `guess`: twice the stream's
+    /// average stored message, at least 1 KiB, at most the largest the server accepts.
     Counted {
         largest: Option<usize>,
-        worst: usize,
+        guess: usize,
     },
 }
 
@@ -421,11 +430,11 @@ impl Pulls {
                     }
                     (self.request.clone(), self.batch, self.max_bytes)
                 }
-                Budget::Counted { largest, worst } => {
+                Budget::Counted { largest, guess } => {
                     if self.messages > self.asked / 2 {
                         return Ok(());
                     }
-                    let asked = (self.max_bytes / largest.unwrap_or(worst)).clamp(1, self.batch);
+                    let asked = (self.max_bytes / largest.unwrap_or(guess)).clamp(1, self.batch);
                     (pull_request(asked, 0), asked, 0)
                 }
             }
