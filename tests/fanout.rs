@@ -469,11 +469,7 @@ async fn a_snapshot_whose_events_outgrow_one_pull_is_complete() {
     let data = bytes::Bytes::from(vec![b'x'; 2048]);
     let mut acks = Vec::new();
     for i in 0..resources {
-        let mut h = async_nats::HeaderMap::new();
-        h.insert("ce-specversion", "1.0");
-        h.insert("ce-id", format!("r{i}").as_str());
-        h.insert("ce-source", "/widgets");
-        h.insert("ce-type", "com.example.widget.modified");
+        let h = widget_headers(&format!("r{i}"), &format!("r{i}"));
         acks.push(
             js.publish_with_headers(format!("events._widgets.r{i}"), h, data.clone())
                 .await

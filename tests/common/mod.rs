@@ -101,6 +101,18 @@ pub fn test_settings() -> Settings {
     s
 }
 
+/// The binary-mode CloudEvents headers of a `com.example.widget.modified` event `id` about
+/// `resource`, as a producer publishing straight to NATS sets them.
+pub fn widget_headers(id: &str, resource: &str) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("ce-specversion", "1.0");
+    h.insert("ce-id", id);
+    h.insert("ce-source", "/widgets");
+    h.insert("ce-type", "com.example.widget.modified");
+    h.insert("ce-subject", resource);
+    h
+}
+
 /// Starts nats-server, failing (never skipping) with the install command when it is missing.
 pub fn start_nats(dir: &std::path::Path) -> NatsServer {
     match NatsServer::start(&dir.join("nats"), 0) {
@@ -271,12 +283,7 @@ impl TestEnv {
         let mut acks = std::collections::VecDeque::new();
         let mut last = 0;
         for i in 0..n {
-            let mut h = async_nats::HeaderMap::new();
-            h.insert("ce-specversion", "1.0");
-            h.insert("ce-id", format!("burst-{i}").as_str());
-            h.insert("ce-source", "/widgets");
-            h.insert("ce-type", "com.example.widget.modified");
-            h.insert("ce-subject", format!("w{}", i % 50).as_str());
+            let h = widget_headers(&format!("burst-{i}"), &format!("w{}", i % 50));
             let subject = format!("events._widgets.w{}", i % 50);
             acks.push_back(
                 js.publish_with_headers(subject, h, data.clone())
