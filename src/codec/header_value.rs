@@ -80,6 +80,11 @@ fn trim_optional_whitespace(raw: &str) -> &str {
 /// SDKs write values without percent-encoding them. Borrows when the value has neither quotes
 /// nor escapes.
 pub(crate) fn decode(raw: &str) -> Result<Cow<'_, str>, DecodeError> {
+    if !raw.bytes().any(|b| matches!(b, b'"' | b'%' | b' ' | b'\t')) {
+        // No whitespace, quotes or escapes (nearly every value): one pass, read for every
+        // attribute of every stored event.
+        return Ok(Cow::Borrowed(raw));
+    }
     let trimmed = trim_optional_whitespace(raw);
     if !trimmed.bytes().any(|b| b == b'"' || b == b'%') {
         // Nothing to unquote or decode (the common case): the value is its own text.

@@ -337,6 +337,9 @@ fn validation_names_the_attribute_and_the_rule() {
         ),
         (|e| e.source = "/bad%zz".into(), "source", "escape"),
         (|e| e.id = "a\u{7}b".into(), "id", "control characters"),
+        (|e| e.id = "a\u{7f}".into(), "id", "control characters"),
+        (|e| e.ty = "caf\u{e9}\u{85}".into(), "type", "U+0085"),
+        (|e| e.id = "\u{fdd0}".into(), "id", "noncharacters"),
         (
             |e| {
                 e.set("Upper", AttributeValue::Boolean(true));

@@ -129,6 +129,12 @@ fn check_data(event: &Event) -> Result<(), InvalidEvent> {
 /// CloudEvents `String`: no control characters (U+0000–U+001F, U+007F–U+009F) and no Unicode
 /// noncharacters. (Rust strings cannot hold surrogates, the third forbidden group.)
 fn check_string(name: &str, value: &str) -> Result<(), InvalidEvent> {
+    // Printable ASCII, nearly every attribute, holds no control character and no
+    // noncharacter: one pass over the bytes (read for every stored event, so it matters)
+    // instead of decoding characters.
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
+    }
     let bad = value.chars().find(|&c| {
         let n = u32::from(c);
         c.is_control() || (0xFDD0..=0xFDEF).contains(&n) || (n & 0xFFFE) == 0xFFFE

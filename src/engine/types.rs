@@ -179,19 +179,7 @@ pub enum Control {
 /// Decodes a stored message once. Messages that are not CloudEvents, or break the rule of
 /// [`crate::codec::check_stored`], are skipped: counted, logged, never delivered.
 pub fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredEvent>> {
-    let header_bytes: usize = raw
-        .headers
-        .as_ref()
-        .map(|h| {
-            h.iter()
-                .map(|(k, v)| {
-                    AsRef::<str>::as_ref(k).len()
-                        + v.iter().map(|x| x.as_str().len()).sum::<usize>()
-                })
-                .sum()
-        })
-        .unwrap_or(0);
-    let raw_bytes = raw.payload.len() + header_bytes + raw.subject.len();
+    let raw_bytes = raw.size;
     let decoded = crate::codec::decode(raw.headers.as_ref(), raw.payload).and_then(|event| {
         crate::codec::check_stored(raw.headers.as_ref(), &event)?;
         Ok(event)

@@ -184,10 +184,11 @@ impl Store {
             let previous = messages.last().map_or(0, |m| m.sequence);
             match answer.status.map(|s| s.as_u16()) {
                 None => {
-                    let message = match stored_message(answer.headers, answer.payload) {
-                        Ok(m) => m,
-                        Err(why) => return interrupted(messages, why),
-                    };
+                    let message =
+                        match stored_message(answer.headers, answer.payload, answer.length) {
+                            Ok(m) => m,
+                            Err(why) => return interrupted(messages, why),
+                        };
                     if message.last_sequence != previous {
                         return interrupted(
                             messages,
@@ -245,7 +246,11 @@ struct Answer {
     last_sequence: u64,
 }
 
-fn stored_message(headers: Option<HeaderMap>, payload: bytes::Bytes) -> Result<Answer, String> {
+fn stored_message(
+    headers: Option<HeaderMap>,
+    payload: bytes::Bytes,
+    size: usize,
+) -> Result<Answer, String> {
     let headers = headers.ok_or("a direct-get answer without headers")?;
     let sequence = number(&headers, SEQUENCE).ok_or("a direct-get answer without a sequence")?;
     let last_sequence =
@@ -268,6 +273,7 @@ fn stored_message(headers: Option<HeaderMap>, payload: bytes::Bytes) -> Result<A
             pending,
             headers: Some(headers),
             payload,
+            size,
         },
         last_sequence,
     })

@@ -65,6 +65,9 @@ pub struct RawMessage {
     pub headers: Option<HeaderMap>,
     /// Payload.
     pub payload: Bytes,
+    /// The message's size as NATS delivered it (subject, reply subject, headers and payload):
+    /// what its parts take in memory, give or take, without walking its header map.
+    pub size: usize,
 }
 
 /// The connection to NATS and its JetStream context.
@@ -430,6 +433,7 @@ fn unpack_delivery(msg: async_nats::Message) -> Result<(RawMessage, u64, i64), S
             pending: meta.pending,
             headers: msg.headers,
             payload: msg.payload,
+            size: msg.length,
         },
         meta.consumer_sequence,
         meta.delivered,
