@@ -57,29 +57,45 @@ const TIMESTAMP_NANOS: u32 = 2;
 
 /// The `Delivery` of `stored` without `delivery_count`, encoded.
 pub(super) fn encode(stored: &StoredEvent) -> Vec<u8> {
-    let len = encoded_len(stored);
-    let mut buf = Vec::with_capacity(len);
-    encode_into(stored, &mut buf);
-    debug_assert_eq!(buf.len(), len);
+    let sized = Sized::of(stored);
+    let mut buf = Vec::with_capacity(sized.len);
+    sized.encode_into(&mut buf);
+    debug_assert_eq!(buf.len(), sized.len);
     buf
 }
 
-/// The length of [`encode`]'s bytes.
-pub(super) fn encoded_len(stored: &StoredEvent) -> usize {
-    field_len(DELIVERY_EVENT, event_len(&stored.event))
-        + varint_field_len(DELIVERY_SEQUENCE, stored.sequence)
-        + string_len(DELIVERY_SUBJECT, &stored.subject)
-        + field_len(DELIVERY_STORED_AT, timestamp_len(&stored.stored_at))
+/// [`encode`]'s bytes of an event, measured and ready to be written: the lengths are
+/// computed once (the event's is needed both for the total and for its field header).
+pub(super) struct Sized<'a> {
+    stored: &'a StoredEvent,
+    event_len: usize,
+    /// The length of [`encode`]'s bytes.
+    pub(super) len: usize,
 }
 
-/// Appends [`encode`]'s bytes to `buf`.
-pub(super) fn encode_into(stored: &StoredEvent, buf: &mut Vec<u8>) {
-    put_header(DELIVERY_EVENT, event_len(&stored.event), buf);
-    put_event(&stored.event, buf);
-    put_varint_field(DELIVERY_SEQUENCE, stored.sequence, buf);
-    put_string(DELIVERY_SUBJECT, &stored.subject, buf);
-    put_header(DELIVERY_STORED_AT, timestamp_len(&stored.stored_at), buf);
-    put_timestamp(&stored.stored_at, buf);
+impl<'a> Sized<'a> {
+    pub(super) fn of(stored: &'a StoredEvent) -> Sized<'a> {
+        let event_len = event_len(&stored.event);
+        Sized {
+            stored,
+            event_len,
+            len: field_len(DELIVERY_EVENT, event_len)
+                + varint_field_len(DELIVERY_SEQUENCE, stored.sequence)
+                + string_len(DELIVERY_SUBJECT, &stored.subject)
+                + field_len(DELIVERY_STORED_AT, timestamp_len(&stored.stored_at)),
+        }
+    }
+
+    /// Appends [`encode`]'s bytes to `buf`.
+    pub(super) fn encode_into(&self, buf: &mut Vec<u8>) {
+        let stored = self.stored;
+        put_header(DELIVERY_EVENT, self.event_len, buf);
+        put_event(&stored.event, buf);
+        put_varint_field(DELIVERY_SEQUENCE, stored.sequence, buf);
+        put_string(DELIVERY_SUBJECT, &stored.subject, buf);
+        put_header(DELIVERY_STORED_AT, timestamp_len(&stored.stored_at), buf);
+        put_timestamp(&stored.stored_at, buf);
+    }
 }
 
 fn event_len(e: &Event) -> usize {

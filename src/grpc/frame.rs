@@ -187,42 +187,51 @@ pub fn delivery_body(event: &StoredEvent) -> &Bytes {
 /// block is held once.
 pub fn encode_block(events: &[Arc<StoredEvent>]) {
     let mut rest = events;
+    let mut sized = Vec::new();
     while !rest.is_empty() {
-        let mut bytes = Vec::new();
-        let mut offsets = Vec::new();
-        let mut bodies = Vec::new();
+        // Measure the events of the segment first, so that its buffer is allocated once.
+        sized.clear();
+        let mut total = 0;
         for event in rest {
-            let inner = delivery_len(super::delivery::encoded_len(event), 1);
+            let body = super::delivery::Sized::of(event);
+            let inner = delivery_len(body.len, 1);
             let message = 1 + encoded_len_varint(inner as u64) + inner;
-            if !offsets.is_empty() && bytes.len() + MESSAGE_PREFIX + message > SEGMENT_BYTES {
+            if !sized.is_empty() && total + MESSAGE_PREFIX + message > SEGMENT_BYTES {
                 break;
             }
             let Ok(prefix) = u32::try_from(message) else {
                 // Larger than a gRPC message can be (4 GiB): never stored by a stream the
                 // gateway accepts; left to the path of single deliveries, which refuses it.
-                return;
+                break;
             };
-            offsets.push(bytes.len());
-            bytes.reserve(MESSAGE_PREFIX + message);
+            total += MESSAGE_PREFIX + message;
+            sized.push((body, inner, prefix));
+        }
+        if sized.is_empty() {
+            return;
+        }
+        let mut bytes = Vec::with_capacity(total);
+        let mut places = Vec::with_capacity(sized.len() + 1);
+        let mut bodies = Vec::with_capacity(sized.len());
+        for (body, inner, prefix) in &sized {
+            places.push(bytes.len());
             bytes.push(0);
-            bytes.put_u32(prefix);
+            bytes.put_u32(*prefix);
             encode_key(RESPONSE_DELIVERY, WireType::LengthDelimited, &mut bytes);
-            encode_varint(inner as u64, &mut bytes);
+            encode_varint(*inner as u64, &mut bytes);
             let at = bytes.len();
-            super::delivery::encode_into(event, &mut bytes);
+            body.encode_into(&mut bytes);
             bodies.push(at..bytes.len());
             encode_key(DELIVERY_COUNT, WireType::Varint, &mut bytes);
             encode_varint(1, &mut bytes);
         }
-        if offsets.is_empty() {
-            return;
-        }
-        let taken = offsets.len();
-        offsets.push(bytes.len());
+        debug_assert_eq!(bytes.len(), total);
+        let taken = sized.len();
+        places.push(bytes.len());
         let bytes = Bytes::from(bytes);
         let segment = Arc::new(Segment {
             bytes: bytes.clone(),
-            offsets: offsets.into_boxed_slice(),
+            offsets: places.into_boxed_slice(),
         });
         for (i, (event, body)) in rest.iter().zip(bodies).enumerate() {
             // Already set only if a subscriber sent the event a moment ago: it keeps its own.
