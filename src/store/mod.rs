@@ -455,10 +455,13 @@ impl Delivery {
     /// <pending>`, or the form with `<domain>.<account hash>` before the stream and possibly
     /// more tokens after `<pending>` (ADR-15).
     fn parse(reply: &str) -> Option<Delivery> {
-        let rest = reply.strip_prefix("$JS.ACK.")?;
-        let mut tokens = [""; 10];
+        let rest = reply.strip_prefix("$JS.ACK.")?.as_bytes();
+        // Bytes, not `str::split` and `str::parse`: this runs for every message a reader
+        // receives, and searching for each dot with `memchr` and parsing through the generic
+        // integer parser cost more than the rest of unpacking the message.
+        let mut tokens: [&[u8]; 10] = [&[]; 10];
         let mut count = 0;
-        for token in rest.split('.') {
+        for token in rest.split(|&b| b == b'.') {
             if count == tokens.len() {
                 break;
             }
@@ -471,15 +474,30 @@ impl Delivery {
             9 | 10 => 4,
             _ => return None,
         };
-        let number = |i: usize| tokens[at + i].parse::<u64>().ok();
+        let number = |i: usize| digits(tokens[at + i]);
         Some(Delivery {
-            delivered: tokens[at].parse().ok()?,
+            delivered: i64::try_from(number(0)?).ok()?,
             stream_sequence: number(1)?,
             consumer_sequence: number(2)?,
-            stored_at: DateTime::from_timestamp_nanos(tokens[at + 3].parse().ok()?),
+            stored_at: DateTime::from_timestamp_nanos(i64::try_from(number(3)?).ok()?),
             pending: number(4)?,
         })
     }
+}
+
+/// A token of decimal digits (as JetStream writes numbers in reply subjects), if it is one
+/// and fits.
+fn digits(token: &[u8]) -> Option<u64> {
+    if token.is_empty() {
+        return None;
+    }
+    token.iter().try_fold(0u64, |n, &b| {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 #[cfg(test)]
@@ -524,6 +542,9 @@ mod tests {
             "$JS.ACK.widgets.reader.one.17.5.1700000000123456789.42",
             "$JS.ACK.widgets.reader.1.-17.5.1700000000123456789.42",
             "$JS.ACK.widgets.reader.1.17.5.yesterday.42",
+            "$JS.ACK.widgets.reader.1.17..1700000000123456789.42",
+            "$JS.ACK.widgets.reader.1.18446744073709551616.5.1700000000123456789.42",
+            "$JS.ACK.widgets.reader.1.17.5.9300000000000000000.42",
             "$JS.NAK.widgets.reader.1.17.5.1700000000123456789.42",
         ] {
             assert_eq!(Delivery::parse(reply), None, "{reply}");
