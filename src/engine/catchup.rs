@@ -414,16 +414,24 @@ impl Catchup {
             .acquire()
             .await
             .map_err(|_| StoreError::unavailable("the gateway is shutting down"))?;
-        let mut raws = Vec::new();
+        // Each message is decoded as it arrives, not after the block: the same work, done
+        // while the next messages are on their way. A loop that only gathered them drained
+        // the client's channel faster than the connection filled it, and waited (a wake-up
+        // from another thread) for nearly every message.
+        let mut events = Vec::new();
+        let mut taken = 0;
+        let mut last = None;
         let mut bytes = 0;
         let mut pending = reader.pending();
         let mut failure = None;
-        while raws.len() < self.batch as usize && bytes < self.read_bytes && pending > 0 {
+        while taken < self.batch && bytes < self.read_bytes && pending > 0 {
             match tokio::time::timeout(self.timeout, reader.next()).await {
                 Ok(Some(Ok(raw))) => {
                     pending = raw.pending;
                     bytes += raw.payload.len();
-                    raws.push(raw);
+                    taken += 1;
+                    last = Some(raw.sequence);
+                    events.extend(decode_stored(raw));
                 }
                 Ok(Some(Err(e))) => {
                     failure = Some(e);
@@ -438,12 +446,12 @@ impl Catchup {
             }
         }
         let healthy = failure.is_none();
-        if let (true, Some(e)) = (raws.is_empty(), failure) {
+        if let (None, Some(e)) = (last, failure) {
             reader.close().await;
             drop(permit);
             return Err(e);
         }
-        let end = raws.last().map_or(start, |m| m.sequence + 1);
+        let end = last.map_or(start, |sequence| sequence + 1);
         let exhausted = healthy && pending == 0;
         if !healthy || exhausted {
             // The permit returns only once the consumer is gone.
@@ -473,7 +481,6 @@ impl Catchup {
                 }
             });
         }
-        let events: Vec<Arc<StoredEvent>> = raws.into_iter().filter_map(decode_stored).collect();
         Ok(Block {
             bytes: events.iter().map(|e| e.size).sum(),
             events,
