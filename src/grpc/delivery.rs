@@ -57,26 +57,26 @@ const TIMESTAMP_NANOS: u32 = 2;
 
 /// The `Delivery` of `stored` without `delivery_count`, encoded.
 pub(super) fn encode(stored: &StoredEvent) -> Vec<u8> {
-    let sized = Sized::of(stored);
-    let mut buf = Vec::with_capacity(sized.len);
-    sized.encode_into(&mut buf);
-    debug_assert_eq!(buf.len(), sized.len);
+    let measured = Measured::of(stored);
+    let mut buf = Vec::with_capacity(measured.len);
+    measured.encode_into(&mut buf);
+    debug_assert_eq!(buf.len(), measured.len);
     buf
 }
 
 /// [`encode`]'s bytes of an event, measured and ready to be written: the lengths are
 /// computed once (the event's is needed both for the total and for its field header).
-pub(super) struct Sized<'a> {
+pub(super) struct Measured<'a> {
     stored: &'a StoredEvent,
     event_len: usize,
     /// The length of [`encode`]'s bytes.
     pub(super) len: usize,
 }
 
-impl<'a> Sized<'a> {
-    pub(super) fn of(stored: &'a StoredEvent) -> Sized<'a> {
+impl<'a> Measured<'a> {
+    pub(super) fn of(stored: &'a StoredEvent) -> Measured<'a> {
         let event_len = event_len(&stored.event);
-        Sized {
+        Measured {
             stored,
             event_len,
             len: field_len(DELIVERY_EVENT, event_len)

@@ -193,7 +193,7 @@ pub fn encode_block(events: &[Arc<StoredEvent>]) {
         sized.clear();
         let mut total = 0;
         for event in rest {
-            let body = super::delivery::Sized::of(event);
+            let body = super::delivery::Measured::of(event);
             let inner = delivery_len(body.len, 1);
             let message = 1 + encoded_len_varint(inner as u64) + inner;
             if !sized.is_empty() && total + MESSAGE_PREFIX + message > SEGMENT_BYTES {
