@@ -187,16 +187,16 @@ pub fn delivery_body(event: &StoredEvent) -> &Bytes {
 /// block is held once.
 pub fn encode_block(events: &[Arc<StoredEvent>]) {
     let mut rest = events;
-    let mut sized = Vec::new();
+    let mut measured = Vec::new();
     while !rest.is_empty() {
         // Measure the events of the segment first, so that its buffer is allocated once.
-        sized.clear();
+        measured.clear();
         let mut total = 0;
         for event in rest {
             let body = super::delivery::Measured::of(event);
             let inner = delivery_len(body.len, 1);
             let message = 1 + encoded_len_varint(inner as u64) + inner;
-            if !sized.is_empty() && total + MESSAGE_PREFIX + message > SEGMENT_BYTES {
+            if !measured.is_empty() && total + MESSAGE_PREFIX + message > SEGMENT_BYTES {
                 break;
             }
             let Ok(prefix) = u32::try_from(message) else {
@@ -205,15 +205,15 @@ pub fn encode_block(events: &[Arc<StoredEvent>]) {
                 break;
             };
             total += MESSAGE_PREFIX + message;
-            sized.push((body, inner, prefix));
+            measured.push((body, inner, prefix));
         }
-        if sized.is_empty() {
+        if measured.is_empty() {
             return;
         }
         let mut bytes = Vec::with_capacity(total);
-        let mut places = Vec::with_capacity(sized.len() + 1);
-        let mut bodies = Vec::with_capacity(sized.len());
-        for (body, inner, prefix) in &sized {
+        let mut places = Vec::with_capacity(measured.len() + 1);
+        let mut bodies = Vec::with_capacity(measured.len());
+        for (body, inner, prefix) in &measured {
             places.push(bytes.len());
             bytes.push(0);
             bytes.put_u32(*prefix);
@@ -226,7 +226,7 @@ pub fn encode_block(events: &[Arc<StoredEvent>]) {
             encode_varint(1, &mut bytes);
         }
         debug_assert_eq!(bytes.len(), total);
-        let taken = sized.len();
+        let taken = measured.len();
         places.push(bytes.len());
         let bytes = Bytes::from(bytes);
         let segment = Arc::new(Segment {
