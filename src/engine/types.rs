@@ -179,7 +179,6 @@ pub enum Control {
 /// Decodes a stored message once. Messages that are not CloudEvents, or break the rule of
 /// [`crate::codec::check_stored`], are skipped: counted, logged, never delivered.
 pub fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredEvent>> {
-    let raw_bytes = raw.size;
     let decoded = crate::codec::decode(raw.headers.as_ref(), raw.payload).and_then(|event| {
         crate::codec::check_stored(raw.headers.as_ref(), &event)?;
         Ok(event)
@@ -189,11 +188,12 @@ pub fn decode_stored(raw: crate::store::RawMessage) -> Option<Arc<StoredEvent>> 
             sequence: raw.sequence,
             subject: raw.subject,
             stored_at: raw.stored_at,
-            // What the entry really holds: the message as received (its header map lives on
-            // until the entry is dropped), the decoded event, the transport's encoding once it
-            // is made (about the message's size, whether its own or its part of its read's
-            // shared segment), and the allocations around them (map nodes, strings, the Arc).
-            size: 2 * raw_bytes + event.approximate_size() + ENTRY_OVERHEAD,
+            // What the entry really holds, counted generously: the message as NATS delivered
+            // it (its header map is freed once decoded, its payload may live on in the
+            // event), the decoded event, the transport's encoding once it is made (about the
+            // message's size, whether its own or its part of its read's shared segment), and
+            // the allocations around them (map nodes, strings, the Arc).
+            size: 2 * raw.size + event.approximate_size() + ENTRY_OVERHEAD,
             wire: std::sync::OnceLock::new(),
             json: std::sync::OnceLock::new(),
             segment: std::sync::OnceLock::new(),
