@@ -91,6 +91,11 @@ pub struct ServerSettings {
     /// against reset floods. Quick cancels of many watches on one long-lived connection cause
     /// such resets too, so the default is far above the HTTP/2 library's 1024. Default 65536.
     pub http2_max_local_resets: usize,
+    /// Bytes of responses one connection gathers before they go to its socket in one write
+    /// (sooner when the HTTP/2 layer flushes, as it does whenever it has nothing more to send).
+    /// Fewer, larger writes: one write for a live event's deliveries to many watchers on one
+    /// connection instead of one each. 0 writes each piece as it comes. Default 65536.
+    pub write_buffer_bytes: usize,
 }
 
 /// `[push]`.

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,7 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::grpc::admin::AdminService;
 use crate::grpc::frame::SubscriberServer;
+use crate::grpc::gather::Gathered;
 use crate::grpc::pb::jetwatch::v1::{admin_server::AdminServer, publisher_server::PublisherServer};
 use crate::grpc::publisher::PublisherService;
 use crate::grpc::subscriber::SubscriberService;
@@ -292,6 +294,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
     // Accepted sockets get TCP_NODELAY here: the builder's `tcp_nodelay` applies only to
     // listeners tonic binds itself, and Nagle's algorithm would hold small responses back.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Responses reach the socket in few writes: see `grpc::gather`.
+    let gather = settings.server.write_buffer_bytes;
     let task = match tls {
         Some(tls) => {
             tls.spawn_reloader(settings.tls.reload_interval);
@@ -300,10 +304,14 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ga
                 tls,
                 settings.tls.handshake_timeout,
                 settings.tls.max_handshakes,
-            );
+            )
+            .map(move |tls| tls.map(|tls| Gathered::new(tls, gather)));
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal))
         }
-        None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal)),
+        None => {
+            let incoming = incoming.map(move |tcp| tcp.map(|tcp| Gathered::new(tcp, gather)));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, signal))
+        }
     };
     tracing::info!(%grpc_addr, %metrics_addr, "jetwatch gateway serving");
     Ok(Gateway {

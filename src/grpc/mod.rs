@@ -10,6 +10,7 @@ mod body;
 pub mod convert;
 mod delivery;
 pub mod frame;
+pub mod gather;
 pub mod metrics;
 pub mod publisher;
 pub mod status;
