@@ -9,7 +9,9 @@
 //! Scenarios, one module each beside this file:
 //! - `publish`: `PublishStream` next to pipelined raw JetStream publishes.
 //! - `watch`: replay of one subscriber (Watch from earliest) next to a raw pull consumer.
-//! - `fanout`: aggregate delivery rate to 1, 16, 256 and 1,000 live subscribers.
+//! - `fanout`: aggregate delivery rate to 1, 16, 256 and 1,000 live subscribers (and 4,000,
+//!   and 256 at 64 B and 4 KiB), with the CPU time per million deliveries of the gateway and of
+//!   the clients (this process): on a small machine the clients can bound both runs.
 //! - `latency`: publish → delivery latency at a fixed rate with 100 subscribers.
 //! - `memory`: memory per idle Watch, and RSS growth with a stalled subscriber.
 //! - `snapshot`: a snapshot of 100,000 resources next to a raw last-per-subject consumer.
