@@ -131,7 +131,7 @@ pub(super) async fn open(p: Params<'_>) -> Result<Opened, Error> {
     let task = Task {
         consumer,
         matcher: p.matcher,
-        shared: p.shared.clone(),
+        shared: p.shared.for_subscription(),
         mode: req.ack_mode,
         ack_wait: req.ack_wait,
         max_deliver: p.settings.subscribe.max_deliver,

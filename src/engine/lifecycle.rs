@@ -24,6 +24,20 @@ pub(crate) struct Shared {
     pub(crate) snapshot_batch: usize,
 }
 
+impl Shared {
+    /// The same, for one subscription's task: its shutdown token is a child of the engine's.
+    /// A cancellation token is a mutex and a waiter list; a subscription checks and waits on
+    /// shutdown each time it goes idle, so with one token for all of them every live event
+    /// made every subscription lock the same mutex twice, from every worker thread. A child is
+    /// cancelled with its parent and costs the parent's lock only when made and dropped.
+    pub(crate) fn for_subscription(&self) -> Shared {
+        Shared {
+            shutdown: self.shutdown.child_token(),
+            ..self.clone()
+        }
+    }
+}
+
 /// Follows the NATS connection: the returned flag turns true once it has been down for longer
 /// than `grace`, and false again when it returns.
 pub(super) fn spawn_outage_monitor(

@@ -106,7 +106,7 @@ impl Task {
         Task {
             _guard: p.hub.enter(),
             hub: p.hub,
-            shared: p.shared,
+            shared: p.shared.for_subscription(),
             matcher: p.matcher,
             cursor: p.cursor,
             heartbeat: p.heartbeat,

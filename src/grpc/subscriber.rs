@@ -342,10 +342,12 @@ fn respond<W: Wire>(
         _control: keep_control.then_some(sub.control),
         _slot: sub.slot,
         control,
-        shutdown,
+        // Children, checked and waited on as often as the stream goes idle: see
+        // `engine::Shared::for_subscription`.
+        shutdown: shutdown.child_token(),
         last_delivered: sub.start_sequence.saturating_sub(1),
         expires,
-        revoked,
+        revoked: revoked.map(|r| r.child_token()),
         done: false,
         life,
         run_path: Path::shared,
