@@ -61,9 +61,7 @@ impl<IO> Gathered<IO> {
             limit,
         }
     }
-}
 
-impl<IO> Gathered<IO> {
     /// Forgets the gathered bytes, all sent, and frees their buffer.
     fn clear(&mut self) {
         self.buf = Vec::new();
